@@ -1,0 +1,36 @@
+"""gaussjax: images as 2D Gaussians in JAX. Fit, render, compress."""
+
+from importlib import metadata as _metadata
+
+from gaussjax import constants
+from gaussjax._gaussians import Gaussians
+from gaussjax._gaussians import concatenate
+from gaussjax._gaussians import conics
+from gaussjax._gaussians import covariances
+from gaussjax._gaussians import extents
+from gaussjax._gaussians import scale_gaussians
+from gaussjax._init import init_random
+from gaussjax._render import BACKENDS
+from gaussjax._render import default_backend
+from gaussjax._render import render
+from gaussjax._render import render_reference
+
+try:
+  __version__ = _metadata.version("gaussjax")
+except _metadata.PackageNotFoundError:  # running from a source tree
+  __version__ = "0.0.0"
+
+__all__ = (
+    "BACKENDS",
+    "Gaussians",
+    "concatenate",
+    "conics",
+    "constants",
+    "covariances",
+    "default_backend",
+    "extents",
+    "init_random",
+    "render",
+    "render_reference",
+    "scale_gaussians",
+)

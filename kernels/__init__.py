@@ -1,0 +1,1 @@
+"""Pallas kernel bodies and their launch wrappers (installed as gaussjax.kernels)."""
