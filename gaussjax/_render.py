@@ -2,12 +2,24 @@
 
 Call chain::
 
-  render(gaussians, height, width, backend=...)        validates, picks a backend
-    ├─ "reference" → render_reference                   dense jnp, autodiff
-    ├─ "xla"       → gaussjax._xla.render_xla            portable fast path
-    └─ "pallas"    → gaussjax._pallas.render_pallas      GPU kernels (kernels/)
+  render(gaussians, height, width, backend=...)      validates, picks a backend
+    └─ rasterize(gaussians, height, width, backend, plan) -> (image, overflow)
+         ├─ "reference" → render_reference            dense jnp, autodiff
+         ├─ "xla"       → gaussjax._xla.rasterize_xla  portable fast path
+         └─ "pallas"    → gaussjax._pallas.rasterize_pallas   kernels/ (Pallas)
 
 All backends compute the function written in ``gaussjax.constants``.
+
+Plans. The fast backends bin Gaussians into static-shaped buffers (size
+classes, tile lists). A *plan* is the hashable, static description of those
+shapes, chosen from concrete Gaussians by ``make_plan`` outside ``jit``.
+``rasterize`` renders with a given plan and returns an ``overflow`` flag that is
+True when some Gaussian did not fit the plan; then the image is incomplete and
+the caller must re-plan and render again (``fit`` and ``encode`` do this).
+``render`` hides all this: with concrete Gaussians it plans from them, so it
+never overflows; under a transformation (``jit``, ``grad``, ``vmap``), where the
+values are unknown, it uses the backend's default plan and returns an image
+full of NaN if that plan overflows: contributions are never dropped silently.
 """
 
 from __future__ import annotations
@@ -72,6 +84,66 @@ def render_reference(gaussians: Gaussians, height: int, width: int) -> Array:
   return jnp.einsum("hwn,nc->hwc", w, colors.astype(dtype), precision=jax.lax.Precision.HIGHEST)
 
 
+def make_plan(gaussians: Gaussians, height: int, width: int, *, backend: str = "auto"):
+  """The static binning plan of ``backend`` for these (concrete) Gaussians.
+
+  Args:
+    gaussians: concrete ``Gaussians``; leading batch axes are allowed, the plan
+      then fits every element of the batch.
+    height: output rows.
+    width: output columns.
+    backend: as in ``render``.
+
+  Returns:
+    A hashable plan for ``rasterize`` (``None`` for ``"reference"``).
+  """
+  backend = resolve_backend(backend)
+  if backend == "reference":
+    return None
+  if backend == "xla":
+    from gaussjax._xla import plan_xla
+    return plan_xla(gaussians, height, width)
+  from gaussjax._pallas import plan_pallas
+  return plan_pallas(gaussians, height, width)
+
+
+def rasterize(gaussians: Gaussians, height: int, width: int, *, backend: str = "auto", plan=None):
+  """Renders with an explicit plan; the building block of ``render``.
+
+  Args:
+    gaussians: one set of ``Gaussians`` (``means [N, 2]``); batch with vmap.
+    height: output rows.
+    width: output columns.
+    backend: as in ``render``.
+    plan: from ``make_plan`` for the same backend and size, or ``None`` for the
+      backend's default plan.
+
+  Returns:
+    ``(image [H, W, C], overflow)``: ``overflow`` is a boolean scalar array,
+    True when some Gaussian did not fit the plan (the image is then
+    incomplete: re-plan and render again).
+  """
+  backend = resolve_backend(backend)
+  if backend == "reference":
+    return render_reference(gaussians, height, width), jnp.zeros((), bool)
+  if backend == "xla":
+    from gaussjax._xla import rasterize_xla
+    return rasterize_xla(gaussians, height, width, plan)
+  from gaussjax._pallas import rasterize_pallas
+  return rasterize_pallas(gaussians, height, width, plan)
+
+
+def resolve_backend(backend: str) -> str:
+  """Checks a backend name and resolves ``"auto"``."""
+  if backend not in BACKENDS:
+    raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+  return default_backend() if backend == "auto" else backend
+
+
+def _is_concrete(tree) -> bool:
+  return not any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(tree))
+
+
 def _check_size(height, width):
   for name, value in (("height", height), ("width", width)):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -120,8 +192,7 @@ def render(
   """
   gaussians = validate(gaussians)
   _check_size(height, width)
-  if backend not in BACKENDS:
-    raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+  backend = resolve_backend(backend)
   if gaussians.means.ndim != 2:
     raise ValueError(
         f"render takes one set of Gaussians with means [N, 2], got {gaussians.means.shape}; "
@@ -131,8 +202,6 @@ def render(
     _check_size(h0, w0)
     if (h0, w0) != (height, width):
       gaussians = scale_gaussians(gaussians, height / h0, width / w0)
-  if backend == "auto":
-    backend = default_backend()
   if backend == "reference":
     n = gaussians.num_gaussians
     if height * width * max(n, 1) > REFERENCE_MAX_ELEMENTS:
@@ -140,8 +209,6 @@ def render(
           f"backend='reference' would build a {height}x{width}x{n} weight array; "
           "use backend='xla' or 'pallas' for images this large")
     return render_reference(gaussians, height, width)
-  if backend == "xla":
-    from gaussjax._xla import render_xla
-    return render_xla(gaussians, height, width)
-  from gaussjax._pallas import render_pallas
-  return render_pallas(gaussians, height, width)
+  plan = make_plan(gaussians, height, width, backend=backend) if _is_concrete(gaussians) else None
+  image, overflow = rasterize(gaussians, height, width, backend=backend, plan=plan)
+  return jnp.where(overflow, jnp.nan, image)
