@@ -140,7 +140,7 @@ def _schedule(lr: float, config: FitConfig) -> optax.Schedule:
   # The warmup never takes more than a tenth of the run.
   warmup = min(config.warmup_steps, config.steps // 10)
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0 if warmup else lr,
+      init_value=lr / (warmup + 1),  # the first step already moves
       peak_value=lr,
       warmup_steps=warmup,
       decay_steps=max(config.steps, warmup + 1),
@@ -322,6 +322,7 @@ def fit(
   steps, losses, psnrs, times = [], [], [], []
   replans = overflows = 0
   plan = None
+  need_plan = True
   last_plan_step = 0
   done = 0
 
@@ -335,8 +336,9 @@ def fit(
       callback(step, {"loss": losses[-1], "psnr": psnrs[-1], "wall_time": wall})
 
   while done < config.steps:
-    if plan is None or done - last_plan_step >= config.replan_every:
+    if need_plan or done - last_plan_step >= config.replan_every:
       plan = make_plan(state.gaussians, height, width, backend=backend)
+      need_plan = False
       replans += 1
       last_plan_step = done
     # A chunk runs without synchronising, up to the next log or re-plan point.
@@ -352,7 +354,7 @@ def fit(
       log(done, first_metrics["loss"], first_metrics["psnr"])
     if new_done < end:  # a step overflowed: state is the last good one; re-plan
       overflows += 1
-      plan = None
+      need_plan = True
     done = new_done
     if config.target_psnr is not None and psnrs and psnrs[-1] >= config.target_psnr:
       break
