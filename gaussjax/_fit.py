@@ -47,15 +47,17 @@ _FIELDS = Gaussians._fields
 class FitConfig:
   """Options of ``fit`` / ``fit_step`` (hashable: a static jit argument).
 
-  Learning rates are in the units of each field: means and Cholesky factors
-  in pixels per step, colours in intensity per step (Adam steps are about
-  ``lr`` in size). Each follows a linear warmup then a cosine decay to
-  ``lr · final_lr_fraction`` at ``steps``.
+  Adam steps are about ``lr`` in size. The learning rates of the means and
+  Cholesky factors are relative to the mean spacing of the Gaussians,
+  ``sqrt(H·W / N)`` pixels, so the same defaults work at any image size and
+  Gaussian count; colours are in intensity per step. Each rate follows a
+  linear warmup then a cosine decay to ``lr · final_lr_fraction`` at
+  ``steps``.
 
   Attributes:
     steps: optimisation steps (the schedule's horizon).
-    lr_means: Adam learning rate of the means (pixels).
-    lr_chol: Adam learning rate of the Cholesky factors (pixels).
+    lr_means: Adam learning rate of the means (in units of the spacing).
+    lr_chol: Adam learning rate of the Cholesky factors (same units).
     lr_colors: Adam learning rate of the colours.
     warmup_steps: linear warmup length (at most a tenth of ``steps``).
     final_lr_fraction: learning rate at the end, relative to the peak.
@@ -74,9 +76,9 @@ class FitConfig:
   """
 
   steps: int = 2000
-  lr_means: float = 0.2
-  lr_chol: float = 0.05
-  lr_colors: float = 0.01
+  lr_means: float = 0.15
+  lr_chol: float = 0.03
+  lr_colors: float = 0.02
   warmup_steps: int = 20
   final_lr_fraction: float = 0.05
   l1_weight: float = 0.0
@@ -147,9 +149,25 @@ def _schedule(lr: float, config: FitConfig) -> optax.Schedule:
       end_value=lr * config.final_lr_fraction)
 
 
-def make_optimizer(config: FitConfig) -> optax.GradientTransformation:
-  """Adam with a learning rate and schedule per Gaussian attribute."""
-  lrs = {"means": config.lr_means, "chol": config.lr_chol, "colors": config.lr_colors}
+def gaussian_spacing(height: int, width: int, n: int) -> float:
+  """The mean spacing ``sqrt(H·W / N)`` in pixels of N Gaussians covering an image."""
+  return math.sqrt(height * width / max(n, 1))
+
+
+def make_optimizer(config: FitConfig, *, spacing: float = 1.0) -> optax.GradientTransformation:
+  """Adam with a learning rate and schedule per Gaussian attribute.
+
+  Args:
+    config: ``FitConfig`` (learning rates, schedule).
+    spacing: pixels per unit of ``lr_means`` and ``lr_chol``
+      (``gaussian_spacing(H, W, N)`` in ``fit_step``). The optimiser state does
+      not depend on it.
+
+  Returns:
+    An optax ``GradientTransformation`` over ``Gaussians``.
+  """
+  lrs = {"means": config.lr_means * spacing, "chol": config.lr_chol * spacing,
+         "colors": config.lr_colors}
   transforms = {name: optax.adam(_schedule(lrs[name], config)) for name in _FIELDS}
   labels = Gaussians(*_FIELDS)
   return optax.multi_transform(transforms, labels)
@@ -234,7 +252,9 @@ def fit_step(state: FitState, image: Array, *, config: FitConfig, plan=None) -> 
   """
   (loss, aux), grads = jax.value_and_grad(fit_loss, has_aux=True)(
       state.gaussians, image, config=config, plan=plan)
-  updates, opt_state = make_optimizer(config).update(grads, state.opt_state, state.gaussians)
+  spacing = gaussian_spacing(image.shape[-3], image.shape[-2], state.gaussians.means.shape[-2])
+  optimizer = make_optimizer(config, spacing=spacing)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.gaussians)
   gaussians = optax.apply_updates(state.gaussians, updates)
   key, _ = jax.random.split(state.key)
   new_state = FitState(gaussians, opt_state, state.step + 1, key)
