@@ -76,6 +76,9 @@ class FitConfig:
   """
 
   steps: int = 2000
+  # Defaults measured on two Kodak images at 1/8 size, N = 150, 150 steps, from
+  # SLIC and random init (PSNR within 0.2 dB of the best of 13 settings tried,
+  # lr_means 0.05-1.0 px at spacing 6.4 px, lr_chol 0.02-0.3, lr_colors 0.003-0.04).
   lr_means: float = 0.15
   lr_chol: float = 0.03
   lr_colors: float = 0.02
@@ -321,7 +324,7 @@ def fit(
     >>> g = gaussjax.init_random(jax.random.key(0), 30, 16, 16, 3)
     >>> config = gaussjax.FitConfig(steps=20, log_every=10, backend="reference")
     >>> fitted, history = gaussjax.fit(image, g, config)
-    >>> history.psnr[-1] > history.psnr[0]
+    >>> bool(history.psnr[-1] > history.psnr[0])
     True
   """
   if not isinstance(config, FitConfig):
