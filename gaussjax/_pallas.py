@@ -239,7 +239,7 @@ def _bin(means, chol, height, width, plan: PallasPlan):
   n = means.shape[0]
   capacity = plan.pair_capacity
   lo, _, n_x, counts = _tile_ranges(means, chol, height, width, tile)
-  ends = jnp.cumsum(counts)  # [N] inclusive
+  ends = jnp.cumsum(counts, dtype=jnp.int32)  # [N] inclusive
   total = ends[-1] if n else jnp.zeros((), jnp.int32)
   slot = jnp.arange(capacity, dtype=jnp.int32)
   gaussian = jnp.searchsorted(ends, slot, side="right").astype(jnp.int32)  # N where slot >= total
@@ -376,11 +376,17 @@ def rasterize_pallas(gaussians: Gaussians, height: int, width: int,
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
       raise ValueError(f"{name}={value!r} must be a positive int")
   height, width = int(height), int(width)
-  means, chol, colors = gaussians
   if plan is None:
-    plan = default_plan(means.shape[0], height, width)
+    plan = default_plan(gaussians.num_gaussians, height, width)
   elif not isinstance(plan, PallasPlan):
     raise TypeError(f"plan must be a PallasPlan from plan_pallas, got {type(plan).__name__}")
+  return _rasterize(gaussians, height, width, plan, _use_interpret())
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _rasterize(gaussians, height, width, plan, interpret):
+  # Jitted so that eager calls compile once per shape and plan.
+  means, chol, colors = gaussians
   dtype = jnp.result_type(means, chol, colors)
   means = means.astype(jnp.float32)
   chol = chol.astype(jnp.float32)
@@ -388,7 +394,7 @@ def rasterize_pallas(gaussians: Gaussians, height: int, width: int,
   channels = colors.shape[1]
   bins, overflow = _bin(jax.lax.stop_gradient(means), jax.lax.stop_gradient(chol),
                         height, width, plan)
-  static = _Static(height, width, channels, plan.tile_capacity, plan.config, _use_interpret())
+  static = _Static(height, width, channels, plan.tile_capacity, plan.config, interpret)
   tiles = _render_tiles(static, means, conics(chol), colors, bins)
   image = _untile(tiles, height, width, channels, plan.config.tile)
   return image.astype(dtype), overflow

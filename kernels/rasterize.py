@@ -88,6 +88,11 @@ def _row(k: int):
   return jnp.asarray(k, jnp.int32)
 
 
+def _num_steps(count, block: int):
+  # jnp ops (weak Python ints), not pl.cdiv: stays int32 when x64 is enabled.
+  return (count + (block - 1)) // block
+
+
 def _tile_pixels(tiles_x: int, tile: int, height: int, width: int):
   """Pixel-centre coordinates ``[tile²]`` of this program's tile and the in-image mask."""
   t = pl.program_id(0)
@@ -133,7 +138,7 @@ def _forward_kernel(start_ref, count_ref, geometry_ref, colors_ref, out_ref, *,
         for ch in range(channels))
 
   zero = jnp.zeros((tile * tile,), jnp.float32)
-  acc = jax.lax.fori_loop(0, pl.cdiv(count, block), body, (zero,) * channels)
+  acc = jax.lax.fori_loop(0, _num_steps(count, block), body, (zero,) * channels)
   for ch in range(out_ref.shape[0]):
     out_ref[ch, :] = acc[ch] if ch < channels else zero
 
@@ -178,7 +183,7 @@ def _backward_kernel(start_ref, count_ref, geometry_ref, colors_ref, cotangent_r
       plt.store(partial_ref.at[_row(k), pl.ds(offset, block)], row, mask=valid)
     return carry
 
-  jax.lax.fori_loop(0, pl.cdiv(count, block), body, 0)
+  jax.lax.fori_loop(0, _num_steps(count, block), body, 0)
 
 
 def _common(config, tiles_y, tiles_x, channels_padded):
