@@ -190,6 +190,8 @@ def plan_pallas(gaussians: Gaussians, height: int, width: int, *,
     these Gaussians need.
   """
   gaussians = validate(gaussians)
+  if gaussians.means.size == 0:
+    return default_plan(gaussians.num_gaussians, height, width, config=config)
   total, largest = _batched_footprint_stats(gaussians, height, width, config.tile)
   total, largest = int(total), int(largest)
   blocks = max(config.block, config.backward_block)
@@ -392,6 +394,8 @@ def _rasterize(gaussians, height, width, plan, interpret):
   chol = chol.astype(jnp.float32)
   colors = colors.astype(jnp.float32)
   channels = colors.shape[1]
+  if means.shape[0] == 0:  # nothing to bin; the kernels need at least one slot
+    return jnp.zeros((height, width, channels), dtype), jnp.zeros((), bool)
   bins, overflow = _bin(jax.lax.stop_gradient(means), jax.lax.stop_gradient(chol),
                         height, width, plan)
   static = _Static(height, width, channels, plan.tile_capacity, plan.config, interpret)

@@ -189,7 +189,7 @@ def _backward_kernel(start_ref, count_ref, geometry_ref, colors_ref, cotangent_r
 def _common(config, tiles_y, tiles_x, channels_padded):
   num_tiles = tiles_y * tiles_x
   scalar = pl.BlockSpec((1,), lambda t: (t,))
-  whole = pl.no_block_spec
+  whole = pl.BlockSpec()  # the whole array, indexed by hand
   tile_spec = pl.BlockSpec((pl.squeezed, channels_padded, config.pixels), lambda t: (t, 0, 0))
   compiler_params = plt.CompilerParams(num_warps=config.num_warps, num_stages=config.num_stages)
   return num_tiles, scalar, whole, tile_spec, compiler_params

@@ -31,37 +31,36 @@ GRAD_RTOL = 1e-4
 
 
 def _scene(seed, n, height, width, channels, *, margin=0.0, scale=(0.7, 6.0)):
-  """Random anisotropic Gaussians; ``margin`` (fraction) places some off-image."""
-  k_mean, k_diag, k_off, k_col = jax.random.split(jax.random.key(seed), 4)
-  size = jnp.asarray([width, height], jnp.float32)
-  means = (jax.random.uniform(k_mean, (n, 2)) * (1 + 2 * margin) - margin) * size
-  diag = jnp.exp(jax.random.uniform(k_diag, (n, 2), minval=np.log(scale[0]),
-                                    maxval=np.log(scale[1])))
-  off = jax.random.normal(k_off, (n,)) * 0.5 * diag[:, 0]
-  chol = jnp.stack([diag[:, 0], off, diag[:, 1]], -1)
-  colors = jax.random.normal(k_col, (n, channels)) * 0.5
-  return gaussjax.Gaussians(means, chol, colors)
+  """Random anisotropic Gaussians; ``margin`` (fraction) places some off-image.
+
+  numpy, not jax.random: building test inputs compiles nothing.
+  """
+  rng = np.random.default_rng(seed)
+  size = np.asarray([width, height], np.float32)
+  means = (rng.uniform(size=(n, 2)) * (1 + 2 * margin) - margin) * size
+  diag = np.exp(rng.uniform(np.log(scale[0]), np.log(scale[1]), size=(n, 2)))
+  off = rng.normal(size=n) * 0.5 * diag[:, 0]
+  chol = np.stack([diag[:, 0], off, diag[:, 1]], -1)
+  colors = rng.normal(size=(n, channels)) * 0.5
+  return gaussjax.Gaussians(*(jnp.asarray(x, jnp.float32) for x in (means, chol, colors)))
 
 
 def _large_and_thin(seed, height, width, channels):
   """Very large, very thin and degenerate Gaussians among ordinary ones."""
-  base = _scene(seed, 40, height, width, channels)
-  chol = base.chol
-  chol = chol.at[0:4].set(jnp.asarray([[200.0, 30.0, 150.0], [80.0, -60.0, 40.0],
-                                       [500.0, 0.0, 500.0], [60.0, 0.0, 60.0]]))
-  chol = chol.at[4:10].set(jnp.asarray([[25.0, 0.0, 0.02], [0.01, 0.0, 30.0],
-                                        [0.0, 0.0, 0.0], [12.0, 0.0, 1e-3],
-                                        [1.5, 1.0, 0.05], [0.0, 40.0, 0.01]]))
-  return gaussjax.Gaussians(base.means, chol, base.colors)
+  means, chol, colors = (np.array(x) for x in _scene(seed, 40, height, width, channels))
+  chol[0:4] = [[200.0, 30.0, 150.0], [80.0, -60.0, 40.0], [500.0, 0.0, 500.0], [60.0, 0.0, 60.0]]
+  chol[4:10] = [[25.0, 0.0, 0.02], [0.01, 0.0, 30.0], [0.0, 0.0, 0.0], [12.0, 0.0, 1e-3],
+                [1.5, 1.0, 0.05], [0.0, 40.0, 0.01]]
+  return gaussjax.Gaussians(jnp.asarray(means), jnp.asarray(chol), jnp.asarray(colors))
 
 
 def _ill_conditioned(seed, height, width, channels):
   """Long, thin, diagonal Gaussians: ``q`` cancels in float32 along their length."""
-  base = _scene(seed, 12, height, width, channels)
-  length = jnp.linspace(8.0, 30.0, 12)
-  chol = jnp.stack([length, -0.95 * length * jnp.sign(jnp.arange(12) % 2 - 0.5),
-                    jnp.full((12,), 0.01)], -1)
-  return gaussjax.Gaussians(base.means, chol, base.colors)
+  means, _, colors = _scene(seed, 12, height, width, channels)
+  length = np.linspace(8.0, 30.0, 12)
+  sign = np.where(np.arange(12) % 2, 1.0, -1.0)
+  chol = np.stack([length, 0.95 * sign * length, np.full(12, 0.01)], -1)
+  return gaussjax.Gaussians(means, jnp.asarray(chol, jnp.float32), colors)
 
 
 def _render_float64(gaussians, height, width):
@@ -150,14 +149,38 @@ def test_ill_conditioned_as_accurate_as_reference():
   assert np.max(np.abs(actual - truth)) <= 2 * reference_error + IMAGE_ATOL
 
 
+def _tiles_touched(gaussians, height, width, tile=16):
+  """numpy: the tile rectangles that each Gaussian's cut-off box covers (or None)."""
+  means, chol = np.asarray(gaussians.means, np.float64), np.asarray(gaussians.chol, np.float64)
+  radius = np.sqrt(constants.CUTOFF_Q * np.stack(
+      [chol[:, 0] ** 2, chol[:, 1] ** 2 + chol[:, 2] ** 2], -1) + constants.CUTOFF_Q
+                   * constants.COV_FLOOR)
+  lo, hi = means - radius - 0.5, means + radius - 0.5
+  limit = np.asarray([width - 1, height - 1])
+  boxes = []
+  for lo_i, hi_i in zip(lo, hi):
+    if np.any(hi_i < 0) or np.any(lo_i > limit):
+      boxes.append(None)
+    else:
+      boxes.append((np.clip(lo_i, 0, limit) // tile, np.clip(hi_i, 0, limit) // tile))
+  return boxes
+
+
 def test_scenes_cover_the_cases():
-  # Off-image: some Gaussians wholly outside; empty tiles: tiles without pairs.
-  g, height, width = SCENES["off_image_rgb_37x61"][0](), 37, 61
-  _, _, _, counts = _pallas._tile_ranges(g.means, g.chol, height, width, 16)
-  assert int(jnp.sum(counts == 0)) > 10
-  g, height, width = SCENES["empty_tiles_grey_40x72"][0](), 40, 72
-  bins, _ = _pallas._bin(g.means, g.chol, height, width, _pallas.plan_pallas(g, height, width))
-  assert int(jnp.sum(bins.count == 0)) >= 10
+  g = SCENES["off_image_rgb_37x61"][0]()
+  boxes = _tiles_touched(g, 37, 61)
+  assert sum(box is None for box in boxes) > 10  # wholly off the image
+  partly = [(m < 0).any() or m[0] > 61 or m[1] > 37 for m, box in zip(np.asarray(g.means), boxes)
+            if box is not None]
+  assert sum(partly) > 10  # centre off the image, footprint partly on it
+  g = SCENES["empty_tiles_grey_40x72"][0]()
+  used = np.zeros((3, 5), bool)
+  for (x0, y0), (x1, y1) in filter(None, _tiles_touched(g, 40, 72)):
+    used[int(y0):int(y1) + 1, int(x0):int(x1) + 1] = True
+  assert np.sum(~used) >= 8
+  g = SCENES["large_and_thin_rgba_37x61"][0]()
+  axes = np.linalg.eigvalsh(np.asarray(gaussjax.covariances(g.chol)))
+  assert axes[:, 1].max() > 1e5 and axes[:, 0].min() < 1e-3
 
 
 def test_render_dispatches_to_pallas():
@@ -215,23 +238,29 @@ def test_vmap_and_vmap_grad():
   plan = _pallas.plan_pallas(stacked, height, width)
   target = jax.random.uniform(jax.random.key(3), (height, width, channels))
 
-  def loss(g, backend):
-    if backend == "pallas":
-      image = _pallas.rasterize_pallas(g, height, width, plan)[0]
-    else:
-      image = render_reference(g, height, width)
-    return jnp.mean((image - target) ** 2)
+  def image_and_grad(render_fn):
+    # vmap of (image, grad of a loss): one compilation covers vmap and vmap(grad).
+    def one(g):
+      loss = lambda g: jnp.mean((render_fn(g)[0] - target) ** 2)
+      return render_fn(g), jax.grad(loss)(g)
+    return jax.jit(jax.vmap(one))
 
-  images = jax.jit(jax.vmap(lambda g: _pallas.rasterize_pallas(g, height, width, plan)))(stacked)
-  assert images[0].shape == (2, height, width, channels)
-  assert not bool(jnp.any(images[1]))
-  actual = jax.jit(jax.vmap(jax.grad(lambda g: loss(g, "pallas"))))(stacked)
-  expected = jax.jit(jax.vmap(jax.grad(lambda g: loss(g, "reference"))))(stacked)
-  for i, g in enumerate(batch):
-    np.testing.assert_allclose(images[0][i], render_reference(g, height, width), rtol=0,
-                               atol=IMAGE_ATOL)
+  (images, overflow), actual = image_and_grad(
+      lambda g: _pallas.rasterize_pallas(g, height, width, plan))(stacked)
+  (expected_images, _), expected = image_and_grad(
+      lambda g: (render_reference(g, height, width), None))(stacked)
+  assert images.shape == (2, height, width, channels)
+  assert overflow.shape == (2,) and not bool(jnp.any(overflow))
+  for i in range(len(batch)):
+    np.testing.assert_allclose(images[i], expected_images[i], rtol=0, atol=IMAGE_ATOL)
     _assert_grads_close(jax.tree_util.tree_map(lambda x: x[i], actual),
                         jax.tree_util.tree_map(lambda x: x[i], expected))
+
+
+def test_no_gaussians():
+  g = gaussjax.Gaussians(jnp.zeros((0, 2)), jnp.zeros((0, 3)), jnp.zeros((0, 3)))
+  image, overflow = _pallas.rasterize_pallas(g, 20, 24, _pallas.plan_pallas(g, 20, 24))
+  assert image.shape == (20, 24, 3) and not bool(jnp.any(image)) and not bool(overflow)
 
 
 def test_optax_step_matches_reference():
