@@ -206,13 +206,17 @@ def default_plan(num_gaussians: int, height: int, width: int, *,
                  config: _kernels.RasterizeConfig = DEFAULT_CONFIG) -> PallasPlan:
   """The plan used when none is given: from N and the image size only.
 
-  ``DEFAULT_PAIRS_PER_GAUSSIAN`` pairs per Gaussian (never more than every
-  Gaussian in every tile); a tile may hold all N Gaussians.
+  N equal Gaussians that cover the image as ``init_random`` places them
+  (standard deviation half their spacing) need about
+  ``(√N + 3.33 √T)²`` pairs on ``T`` tiles; the default allows twice that, and
+  at least ``DEFAULT_PAIRS_PER_GAUSSIAN`` per Gaussian (never more than every
+  Gaussian in every tile). A tile may hold all N Gaussians.
   """
   tiles_y, tiles_x = _tile_grid(height, width, config.tile)
   num_tiles = tiles_y * tiles_x
   n = max(num_gaussians, 1)
-  pairs = min(n * num_tiles, DEFAULT_PAIRS_PER_GAUSSIAN * n + num_tiles)
+  covering = 2.0 * (math.sqrt(n) + 3.33 * math.sqrt(num_tiles)) ** 2
+  pairs = min(n * num_tiles, max(DEFAULT_PAIRS_PER_GAUSSIAN * n, math.ceil(covering)))
   blocks = max(config.block, config.backward_block)
   return PallasPlan(
       pair_capacity=_size_class(pairs),

@@ -221,10 +221,12 @@ def test_pair_overflow_is_reported():
 
 
 def test_render_under_jit_fills_nan_on_overflow():
-  # 50 Gaussians covering every one of 20 tiles need 1000 pairs, over the
-  # default plan's 16 per Gaussian; concrete render plans from the values.
-  height, width = 80, 64
-  g = _scene(9, 50, height, width, 3, scale=(60.0, 80.0))
+  # 60 Gaussians covering every one of 30 tiles need 1800 pairs, over the
+  # default plan (made from N and the size only); concrete render plans from
+  # the values instead.
+  height, width = 80, 96
+  g = _scene(9, 60, height, width, 3, scale=(60.0, 80.0))
+  assert _pallas.default_plan(60, height, width).pair_capacity < 1800
   jitted = jax.jit(lambda g: gaussjax.render(g, height, width, backend="pallas"))(g)
   assert bool(jnp.all(jnp.isnan(jitted)))
   eager = gaussjax.render(g, height, width, backend="pallas")
