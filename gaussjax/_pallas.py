@@ -371,8 +371,9 @@ def rasterize_pallas(gaussians: Gaussians, height: int, width: int,
   Returns:
     ``(image [H, W, C], overflow)``. ``overflow`` is a boolean scalar, True
     when the Gaussians need more pair slots or more pairs in one tile than the
-    plan holds: the image is then incomplete (some contributions are missing)
-    and the caller must re-plan (``plan_pallas``) and render again.
+    plan holds: the image is then incomplete (some contributions are missing),
+    its gradients are undefined, and the caller must re-plan
+    (``plan_pallas``) and render again.
   """
   gaussians = validate(gaussians)
   if gaussians.means.ndim != 2:

@@ -309,13 +309,12 @@ def test_gradients_are_bitwise_reproducible():
 
 
 def test_exports_for_cuda():
-  """The compiled kernels pass the Triton lowering (forward, grad, vmap)."""
+  """jit(render), jit(grad(loss)) and vmap(grad) pass the Triton lowering for CUDA."""
   height, width = 37, 61
   g = _scene(12, 50, height, width, 3)
-  plan = _pallas.plan_pallas(g, height, width)
 
   def forward(g):
-    return _pallas.rasterize_pallas(g, height, width, plan)[0]
+    return gaussjax.render(g, height, width, backend="pallas")
 
   def loss(g):
     return jnp.sum(forward(g) ** 2)
