@@ -36,6 +36,7 @@ def machine_info() -> dict:
       "cores": os.cpu_count(),
       "platform": jax.default_backend(),
       "gpu": None,
+      "devices": [d.device_kind for d in jax.devices()],
       "jax": jax.__version__,
       "jaxlib": jaxlib.__version__,
       "python": sys.version.split()[0],

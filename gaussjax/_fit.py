@@ -35,7 +35,7 @@ import optax
 from gaussjax._gaussians import Gaussians, validate
 from gaussjax._metrics import psnr as _psnr
 from gaussjax._metrics import ssim as _ssim
-from gaussjax._render import make_plan, rasterize, resolve_backend
+from gaussjax._render import _is_concrete, make_plan, rasterize, resolve_backend
 
 Array = jax.Array
 
@@ -272,7 +272,7 @@ _jit_loss = jax.jit(fit_loss, static_argnames=("config", "plan"))
 
 
 def _check_image(image) -> Array:
-  if isinstance(image, jax.core.Tracer):
+  if not _is_concrete(image):
     raise TypeError("fit runs a host loop; call it on concrete arrays (use fit_step under jit)")
   shape = np.shape(image)
   if len(shape) == 2:
