@@ -3,6 +3,14 @@
 from importlib import metadata as _metadata
 
 from gaussjax import constants
+from gaussjax._fit import FitConfig
+from gaussjax._fit import FitHistory
+from gaussjax._fit import FitState
+from gaussjax._fit import fit
+from gaussjax._fit import fit_loss
+from gaussjax._fit import fit_step
+from gaussjax._fit import init_fit_state
+from gaussjax._fit import make_optimizer
 from gaussjax._gaussians import Gaussians
 from gaussjax._gaussians import concatenate
 from gaussjax._gaussians import conics
@@ -10,8 +18,17 @@ from gaussjax._gaussians import covariances
 from gaussjax._gaussians import extents
 from gaussjax._gaussians import scale_gaussians
 from gaussjax._init import init_random
+from gaussjax._init import init_slic
+from gaussjax._io import load_image
+from gaussjax._io import save_image
+from gaussjax._metrics import bpp
+from gaussjax._metrics import ms_ssim
+from gaussjax._metrics import psnr
+from gaussjax._metrics import ssim
 from gaussjax._render import BACKENDS
 from gaussjax._render import default_backend
+from gaussjax._render import make_plan
+from gaussjax._render import rasterize
 from gaussjax._render import render
 from gaussjax._render import render_reference
 
@@ -22,15 +39,32 @@ except _metadata.PackageNotFoundError:  # running from a source tree
 
 __all__ = (
     "BACKENDS",
+    "FitConfig",
+    "FitHistory",
+    "FitState",
     "Gaussians",
+    "bpp",
     "concatenate",
     "conics",
     "constants",
     "covariances",
     "default_backend",
     "extents",
+    "fit",
+    "fit_loss",
+    "fit_step",
+    "init_fit_state",
     "init_random",
+    "init_slic",
+    "load_image",
+    "make_optimizer",
+    "make_plan",
+    "ms_ssim",
+    "psnr",
+    "rasterize",
     "render",
     "render_reference",
+    "save_image",
     "scale_gaussians",
+    "ssim",
 )
