@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gaussjax import _native
 from gaussjax import constants
 from gaussjax._gaussians import Gaussians, extents
 from gaussjax._render import gaussian_weight
@@ -419,9 +420,13 @@ def rasterize_xla(gaussians: Gaussians, height: int, width: int, plan: XlaPlan |
     plan = default_plan(means.shape[0], height, width)
   elif not isinstance(plan, XlaPlan):
     raise TypeError(f"plan must be an XlaPlan from plan_xla, got {type(plan).__name__}")
+  finite = jnp.isfinite(means).all() & jnp.isfinite(chol).all() & jnp.isfinite(colors).all()
+  if _native.usable(dtype, colors.shape[-1]):
+    # The native kernel visits each Gaussian's own support box: nothing to plan.
+    image = _native.splat(means, _shapes(chol), colors, height, width)
+    return jnp.where(finite, image, jnp.nan), jnp.zeros((), bool)
   slots, overflow = _assign(jax.lax.stop_gradient(means), jax.lax.stop_gradient(chol), height, width,
                             plan)
   image = _splat(means, _shapes(chol), colors, slots, height, width, plan)
-  finite = jnp.isfinite(means).all() & jnp.isfinite(chol).all() & jnp.isfinite(colors).all()
   image = jnp.where(finite, jnp.transpose(image, (1, 2, 0)), jnp.nan)
   return image, overflow
