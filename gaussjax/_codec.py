@@ -350,13 +350,11 @@ def decode(data: bytes, *, height: int | None = None, width: int | None = None,
   Raises:
     DecodeError: the bytes are not a valid gaussjax file.
   """
-  from gaussjax._render import render
   gaussians, (h0, w0) = decode_gaussians(data)
   h, w = _output_size((h0, w0), height, width)
   if gaussians.num_gaussians == 0:
     return jnp.zeros((h, w, gaussians.channels), jnp.float32)
-  image = render(Gaussians(*(jnp.asarray(x) for x in gaussians)), h, w, backend=backend,
-                 source_size=(h0, w0))
+  image = render_safe(gaussians, h, w, backend=backend, source_size=(h0, w0))
   return jnp.clip(image, 0.0, 1.0)
 
 
@@ -480,12 +478,41 @@ _STEP_CACHE = {}
 
 
 def _fit_float(image: jax.Array, n: int, config: CodecConfig) -> Gaussians:
-  """The float fit that the codec starts from."""
-  from gaussjax._init import init_random
-  h, w, c = image.shape
-  g = init_random(jax.random.key(config.seed), n, h, w, c)
-  return _train(g, image, num_steps=config.fit_steps, learning_rate=config.learning_rate,
-                steps=None, backend=config.backend)
+  """The float fit the codec starts from: SLIC initialisation, then ``gaussjax.fit``."""
+  from gaussjax._fit import FitConfig, fit
+  from gaussjax._init import init_slic
+  g = init_slic(np.asarray(image), n, key=jax.random.key(config.seed))
+  if config.fit_steps == 0:
+    return g
+  fit_config = FitConfig(steps=config.fit_steps, backend=config.backend,
+                         log_every=max(config.fit_steps, 1), replan_every=50)
+  g, _ = fit(image, g, fit_config)
+  return g
+
+
+def render_safe(gaussians: Gaussians, height: int, width: int, *, backend: str = "auto",
+                source_size: tuple[int, int] | None = None) -> jax.Array:
+  """``render`` for concrete Gaussians that works around plans that overflow.
+
+  Same result as ``gaussjax.render``; with the XLA backend the plan's class
+  capacities are recounted (``_xla_boundary_safe``) and doubled while the
+  render reports overflow, so the image is always complete.
+  """
+  from gaussjax._gaussians import scale_gaussians
+  from gaussjax._render import make_plan, rasterize, render, resolve_backend
+  backend = resolve_backend(backend)
+  g = Gaussians(*(jnp.asarray(x, jnp.float32) for x in gaussians))
+  if backend != "xla":
+    return render(g, height, width, backend=backend, source_size=source_size)
+  if source_size is not None and tuple(source_size) != (height, width):
+    g = scale_gaussians(g, height / source_size[0], width / source_size[1])
+  plan = _xla_boundary_safe(make_plan(g, height, width, backend=backend), g, height, width)
+  for _ in range(5):
+    image, overflow = rasterize(g, height, width, backend=backend, plan=plan)
+    if not bool(overflow):
+      return image
+    plan = _grow_plan(plan, 2)
+  raise RuntimeError(f"the {backend} renderer overflowed every plan for these Gaussians")
 
 
 def _importance(gaussians: Gaussians) -> np.ndarray:

@@ -158,7 +158,7 @@ class TestEncode:
 
   def test_grey(self):
     img = _crop(16, 24, channels=1)
-    data = gaussjax.encode(img, gaussjax.CodecConfig(bpp=3.0, fit_steps=150, qat_steps=10,
+    data = gaussjax.encode(img, gaussjax.CodecConfig(bpp=6.0, fit_steps=150, qat_steps=10,
                                                      backend="reference"))
     out = np.asarray(gaussjax.decode(data, backend="reference"))
     assert out.shape == (16, 24, 1) and _psnr(out, img) > 22
