@@ -35,7 +35,7 @@ import optax
 from gaussjax._gaussians import Gaussians, validate
 from gaussjax._metrics import psnr as _psnr
 from gaussjax._metrics import ssim as _ssim
-from gaussjax._render import make_plan, rasterize, resolve_backend
+from gaussjax._render import _is_concrete, make_plan, rasterize, resolve_backend
 
 Array = jax.Array
 
@@ -47,15 +47,17 @@ _FIELDS = Gaussians._fields
 class FitConfig:
   """Options of ``fit`` / ``fit_step`` (hashable: a static jit argument).
 
-  Learning rates are in the units of each field: means and Cholesky factors
-  in pixels per step, colours in intensity per step (Adam steps are about
-  ``lr`` in size). Each follows a linear warmup then a cosine decay to
-  ``lr · final_lr_fraction`` at ``steps``.
+  Adam steps are about ``lr`` in size. The learning rates of the means and
+  Cholesky factors are relative to the mean spacing of the Gaussians,
+  ``sqrt(H·W / N)`` pixels, so the same defaults work at any image size and
+  Gaussian count; colours are in intensity per step. Each rate follows a
+  linear warmup then a cosine decay to ``lr · final_lr_fraction`` at
+  ``steps``.
 
   Attributes:
     steps: optimisation steps (the schedule's horizon).
-    lr_means: Adam learning rate of the means (pixels).
-    lr_chol: Adam learning rate of the Cholesky factors (pixels).
+    lr_means: Adam learning rate of the means (in units of the spacing).
+    lr_chol: Adam learning rate of the Cholesky factors (same units).
     lr_colors: Adam learning rate of the colours.
     warmup_steps: linear warmup length (at most a tenth of ``steps``).
     final_lr_fraction: learning rate at the end, relative to the peak.
@@ -74,9 +76,12 @@ class FitConfig:
   """
 
   steps: int = 2000
-  lr_means: float = 0.2
-  lr_chol: float = 0.05
-  lr_colors: float = 0.01
+  # Defaults measured on two Kodak images at 1/8 size, N = 150, 150 steps, from
+  # SLIC and random init (PSNR within 0.2 dB of the best of 13 settings tried,
+  # lr_means 0.05-1.0 px at spacing 6.4 px, lr_chol 0.02-0.3, lr_colors 0.003-0.04).
+  lr_means: float = 0.15
+  lr_chol: float = 0.03
+  lr_colors: float = 0.02
   warmup_steps: int = 20
   final_lr_fraction: float = 0.05
   l1_weight: float = 0.0
@@ -140,16 +145,32 @@ def _schedule(lr: float, config: FitConfig) -> optax.Schedule:
   # The warmup never takes more than a tenth of the run.
   warmup = min(config.warmup_steps, config.steps // 10)
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0 if warmup else lr,
+      init_value=lr / (warmup + 1),  # the first step already moves
       peak_value=lr,
       warmup_steps=warmup,
       decay_steps=max(config.steps, warmup + 1),
       end_value=lr * config.final_lr_fraction)
 
 
-def make_optimizer(config: FitConfig) -> optax.GradientTransformation:
-  """Adam with a learning rate and schedule per Gaussian attribute."""
-  lrs = {"means": config.lr_means, "chol": config.lr_chol, "colors": config.lr_colors}
+def gaussian_spacing(height: int, width: int, n: int) -> float:
+  """The mean spacing ``sqrt(H·W / N)`` in pixels of N Gaussians covering an image."""
+  return math.sqrt(height * width / max(n, 1))
+
+
+def make_optimizer(config: FitConfig, *, spacing: float = 1.0) -> optax.GradientTransformation:
+  """Adam with a learning rate and schedule per Gaussian attribute.
+
+  Args:
+    config: ``FitConfig`` (learning rates, schedule).
+    spacing: pixels per unit of ``lr_means`` and ``lr_chol``
+      (``gaussian_spacing(H, W, N)`` in ``fit_step``). The optimiser state does
+      not depend on it.
+
+  Returns:
+    An optax ``GradientTransformation`` over ``Gaussians``.
+  """
+  lrs = {"means": config.lr_means * spacing, "chol": config.lr_chol * spacing,
+         "colors": config.lr_colors}
   transforms = {name: optax.adam(_schedule(lrs[name], config)) for name in _FIELDS}
   labels = Gaussians(*_FIELDS)
   return optax.multi_transform(transforms, labels)
@@ -234,7 +255,9 @@ def fit_step(state: FitState, image: Array, *, config: FitConfig, plan=None) -> 
   """
   (loss, aux), grads = jax.value_and_grad(fit_loss, has_aux=True)(
       state.gaussians, image, config=config, plan=plan)
-  updates, opt_state = make_optimizer(config).update(grads, state.opt_state, state.gaussians)
+  spacing = gaussian_spacing(image.shape[-3], image.shape[-2], state.gaussians.means.shape[-2])
+  optimizer = make_optimizer(config, spacing=spacing)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.gaussians)
   gaussians = optax.apply_updates(state.gaussians, updates)
   key, _ = jax.random.split(state.key)
   new_state = FitState(gaussians, opt_state, state.step + 1, key)
@@ -249,7 +272,7 @@ _jit_loss = jax.jit(fit_loss, static_argnames=("config", "plan"))
 
 
 def _check_image(image) -> Array:
-  if isinstance(image, jax.core.Tracer):
+  if not _is_concrete(image):
     raise TypeError("fit runs a host loop; call it on concrete arrays (use fit_step under jit)")
   shape = np.shape(image)
   if len(shape) == 2:
@@ -301,7 +324,7 @@ def fit(
     >>> g = gaussjax.init_random(jax.random.key(0), 30, 16, 16, 3)
     >>> config = gaussjax.FitConfig(steps=20, log_every=10, backend="reference")
     >>> fitted, history = gaussjax.fit(image, g, config)
-    >>> history.psnr[-1] > history.psnr[0]
+    >>> bool(history.psnr[-1] > history.psnr[0])
     True
   """
   if not isinstance(config, FitConfig):
@@ -322,6 +345,7 @@ def fit(
   steps, losses, psnrs, times = [], [], [], []
   replans = overflows = 0
   plan = None
+  need_plan = True
   last_plan_step = 0
   done = 0
 
@@ -335,8 +359,9 @@ def fit(
       callback(step, {"loss": losses[-1], "psnr": psnrs[-1], "wall_time": wall})
 
   while done < config.steps:
-    if plan is None or done - last_plan_step >= config.replan_every:
+    if need_plan or done - last_plan_step >= config.replan_every:
       plan = make_plan(state.gaussians, height, width, backend=backend)
+      need_plan = False
       replans += 1
       last_plan_step = done
     # A chunk runs without synchronising, up to the next log or re-plan point.
@@ -352,7 +377,7 @@ def fit(
       log(done, first_metrics["loss"], first_metrics["psnr"])
     if new_done < end:  # a step overflowed: state is the last good one; re-plan
       overflows += 1
-      plan = None
+      need_plan = True
     done = new_done
     if config.target_psnr is not None and psnrs and psnrs[-1] >= config.target_psnr:
       break

@@ -12,6 +12,7 @@ import scipy.sparse.linalg
 
 from gaussjax import constants
 from gaussjax._gaussians import Gaussians
+from gaussjax._render import _is_concrete
 
 # init_slic: each segment's pixel covariance (plus the 1/12 px² of the pixel
 # footprint) is multiplied by SLIC_COVER_SCALE² before it becomes a Gaussian.
@@ -61,7 +62,7 @@ def init_random(key: jax.Array, n: int, height: int, width: int, channels: int =
 
 
 def _check_image(image) -> np.ndarray:
-  if isinstance(image, jax.core.Tracer):
+  if not _is_concrete(image):
     raise TypeError("init_slic runs on concrete arrays (NumPy); call it outside jit/vmap")
   array = np.asarray(image)
   if array.ndim == 2:
