@@ -3,6 +3,12 @@
 from importlib import metadata as _metadata
 
 from gaussjax import constants
+from gaussjax._bitstream import DecodeError
+from gaussjax._codec import CodecConfig
+from gaussjax._codec import decode
+from gaussjax._codec import decode_gaussians
+from gaussjax._codec import encode
+from gaussjax._codec import encode_gaussians
 from gaussjax._fit import FitConfig
 from gaussjax._fit import FitHistory
 from gaussjax._fit import FitState
@@ -39,6 +45,8 @@ except _metadata.PackageNotFoundError:  # running from a source tree
 
 __all__ = (
     "BACKENDS",
+    "CodecConfig",
+    "DecodeError",
     "FitConfig",
     "FitHistory",
     "FitState",
@@ -48,7 +56,11 @@ __all__ = (
     "conics",
     "constants",
     "covariances",
+    "decode",
+    "decode_gaussians",
     "default_backend",
+    "encode",
+    "encode_gaussians",
     "extents",
     "fit",
     "fit_loss",
