@@ -1,0 +1,192 @@
+"""Batches: fit and encode many images at once, on every device.
+
+Call chain::
+
+  fit_batch(images, gaussians, config)        ragged list or [B, H, W, C]
+    ├─ bucket_images                          groups of one padded size
+    ├─ pad_images                             [B, Hb, Wb, C] + loss mask [B, Hb, Wb]
+    ├─ batch_mesh / shard_batch               the batch axis split over devices
+    └─ vmap(fit_step) under jit               one plan for the whole batch,
+                                              re-planned when it overflows
+  encode_batch(images, config) -> [bytes]     fit_batch, then quantisation-aware
+                                              fine-tuning (batched), then entropy
+                                              coding per image on the host
+
+Padding never influences a result: images are padded at the bottom and right
+(pixel coordinates of the real pixels do not move) and the loss of every padded
+pixel is masked out, so a padded image fits the same Gaussians as the image
+alone, up to float rounding (sums over differently sized arrays).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+Array = jax.Array
+
+# Padded sizes are rounded up to a multiple of this (pixels). Coarser buckets
+# put more images of nearby sizes into one vmapped batch; finer ones waste less
+# compute on padding. 32 is a tile multiple of the fast renderers and wastes at
+# most 31 rows / columns.
+BUCKET_MULTIPLE = 32
+
+# Name of the mesh axis the batch is split over.
+BATCH_AXIS = "batch"
+
+
+def bucket_shape(height: int, width: int, *, multiple: int = BUCKET_MULTIPLE) -> tuple[int, int]:
+  """The padded ``(height, width)`` of the bucket an image of this size goes to.
+
+  Args:
+    height: image rows.
+    width: image columns.
+    multiple: sizes are rounded up to a multiple of this.
+
+  Returns:
+    ``(Hb, Wb)``, each the smallest multiple of ``multiple`` that is ≥ the size.
+  """
+  for name, value in (("height", height), ("width", width), ("multiple", multiple)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+      raise ValueError(f"{name}={value!r} must be a positive int")
+  return -(-height // multiple) * multiple, -(-width // multiple) * multiple
+
+
+def bucket_images(
+    shapes: Sequence[tuple[int, ...]], *, multiple: int = BUCKET_MULTIPLE,
+) -> dict[tuple[int, int, int], list[int]]:
+  """Groups images by bucket: same padded size and channel count.
+
+  Args:
+    shapes: ``(H, W, C)`` of each image.
+    multiple: as in ``bucket_shape``.
+
+  Returns:
+    ``{(Hb, Wb, C): [indices into shapes, ascending]}``, buckets in order of
+    their first image.
+  """
+  buckets: dict[tuple[int, int, int], list[int]] = {}
+  for i, shape in enumerate(shapes):
+    if len(shape) != 3:
+      raise ValueError(f"image {i} must have shape [H, W, C], got {tuple(shape)}")
+    h, w, c = (int(s) for s in shape)
+    buckets.setdefault((*bucket_shape(h, w, multiple=multiple), c), []).append(i)
+  return buckets
+
+
+def pad_images(
+    images: Sequence[Array], *, shape: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+  """Stacks images of different sizes, zero-padded at the bottom and right.
+
+  Args:
+    images: ``[H_i, W_i, C]`` float images, one channel count.
+    shape: ``(Hb, Wb)`` to pad to; defaults to the largest height and width.
+
+  Returns:
+    ``(padded [B, Hb, Wb, C] float32, mask [B, Hb, Wb] float32)`` where the
+    mask is 1 on real pixels and 0 on padding.
+  """
+  if len(images) == 0:
+    raise ValueError("pad_images needs at least one image")
+  arrays = [np.asarray(image, np.float32) for image in images]
+  for i, a in enumerate(arrays):
+    if a.ndim != 3:
+      raise ValueError(f"image {i} must have shape [H, W, C], got {a.shape}")
+  channels = {a.shape[2] for a in arrays}
+  if len(channels) != 1:
+    raise ValueError(f"images in one batch must share the channel count, got {sorted(channels)}")
+  if shape is None:
+    shape = (max(a.shape[0] for a in arrays), max(a.shape[1] for a in arrays))
+  hb, wb = shape
+  padded = np.zeros((len(arrays), hb, wb, channels.pop()), np.float32)
+  mask = np.zeros((len(arrays), hb, wb), np.float32)
+  for i, a in enumerate(arrays):
+    h, w = a.shape[:2]
+    if h > hb or w > wb:
+      raise ValueError(f"image {i} of size {h}x{w} does not fit the padded size {hb}x{wb}")
+    padded[i, :h, :w] = a
+    mask[i, :h, :w] = 1.0
+  return padded, mask
+
+
+def batch_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A one-axis device mesh that splits the batch axis over ``devices``.
+
+  Every image of a batch is independent, so the batch axis is simply split
+  across devices (data parallelism): no communication inside a step.
+
+  Multi-host (several machines, e.g. a TPU pod slice or a multi-node GPU job):
+  call ``jax.distributed.initialize()`` at the start of every process (on Cloud
+  TPU and under SLURM / Open MPI it finds the coordinator by itself; elsewhere
+  pass ``coordinator_address``, ``num_processes`` and ``process_id``). Then
+  give each process its own share of the images and a mesh of its *local*
+  devices, ``batch_mesh(jax.local_devices())``: images never need to cross
+  hosts, so a global mesh buys nothing. ``gaussjax encode-dir`` does this by
+  itself: with ``jax.process_count() > 1`` process ``k`` takes every
+  ``process_count``-th file starting at ``k`` and writes its own journal
+  (see ``docs/batch.md``).
+
+  Args:
+    devices: devices to use; defaults to ``jax.local_devices()``.
+
+  Returns:
+    A ``jax.sharding.Mesh`` with the single axis ``"batch"``.
+  """
+  devices = list(jax.local_devices() if devices is None else devices)
+  if not devices:
+    raise ValueError("batch_mesh needs at least one device")
+  return Mesh(np.asarray(devices, dtype=object), (BATCH_AXIS,))
+
+
+def shard_batch(tree, mesh: Mesh):
+  """Places a pytree whose leaves have a leading batch axis on ``mesh``.
+
+  The batch axis is split evenly over the mesh's devices, so its size must be
+  a multiple of the device count (see ``pad_batch``).
+
+  Args:
+    tree: pytree of arrays ``[B, ...]``.
+    mesh: from ``batch_mesh``.
+
+  Returns:
+    The same tree as ``jax.Array``s with a ``NamedSharding(mesh, P("batch"))``.
+  """
+  sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
+  count = mesh.devices.size
+  for leaf in jax.tree_util.tree_leaves(tree):
+    size = np.shape(leaf)[0] if np.ndim(leaf) else None
+    if size is None or size % count:
+      raise ValueError(
+          f"the batch axis ({size}) must be a multiple of the {count} devices of the mesh; "
+          "pad it with pad_batch")
+  return jax.device_put(tree, sharding)
+
+
+def pad_batch(tree, multiple: int):
+  """Pads the leading (batch) axis to a multiple by repeating the first element.
+
+  Repeats are real data, so they fit like any image and never produce NaNs;
+  callers drop them afterwards (``[:size]``).
+
+  Args:
+    tree: pytree of arrays ``[B, ...]``.
+    multiple: e.g. the device count.
+
+  Returns:
+    ``(padded tree, B)``.
+  """
+  leaves = jax.tree_util.tree_leaves(tree)
+  size = int(np.shape(leaves[0])[0])
+  extra = -size % multiple
+  if extra == 0:
+    return tree, size
+
+  def pad(x):
+    x = np.asarray(x)
+    return np.concatenate([x, np.repeat(x[:1], extra, axis=0)], axis=0)
+
+  return jax.tree_util.tree_map(pad, tree), size
