@@ -20,9 +20,11 @@ alone, up to float rounding (sums over differently sized arrays).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -190,3 +192,90 @@ def pad_batch(tree, multiple: int):
     return np.concatenate([x, np.repeat(x[:1], extra, axis=0)], axis=0)
 
   return jax.tree_util.tree_map(pad, tree), size
+
+
+# --------------------------------------------------------------------------- the batched loop
+
+# Steps per jitted chunk: one ``lax.scan`` runs this many steps of the whole
+# batch between two host round trips (overflow check, re-plan).
+CHUNK_STEPS = 25
+
+
+def masked_mean(values: Array, mask: Array) -> Array:
+  """Mean of ``values [H, W, ...]`` over the pixels where ``mask [H, W]`` is 1.
+
+  Padded pixels (mask 0) get zero weight, so neither the value nor the
+  gradient depends on them.
+  """
+  values = values.reshape(values.shape[:2] + (-1,))
+  weight = mask[:, :, None].astype(values.dtype)
+  return jnp.sum(values * weight) / (jnp.sum(weight) * values.shape[-1])
+
+
+@functools.partial(jax.jit, static_argnames=("step", "num_steps", "plan", "static"))
+def _scan_steps(state, batch, *, step, num_steps, plan, static):
+  """``num_steps`` steps of ``vmap(step)``; returns the state and whether any overflowed."""
+  vstep = jax.vmap(lambda s, example: step(s, example, plan, static))
+
+  def body(carry, _):
+    s, overflowed = carry
+    s, overflow = vstep(s, batch)
+    return (s, overflowed | jnp.any(overflow)), None
+
+  (state, overflowed), _ = jax.lax.scan(body, (state, jnp.zeros((), bool)), None, length=num_steps)
+  return state, overflowed
+
+
+def run_steps(step, state, batch, *, num_steps: int, plan_fn, static, mesh: Mesh | None = None,
+              chunk: int = CHUNK_STEPS):
+  """Runs ``num_steps`` steps of a one-image ``step`` on a whole batch at once.
+
+  The step is ``vmap``-ed over the batch and ``lax.scan``-ned over ``chunk``
+  steps under one ``jit``; the batch axis is split over ``mesh``'s devices.
+  One rendering plan (``plan_fn``, outside jit, from the concrete batched
+  state) serves the whole batch. When any image overflows the plan, the chunk
+  is discarded and redone one step at a time, re-planning before each step
+  that overflows; a fresh plan that still overflows is an error. So every image
+  makes exactly ``num_steps`` steps and no contribution is ever dropped.
+
+  Args:
+    step: ``step(state, example, plan, static) -> (state, overflow)`` for one
+      image; a top-level (hashable) function so compilations are cached.
+    state: pytree, leaves ``[B, ...]``.
+    batch: pytree, leaves ``[B, ...]`` (e.g. ``(image, mask)``).
+    num_steps: steps to make.
+    plan_fn: ``plan_fn(state) -> plan`` (hashable).
+    static: hashable extra argument of ``step`` (config, sizes, backend).
+    mesh: from ``batch_mesh``; ``None`` runs on the default device.
+    chunk: steps per jitted chunk.
+
+  Returns:
+    The state after ``num_steps`` steps, leaves ``[B, ...]``.
+  """
+  size = None
+  if mesh is not None:
+    (state, batch), size = pad_batch((state, batch), mesh.devices.size)
+    state, batch = shard_batch((state, batch), mesh)
+  done = 0
+  while done < num_steps:
+    count = min(chunk, num_steps - done)
+    plan = plan_fn(state)
+    new_state, overflowed = _scan_steps(state, batch, step=step, num_steps=count, plan=plan,
+                                        static=static)
+    if not bool(overflowed):
+      state, done = new_state, done + count
+      continue
+    for _ in range(count):  # slow path: one step at a time, re-plan on overflow
+      new_state, overflowed = _scan_steps(state, batch, step=step, num_steps=1, plan=plan,
+                                          static=static)
+      if bool(overflowed):
+        plan = plan_fn(state)
+        new_state, overflowed = _scan_steps(state, batch, step=step, num_steps=1, plan=plan,
+                                            static=static)
+        if bool(overflowed):
+          raise RuntimeError(f"a plan made for this batch overflowed on it: {plan!r}")
+      state = new_state
+    done += count
+  if size is not None:
+    state = jax.tree_util.tree_map(lambda x: x[:size], state)
+  return state

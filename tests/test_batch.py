@@ -1,0 +1,173 @@
+"""Batches: bucketing, padding masks, the batched loop, fit_batch, encode_batch."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gaussjax
+from gaussjax import _batch
+from gaussjax._render import rasterize
+
+
+# ----------------------------------------------------------------- bucketing and padding
+
+
+@pytest.mark.parametrize("size, expected", [
+    ((1, 1), (32, 32)), ((32, 32), (32, 32)), ((33, 20), (64, 32)), ((512, 768), (512, 768))])
+def test_bucket_shape(size, expected):
+  assert _batch.bucket_shape(*size) == expected
+
+
+def test_bucket_shape_rejects_bad_sizes():
+  with pytest.raises(ValueError, match="height=0"):
+    _batch.bucket_shape(0, 5)
+  with pytest.raises(ValueError, match="multiple"):
+    _batch.bucket_shape(5, 5, multiple=-1)
+
+
+def test_bucket_images_groups_by_padded_size_and_channels():
+  shapes = [(30, 30, 3), (40, 30, 3), (32, 20, 3), (30, 30, 1), (64, 64, 3)]
+  assert _batch.bucket_images(shapes) == {
+      (32, 32, 3): [0, 2], (64, 32, 3): [1], (32, 32, 1): [3], (64, 64, 3): [4]}
+  with pytest.raises(ValueError, match=r"image 0 must have shape \[H, W, C\]"):
+    _batch.bucket_images([(3, 3)])
+
+
+def test_pad_images_and_mask():
+  a = np.full((2, 3, 3), 0.5, np.float32)
+  b = np.full((4, 1, 3), 0.25, np.float32)
+  padded, mask = _batch.pad_images([a, b])
+  assert padded.shape == (2, 4, 3, 3) and mask.shape == (2, 4, 3)
+  np.testing.assert_array_equal(padded[0, :2, :3], a)
+  np.testing.assert_array_equal(padded[1, :4, :1], b)
+  assert padded[0, 2:].sum() == 0 and padded[1, :, 1:].sum() == 0
+  assert mask[0].sum() == 6 and mask[1].sum() == 4
+  with pytest.raises(ValueError, match="channel count"):
+    _batch.pad_images([a, np.zeros((2, 2, 1))])
+  with pytest.raises(ValueError, match="does not fit"):
+    _batch.pad_images([a], shape=(1, 1))
+
+
+def test_masked_mean_ignores_padding_in_value_and_gradient():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.random((5, 7, 3)), jnp.float32)
+  padded = jnp.pad(x, ((0, 3), (0, 1), (0, 0)), constant_values=123.0)
+  mask = jnp.pad(jnp.ones((5, 7)), ((0, 3), (0, 1)))
+  assert float(_batch.masked_mean(padded ** 2, mask)) == pytest.approx(float(jnp.mean(x ** 2)))
+  grad = jax.grad(lambda p: _batch.masked_mean(p ** 2, mask))(padded)
+  assert float(jnp.abs(grad[5:]).max()) == 0.0 and float(jnp.abs(grad[:, 7:]).max()) == 0.0
+
+
+def test_pad_batch_repeats_the_first_element():
+  tree = {"a": np.arange(3.0), "b": np.ones((3, 2))}
+  padded, size = _batch.pad_batch(tree, 4)
+  assert size == 3 and padded["a"].tolist() == [0.0, 1.0, 2.0, 0.0]
+  same, size = _batch.pad_batch(tree, 3)
+  assert size == 3 and same is tree
+
+
+# ----------------------------------------------------------------- the batched loop
+# A toy one-image step (gradient descent on the masked MSE, reference renderer)
+# checks the loop itself, independently of the fitting code.
+
+
+def toy_step(gaussians, example, plan, static):
+  image, mask = example
+  height, width, learning_rate = static
+
+  def loss(g):
+    out, overflow = rasterize(g, height, width, backend="reference", plan=plan)
+    return _batch.masked_mean((out - image) ** 2, mask), overflow
+
+  (_, overflow), grad = jax.value_and_grad(loss, has_aux=True)(gaussians)
+  return jax.tree_util.tree_map(lambda p, d: p - learning_rate * d, gaussians, grad), overflow
+
+
+def toy_images(count, height, width, seed=0):
+  rng = np.random.default_rng(seed)
+  yy, xx = np.mgrid[:height, :width] / max(height, width)
+  images = []
+  for _ in range(count):
+    a, b, c = rng.random(3)
+    images.append(np.stack([a * xx, b * yy, c * (1 - xx * yy)], -1).astype(np.float32))
+  return images
+
+
+def toy_gaussians(count, n, height, width):
+  return [gaussjax.init_random(jax.random.key(i), n, height, width) for i in range(count)]
+
+
+def stack(trees):
+  return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def run_toy(images, gaussians, height, width, *, num_steps=6, mesh=None, chunk=4):
+  padded, mask = _batch.pad_images(images, shape=(height, width))
+  return _batch.run_steps(
+      toy_step, stack(gaussians), (jnp.asarray(padded), jnp.asarray(mask)), num_steps=num_steps,
+      plan_fn=lambda state: None, static=(height, width, 20.0), mesh=mesh, chunk=chunk)
+
+
+def test_run_steps_batch_equals_one_at_a_time():
+  images, gaussians = toy_images(3, 16, 12), toy_gaussians(3, 10, 16, 12)
+  batched = run_toy(images, gaussians, 16, 12)
+  for i in range(3):
+    alone = run_toy(images[i:i + 1], gaussians[i:i + 1], 16, 12)
+    for actual, expected in zip(batched, alone):
+      # float32, same math; only XLA's batched fusion may round differently.
+      np.testing.assert_allclose(actual[i], expected[0], rtol=1e-5, atol=1e-5)
+  # The loop did something: the loss went down for every image.
+  assert not np.allclose(batched.means, stack(gaussians).means)
+
+
+def test_run_steps_padding_does_not_change_the_result():
+  image, g = toy_images(1, 13, 10), toy_gaussians(1, 10, 13, 10)
+  alone = run_toy(image, g, 13, 10)
+  padded = run_toy(image, g, 32, 32)
+  for actual, expected in zip(padded, alone):
+    # Sums over a 32x32 grid instead of 13x10 round differently in float32.
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_run_steps_on_a_mesh_pads_the_batch_to_the_devices():
+  images, gaussians = toy_images(3, 8, 8), toy_gaussians(3, 5, 8, 8)
+  mesh = _batch.batch_mesh()
+  expected = run_toy(images, gaussians, 8, 8)
+  actual = run_toy(images, gaussians, 8, 8, mesh=mesh)
+  assert actual.means.shape == (3, 5, 2)
+  for a, e in zip(actual, expected):
+    np.testing.assert_allclose(a, e, rtol=1e-6, atol=1e-6)
+
+
+
+
+def test_run_steps_replans_on_overflow_and_never_keeps_an_overflowed_step():
+  plans = []
+
+  def plan_fn(state):
+    plans.append(len(plans))
+    return len(plans) - 1  # plan 0 always overflows; later ones never
+
+  images, gaussians = toy_images(2, 8, 8), toy_gaussians(2, 5, 8, 8)
+  padded, mask = _batch.pad_images(images)
+  state = _batch.run_steps(
+      overflowing_step, stack(gaussians), (jnp.asarray(padded), jnp.asarray(mask)),
+      num_steps=5, plan_fn=plan_fn, static=(8, 8, 20.0), chunk=5)
+  expected = run_toy(images, gaussians, 8, 8, num_steps=5, chunk=5)
+  for a, e in zip(state, expected):
+    np.testing.assert_allclose(a, e, rtol=1e-6, atol=1e-6)
+  assert len(plans) >= 2
+
+
+def overflowing_step(gaussians, example, plan, static):
+  new, _ = toy_step(gaussians, example, None, static)
+  return new, jnp.asarray(plan == 0)
+
+
+def test_run_steps_fails_loudly_when_a_fresh_plan_overflows():
+  images, gaussians = toy_images(1, 8, 8), toy_gaussians(1, 5, 8, 8)
+  padded, mask = _batch.pad_images(images)
+  with pytest.raises(RuntimeError, match="overflowed"):
+    _batch.run_steps(overflowing_step, stack(gaussians), (jnp.asarray(padded), jnp.asarray(mask)),
+                     num_steps=2, plan_fn=lambda state: 0, static=(8, 8, 20.0))
