@@ -1,0 +1,592 @@
+"""The codec: Gaussians to bytes and back (format in FORMAT.md).
+
+Call chain::
+
+  encode(image, config)                       fit → QAT → quantise → code, rate control
+    ├─ _fit_float                             float fit (gaussjax.fit when present)
+    ├─ _train(..., quantize=True)             quantisation-aware fine-tuning (STE)
+    └─ encode_gaussians(g, H, W, steps)       quantise, Morton order, ANS-code, frame
+  decode(data, height=, width=)               decode_gaussians → render at any size
+  decode_gaussians(data)                      parse, validate, entropy-decode, dequantise
+  info(data)                                  header fields, no decoding
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import struct
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gaussjax import constants
+from gaussjax._bitstream import (DecodeError, Decoder, Encoder, Model, Reader, Writer,
+                                 choose_model, MAX_ALPHABET)
+from gaussjax._gaussians import Gaussians, validate
+from gaussjax import _quantize as qz
+
+MAGIC = b"\x89GJX"
+VERSION = 1
+MAX_DIM = 65535
+MAX_GAUSSIANS = 1 << 20
+MAX_CHANNELS = 4
+MAX_FILE_BYTES = 1 << 28
+COLOR_MODE_DIRECT = 0
+COLOR_MODE_YCOCG = 1
+_MIN_FILE = len(MAGIC) + 1 + 1 + 4 + 1 + 1 + 4  # magic ver C W H N mode crc
+
+
+# ---------------------------------------------------------------------------
+# Configuration
+
+
+@dataclasses.dataclass(frozen=True)
+class CodecConfig:
+  """How ``encode`` fits and codes an image.
+
+  Exactly one of ``bpp`` and ``quality`` is used (``bpp`` wins when both are
+  set; neither means ``quality=50``).
+
+  Attributes:
+    bpp: target rate in bits per pixel of the *whole file*; the encoder lands
+      within ``rate_tolerance`` of it by choosing the number of Gaussians and
+      the quantiser steps.
+    quality: 1..100. Sets the Gaussian density (``N = H·W·0.02·(q/50)²``,
+      at least 16) and the steps (``default_steps`` × 2^((50 - q)/25)); no
+      rate target.
+    num_gaussians: force N (with ``bpp``: N of the float fit before pruning).
+    fit_steps: optimiser steps of the float fit.
+    qat_steps: steps of quantisation-aware fine-tuning.
+    learning_rate: Adam learning rate of the float fit (QAT uses a fifth).
+    bits_per_gaussian: the rate controller's first guess of bits per Gaussian.
+    rate_tolerance: relative tolerance on the file size for ``bpp``.
+    backend: renderer used for fitting (``"auto"``: the fastest here).
+    seed: PRNG seed of the initialisation.
+  """
+
+  bpp: float | None = None
+  quality: float | None = None
+  num_gaussians: int | None = None
+  fit_steps: int = 1500
+  qat_steps: int = 300
+  learning_rate: float = 0.01
+  bits_per_gaussian: float = 44.0
+  rate_tolerance: float = 0.05
+  backend: str = "auto"
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.bpp is not None and not (0.0 < self.bpp <= 64.0):
+      raise ValueError(f"bpp={self.bpp} must be in (0, 64]")
+    if self.quality is not None and not (1.0 <= self.quality <= 100.0):
+      raise ValueError(f"quality={self.quality} must be in [1, 100]")
+    if self.num_gaussians is not None and not (1 <= self.num_gaussians <= MAX_GAUSSIANS):
+      raise ValueError(f"num_gaussians={self.num_gaussians} must be in [1, {MAX_GAUSSIANS}]")
+    for name in ("fit_steps", "qat_steps"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+    if not 0.005 <= self.rate_tolerance <= 0.5:
+      raise ValueError(f"rate_tolerance={self.rate_tolerance} must be in [0.005, 0.5]")
+
+
+# ---------------------------------------------------------------------------
+# Container
+
+
+@dataclasses.dataclass(frozen=True)
+class Header:
+  version: int
+  channels: int
+  width: int
+  height: int
+  num_gaussians: int
+  color_mode: int
+  steps: qz.QuantSteps
+
+
+def _f16(w: Writer, v: float):
+  w.raw(struct.pack("<e", v))
+
+
+def encode_gaussians(gaussians: Gaussians, height: int, width: int,
+                     steps: qz.QuantSteps | None = None) -> bytes:
+  """Quantises and entropy-codes Gaussians into a gaussjax file (FORMAT.md).
+
+  Args:
+    gaussians: ``Gaussians`` (``means [N, 2]``, ``chol [N, 3]``, ``colors
+      [N, C]``) in the pixel coordinates of a ``height × width`` image.
+    height: image rows.
+    width: image columns.
+    steps: quantiser steps (``default_steps(C)`` if ``None``).
+
+  Returns:
+    The file's bytes.
+  """
+  gaussians = validate(gaussians)
+  n, c = gaussians.num_gaussians, gaussians.channels
+  if not (1 <= height <= MAX_DIM and 1 <= width <= MAX_DIM):
+    raise ValueError(f"{height=} and {width=} must be in [1, {MAX_DIM}]")
+  if height * width > constants.MAX_PIXELS:
+    raise ValueError(f"{height}x{width} is over MAX_PIXELS={constants.MAX_PIXELS}")
+  if not 1 <= c <= MAX_CHANNELS:
+    raise ValueError(f"channels={c} must be in [1, {MAX_CHANNELS}]")
+  if n > MAX_GAUSSIANS:
+    raise ValueError(f"{n} Gaussians is over MAX_GAUSSIANS={MAX_GAUSSIANS}")
+  steps = (steps or qz.default_steps(c)).rounded()
+  if len(steps.color) != c:
+    raise ValueError(f"steps.color has {len(steps.color)} entries for {c} channels")
+  for arr in gaussians:
+    if not np.all(np.isfinite(np.asarray(arr))):
+      raise ValueError("gaussians contain NaN or infinite values")
+  sym, _ = qz.quantize(gaussians, height, width, steps)
+
+  w = Writer()
+  w.raw(MAGIC)
+  w.u8(VERSION)
+  w.u8(c)
+  w.u16(width)
+  w.u16(height)
+  w.varint(n)
+  w.u8(COLOR_MODE_YCOCG if c == 3 else COLOR_MODE_DIRECT)
+  _f16(w, steps.pos)
+  _f16(w, steps.scale)
+  _f16(w, steps.shear)
+  for s in steps.color:
+    _f16(w, s)
+  enc = Encoder()
+  if n:
+    bits = qz.grid_bits(height, width, steps.pos)
+    codes = qz.morton_encode(sym.pos[:, 0], sym.pos[:, 1], bits)
+    deltas = np.diff(codes, prepend=0)
+    buckets = _bit_length(deltas)
+    streams = [buckets] + [sym.chol[:, k] for k in range(3)] + [sym.color[:, k] for k in range(c)]
+    models = [choose_model(s) for s in streams]
+    for m in models:
+      m.write(w)
+    enc.add(buckets, models[0])
+    low_bits = np.maximum(buckets - 1, 0)
+    low = deltas - np.where(buckets > 0, np.int64(1) << low_bits, 0)
+    for shift in (0, 16, 32):
+      nb = np.clip(low_bits - shift, 0, 16)
+      enc.add_uniform((low >> shift) & ((np.int64(1) << nb) - 1), nb)
+    for s, m in zip(streams[1:], models[1:]):
+      enc.add(s, m)
+  w.raw(enc.finish())
+  w.u32(zlib.crc32(bytes(w.buf)))
+  return bytes(w.buf)
+
+
+def _bit_length(x: np.ndarray) -> np.ndarray:
+  out = np.zeros(x.shape, np.int64)
+  x = x.copy()
+  while (x > 0).any():
+    nz = x > 0
+    out[nz] += 1
+    x >>= 1
+  return out
+
+
+def _read_header(data) -> tuple[Header, Reader]:
+  if not isinstance(data, (bytes, bytearray, memoryview)):
+    raise TypeError(f"data must be bytes, got {type(data).__name__}")
+  data = bytes(data)
+  if len(data) > MAX_FILE_BYTES:
+    raise DecodeError(f"file of {len(data)} bytes is over the limit of {MAX_FILE_BYTES}")
+  if len(data) < _MIN_FILE:
+    raise DecodeError(f"truncated: {len(data)} bytes is shorter than the smallest file "
+                      f"({_MIN_FILE} bytes)")
+  if data[:4] != MAGIC:
+    raise DecodeError(f"wrong magic {data[:4]!r}: not a gaussjax file (expected {MAGIC!r})")
+  version = data[4]
+  if version not in _DECODERS:
+    raise DecodeError(f"unsupported format version {version} (this gaussjax reads "
+                      f"{sorted(_DECODERS)})")
+  stored = struct.unpack("<I", data[-4:])[0]
+  actual = zlib.crc32(data[:-4])
+  if stored != actual:
+    raise DecodeError(f"checksum mismatch: stored crc32 {stored:#010x}, computed {actual:#010x} "
+                      "(the file is corrupt or truncated)")
+  r = Reader(data, end=len(data) - 4)
+  r.take(5, "magic and version")
+  c = r.u8("channels")
+  if not 1 <= c <= MAX_CHANNELS:
+    raise DecodeError(f"channels={c} must be in [1, {MAX_CHANNELS}]")
+  width, height = r.u16("width"), r.u16("height")
+  if width < 1 or height < 1:
+    raise DecodeError(f"image size {width}x{height} must be positive")
+  if width * height > constants.MAX_PIXELS:
+    raise DecodeError(f"image size {width}x{height} is over MAX_PIXELS={constants.MAX_PIXELS}")
+  n = r.varint("number of Gaussians", MAX_GAUSSIANS)
+  mode = r.u8("colour mode")
+  if mode not in (COLOR_MODE_DIRECT, COLOR_MODE_YCOCG) or (mode == COLOR_MODE_YCOCG) != (c == 3):
+    raise DecodeError(f"colour mode {mode} is invalid for {c} channels")
+  vals = []
+  for name, rng in (("position step", qz.POS_STEP_RANGE), ("scale step", qz.SCALE_STEP_RANGE),
+                    ("shear step", qz.SHEAR_STEP_RANGE)) + (
+                        ("colour step", qz.COLOR_STEP_RANGE),) * c:
+    v = struct.unpack("<e", r.take(2, name))[0]
+    if not (np.isfinite(v) and rng[0] <= v <= rng[1]):
+      raise DecodeError(f"{name} {v} is outside [{rng[0]}, {rng[1]}]")
+    vals.append(float(v))
+  steps = qz.QuantSteps(vals[0], vals[1], vals[2], tuple(vals[3:]))
+  return Header(version, c, width, height, n, mode, steps), r
+
+
+def _decode_v1(header: Header, r: Reader) -> Gaussians:
+  n, c, h, w, steps = (header.num_gaussians, header.channels, header.height, header.width,
+                       header.steps)
+  if n == 0:
+    if r.pos != r.end:
+      raise DecodeError(f"{r.end - r.pos} unexpected bytes after the header of an empty file")
+    z = np.zeros((0, 2), np.float32)
+    return Gaussians(z, np.zeros((0, 3), np.float32), np.zeros((0, c), np.float32))
+  bits = qz.grid_bits(h, w, steps.pos)
+  names = ["position buckets", "log l11", "shear", "log l22"] + [f"colour {k}" for k in range(c)]
+  models = [Model.read(r, name, MAX_ALPHABET * 16) for name in names]
+  b = models[0]
+  if b.lo < 0 or b.lo + b.n - 1 > 2 * bits:
+    raise DecodeError(f"position bucket range [{b.lo}, {b.lo + b.n}) is outside [0, {2 * bits}]")
+  # Each Gaussian costs at least ... nothing in a constant model, so N is bounded only by
+  # MAX_GAUSSIANS (checked); the arrays below are O(N) with N <= 2^20.
+  dec = Decoder(r.take(r.end - r.pos, "payload"))
+  buckets = dec.read(models[0], n)
+  low_bits = np.maximum(buckets - 1, 0)
+  low = np.zeros(n, np.int64)
+  for shift in (0, 16, 32):
+    nb = np.clip(low_bits - shift, 0, 16)
+    low |= dec.read_uniform(nb) << shift
+  deltas = np.where(buckets > 0, (np.int64(1) << low_bits) + low, 0)
+  codes = np.cumsum(deltas)
+  if codes[-1] >= (1 << (2 * bits)):
+    raise DecodeError(f"position code {codes[-1]} is outside the {2 * bits}-bit grid")
+  ix, iy = qz.morton_decode(codes, bits)
+  chol = np.stack([dec.read(models[k], n) for k in (1, 2, 3)], -1)
+  color = np.stack([dec.read(models[4 + k], n) for k in range(c)], -1)
+  # Clip the latents to the quantiser ranges, exactly as the encoder did, so that
+  # a corrupt file still yields finite, bounded Gaussians.
+  lmax = math.log(2.0 * max(h, w)) / steps.scale
+  lmin = math.log(qz.SCALE_MIN) / steps.scale
+  chol[:, 0::2] = np.clip(chol[:, 0::2], math.floor(lmin), math.ceil(lmax))
+  chol[:, 1] = np.clip(chol[:, 1], -math.ceil(qz.SHEAR_MAX / steps.shear),
+                       math.ceil(qz.SHEAR_MAX / steps.shear))
+  cmax = np.ceil(2 * qz.COLOR_MAX / np.asarray(steps.color)).astype(np.int64)
+  color = np.clip(color, -cmax, cmax)
+  sym = qz.Symbols(np.stack([ix, iy], -1), chol, color)
+  return qz.dequantize(sym, h, w, steps)
+
+
+_DECODERS = {1: _decode_v1}
+
+
+def decode_gaussians(data: bytes) -> tuple[Gaussians, tuple[int, int]]:
+  """Parses a gaussjax file into Gaussians.
+
+  Args:
+    data: the file's bytes.
+
+  Returns:
+    ``(gaussians, (height, width))``: float32 numpy ``Gaussians`` in the
+    pixel coordinates of the encoded image size, in Morton order.
+
+  Raises:
+    DecodeError: the bytes are not a valid file (see FORMAT.md for limits).
+  """
+  header, r = _read_header(data)
+  return _DECODERS[header.version](header, r), (header.height, header.width)
+
+
+def info(data: bytes) -> dict:
+  """Header fields and stream models of a gaussjax file, without rendering."""
+  header, r = _read_header(data)
+  out = {
+      "version": header.version, "width": header.width, "height": header.height,
+      "channels": header.channels, "num_gaussians": header.num_gaussians,
+      "color_mode": {COLOR_MODE_DIRECT: "direct", COLOR_MODE_YCOCG: "ycocg"}[header.color_mode],
+      "steps": dataclasses.asdict(header.steps), "bytes": len(data),
+      "bpp": 8.0 * len(data) / (header.width * header.height),
+  }
+  if header.num_gaussians:
+    names = ["position buckets", "log l11", "shear", "log l22"] + [
+        f"colour {k}" for k in range(header.channels)]
+    out["models"] = {name: Model.read(r, name, MAX_ALPHABET * 16).describe() for name in names}
+    out["payload_bytes"] = r.end - r.pos
+  return out
+
+
+def _output_size(header_hw, height, width):
+  h0, w0 = header_hw
+  if height is None and width is None:
+    return h0, w0
+  if height is None:
+    height = max(1, round(width * h0 / w0))
+  if width is None:
+    width = max(1, round(height * w0 / h0))
+  for name, v in (("height", height), ("width", width)):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+      raise ValueError(f"{name}={v!r} must be a positive int")
+  if height * width > constants.MAX_PIXELS:
+    raise ValueError(f"output {height}x{width} is over MAX_PIXELS={constants.MAX_PIXELS}")
+  return int(height), int(width)
+
+
+def decode(data: bytes, *, height: int | None = None, width: int | None = None,
+           backend: str = "auto") -> jax.Array:
+  """Decodes a gaussjax file to an image, at the encoded or any other size.
+
+  Args:
+    data: the file's bytes.
+    height: output rows (default: the encoded height, or keep the aspect
+      ratio when only ``width`` is given).
+    width: output columns (likewise).
+    backend: renderer, as in ``gaussjax.render``.
+
+  Returns:
+    ``[height, width, C]`` float32 image clipped to [0, 1].
+
+  Raises:
+    DecodeError: the bytes are not a valid gaussjax file.
+  """
+  from gaussjax._render import render
+  gaussians, (h0, w0) = decode_gaussians(data)
+  h, w = _output_size((h0, w0), height, width)
+  if gaussians.num_gaussians == 0:
+    return jnp.zeros((h, w, gaussians.channels), jnp.float32)
+  image = render(Gaussians(*(jnp.asarray(x) for x in gaussians)), h, w, backend=backend,
+                 source_size=(h0, w0))
+  return jnp.clip(image, 0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------
+# Fitting and quantisation-aware fine-tuning
+
+# Learning-rate multipliers per field (pixels for means and factors, [0, 1]
+# units for colours), applied after Adam's normalisation.
+_FIELD_LR = Gaussians(means=20.0, chol=5.0, colors=1.0)
+
+
+def _make_step(height, width, backend, steps, plan, optimizer):
+  from gaussjax._render import rasterize
+
+  def loss_fn(g, image):
+    gq = qz.fake_quantize(g, height, width, steps) if steps is not None else g
+    out, overflow = rasterize(gq, height, width, backend=backend, plan=plan)
+    return jnp.mean((out - image) ** 2), overflow
+
+  @jax.jit
+  def step(g, opt_state, image):
+    (loss, overflow), grads = jax.value_and_grad(loss_fn, has_aux=True)(g, image)
+    updates, new_state = optimizer.update(grads, opt_state, g)
+    new_g = optax.apply_updates(g, updates)
+    # On overflow the step is discarded; the caller re-plans and retries.
+    keep = jnp.logical_not(overflow)
+    new_g = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new_g, g)
+    new_state = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new_state, opt_state)
+    return new_g, new_state, loss, overflow
+
+  return step
+
+
+def _train(gaussians: Gaussians, image: jax.Array, *, num_steps: int, learning_rate: float,
+           steps: qz.QuantSteps | None, backend: str, replan_every: int = 50) -> Gaussians:
+  """Adam on the MSE of the rendering; with ``steps``, through ``fake_quantize``.
+
+  The fast renderers need a static plan (``make_plan``, outside jit); it is
+  rebuilt every ``replan_every`` steps and whenever a step overflows it (that
+  step is discarded and redone), so no contribution is ever dropped.
+  """
+  from gaussjax._render import make_plan, resolve_backend
+  backend = resolve_backend(backend)
+  if num_steps == 0 or gaussians.num_gaussians == 0:
+    return gaussians
+  height, width = image.shape[:2]
+  schedule = optax.cosine_decay_schedule(learning_rate, num_steps, alpha=0.05)
+  optimizer = optax.chain(
+      optax.scale_by_adam(),
+      optax.transforms.partition(
+          {f: optax.scale(s) for f, s in zip(Gaussians._fields, _FIELD_LR)},
+          Gaussians(*Gaussians._fields)),
+      optax.scale_by_schedule(lambda t: -schedule(t)))
+  g = Gaussians(*(jnp.asarray(x, jnp.float32) for x in gaussians))
+  opt_state = optimizer.init(g)
+  cache = {}
+  done, plan, fresh = 0, None, False
+  while done < num_steps:
+    if done % replan_every == 0 or not fresh and plan is _STALE:
+      view = qz.fake_quantize(g, height, width, steps) if steps is not None else g
+      plan, fresh = make_plan(view, height, width, backend=backend), True
+    if plan not in cache:
+      cache[plan] = _make_step(height, width, backend, steps, plan, optimizer)
+    g2, s2, _, overflow = cache[plan](g, opt_state, image)
+    if bool(overflow):
+      if fresh:
+        raise RuntimeError(f"backend {backend!r} overflowed a plan made for the same Gaussians")
+      plan = _STALE
+      continue
+    g, opt_state, fresh = g2, s2, False
+    done += 1
+  return g
+
+
+_STALE = object()
+
+
+def _fit_float(image: jax.Array, n: int, config: CodecConfig) -> Gaussians:
+  """The float fit that the codec starts from."""
+  from gaussjax._init import init_random
+  h, w, c = image.shape
+  g = init_random(jax.random.key(config.seed), n, h, w, c)
+  return _train(g, image, num_steps=config.fit_steps, learning_rate=config.learning_rate,
+                steps=None, backend=config.backend)
+
+
+def _importance(gaussians: Gaussians) -> np.ndarray:
+  """Energy of each Gaussian's contribution, ``|c|² sqrt(det Σ)`` (prune order)."""
+  chol = np.asarray(gaussians.chol, np.float64)
+  sxx = chol[:, 0] ** 2 + constants.COV_FLOOR
+  sxy = chol[:, 0] * chol[:, 1]
+  syy = chol[:, 1] ** 2 + chol[:, 2] ** 2 + constants.COV_FLOOR
+  det = np.maximum(sxx * syy - sxy * sxy, 1e-12)
+  return np.sum(np.asarray(gaussians.colors, np.float64) ** 2, -1) * np.sqrt(det)
+
+
+def _as_image(image) -> jax.Array:
+  arr = np.asarray(image)
+  if arr.ndim == 2:
+    arr = arr[:, :, None]
+  if arr.ndim != 3:
+    raise ValueError(f"image must have shape [H, W, C], got {arr.shape}")
+  if arr.dtype == np.uint8:
+    arr = arr.astype(np.float32) / 255.0
+  elif arr.dtype == np.uint16:
+    arr = arr.astype(np.float32) / 65535.0
+  elif not np.issubdtype(arr.dtype, np.floating):
+    raise TypeError(f"image must be float in [0, 1], uint8 or uint16, got {arr.dtype}")
+  h, w, c = arr.shape
+  if not (1 <= h <= MAX_DIM and 1 <= w <= MAX_DIM) or h * w > constants.MAX_PIXELS:
+    raise ValueError(f"image size {h}x{w} must be within {MAX_DIM} per side and "
+                     f"MAX_PIXELS={constants.MAX_PIXELS}")
+  if not 1 <= c <= MAX_CHANNELS:
+    raise ValueError(f"image has {c} channels; gaussjax files hold 1 to {MAX_CHANNELS}")
+  if not np.all(np.isfinite(arr)):
+    raise ValueError("image contains NaN or infinite values")
+  return jnp.asarray(arr, jnp.float32)
+
+
+def _quality_settings(quality: float, height: int, width: int, channels: int):
+  n = max(16, int(round(height * width * 0.02 * (quality / 50.0) ** 2)))
+  steps = qz.default_steps(channels).scaled(2.0 ** ((50.0 - quality) / 25.0))
+  return n, steps
+
+
+def encode(image, config: CodecConfig = CodecConfig()) -> bytes:
+  """Fits Gaussians to an image and codes them into a gaussjax file.
+
+  Steps: float fit, quantisation-aware fine-tuning (straight-through rounding
+  of every attribute), quantisation, ANS coding; with ``config.bpp``, a rate
+  controller that measures the real file size and prunes the least important
+  Gaussians or refines the quantiser steps until the file is within
+  ``config.rate_tolerance`` of ``bpp · H · W / 8`` bytes.
+
+  Args:
+    image: ``[H, W, C]`` float in [0, 1] (or uint8/uint16), C ≤ 4.
+    config: ``CodecConfig``.
+
+  Returns:
+    The file's bytes (``8 · len(result) / (H · W)`` is the rate in bpp).
+
+  Raises:
+    ValueError: the image or config is invalid, or the rate target cannot be
+      met (e.g. smaller than the header).
+  """
+  if not isinstance(config, CodecConfig):
+    raise TypeError(f"config must be a CodecConfig, got {type(config).__name__}")
+  image = _as_image(image)
+  h, w, c = image.shape
+  if config.bpp is None:
+    n, steps = _quality_settings(config.quality or 50.0, h, w, c)
+    n = config.num_gaussians or n
+    g = _fit_float(image, n, config)
+    g = _train(g, image, num_steps=config.qat_steps, learning_rate=config.learning_rate / 5,
+               steps=steps, backend=config.backend)
+    return encode_gaussians(g, h, w, steps)
+  return _encode_rate(image, config)
+
+
+def _encode_rate(image: jax.Array, config: CodecConfig) -> bytes:
+  h, w, c = image.shape
+  target = config.bpp * h * w / 8.0
+  tol = config.rate_tolerance
+  lo_ok, hi_ok = target * (1 - tol), target * (1 + tol)
+  steps = qz.default_steps(c)
+  if len(encode_gaussians(Gaussians(np.zeros((1, 2), np.float32), np.ones((1, 3), np.float32),
+                                    np.zeros((1, c), np.float32)), h, w, steps)) > hi_ok:
+    raise ValueError(f"bpp={config.bpp} ({target:.0f} bytes) is below the smallest file "
+                     f"for a {h}x{w} image")
+  n = config.num_gaussians or max(4, int(math.ceil(1.1 * 8 * target / config.bits_per_gaussian)))
+  qat_lr = config.learning_rate / 5
+  for _attempt in range(3):
+    g = _fit_float(image, n, config)
+    g = _train(g, image, num_steps=config.qat_steps, learning_rate=qat_lr, steps=steps,
+               backend=config.backend)
+    data, g_fit, steps_fit = _fit_size(g, h, w, steps, lo_ok, hi_ok)
+    if data is None:  # too few Gaussians even with the finest steps: refit with more
+      size = len(encode_gaussians(g, h, w, steps.scaled(0.25)))
+      n = int(math.ceil(n * 1.15 * target / max(size, 1)))
+      if n > MAX_GAUSSIANS:
+        break
+      continue
+    if config.qat_steps and g_fit.num_gaussians < g.num_gaussians:
+      # Fine-tune the pruned set, then fit the size again.
+      g2 = _train(g_fit, image, num_steps=max(1, config.qat_steps // 3),
+                  learning_rate=qat_lr / 2, steps=steps_fit, backend=config.backend)
+      data2, _, _ = _fit_size(g2, h, w, steps_fit, lo_ok, hi_ok)
+      if data2 is not None:
+        return data2
+    return data
+  raise ValueError(f"could not reach bpp={config.bpp} within {tol:.0%} for a {h}x{w} image")
+
+
+def _fit_size(g, h, w, steps, lo_ok, hi_ok):
+  """Prunes (by importance) or refines steps until the file size is in range.
+
+  Returns ``(data, gaussians, steps)``, with ``data`` None when even the
+  finest steps give a file smaller than ``lo_ok``.
+  """
+  g = Gaussians(*(np.asarray(x, np.float32) for x in g))
+  data = encode_gaussians(g, h, w, steps)
+  if lo_ok <= len(data) <= hi_ok:
+    return data, g, steps
+  if len(data) > hi_ok:
+    order = np.argsort(-_importance(g), kind="stable")
+    lo, hi = 1, g.num_gaussians  # size(lo) <= target assumed, size(hi) > target
+    best = None
+    while lo <= hi:
+      mid = (lo + hi) // 2
+      sub = g.select(np.sort(order[:mid]))
+      d = encode_gaussians(sub, h, w, steps)
+      if len(d) <= hi_ok:
+        best = (d, sub, steps)
+        if len(d) >= lo_ok:
+          return best
+        lo = mid + 1
+      else:
+        hi = mid - 1
+    return best if best is not None else (None, g, steps)
+  # Too small with every Gaussian: finer steps (bisection on a step factor).
+  flo, fhi = 0.25, 1.0  # size(flo) hopefully > target, size(fhi) < target
+  if len(encode_gaussians(g, h, w, steps.scaled(flo))) < lo_ok:
+    return None, g, steps
+  for _ in range(12):
+    f = math.sqrt(flo * fhi)
+    d = encode_gaussians(g, h, w, steps.scaled(f))
+    if lo_ok <= len(d) <= hi_ok:
+      return d, g, steps.scaled(f)
+    if len(d) > hi_ok:
+      flo = f
+    else:
+      fhi = f
+  return None, g, steps
