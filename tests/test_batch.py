@@ -7,7 +7,7 @@ import pytest
 
 import gaussjax
 from gaussjax import _batch
-from gaussjax._render import rasterize
+from gaussjax import _codec
 
 
 # ----------------------------------------------------------------- bucketing and padding
@@ -49,14 +49,22 @@ def test_pad_images_and_mask():
     _batch.pad_images([a], shape=(1, 1))
 
 
-def test_masked_mean_ignores_padding_in_value_and_gradient():
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.random((5, 7, 3)), jnp.float32)
-  padded = jnp.pad(x, ((0, 3), (0, 1), (0, 0)), constant_values=123.0)
-  mask = jnp.pad(jnp.ones((5, 7)), ((0, 3), (0, 1)))
-  assert float(_batch.masked_mean(padded ** 2, mask)) == pytest.approx(float(jnp.mean(x ** 2)))
-  grad = jax.grad(lambda p: _batch.masked_mean(p ** 2, mask))(padded)
-  assert float(jnp.abs(grad[5:]).max()) == 0.0 and float(jnp.abs(grad[:, 7:]).max()) == 0.0
+def test_masked_loss_ignores_padding_in_value_and_gradient():
+  image = toy_images(1, 13, 10)[0]
+  g = toy_gaussians(1, 12, 13, 10)[0]
+  padded = np.pad(image, ((0, 19), (0, 22), (0, 0)), constant_values=123.0)
+  mask = np.pad(np.ones((13, 10), np.float32), ((0, 19), (0, 22)))
+
+  def loss(g, image, mask):
+    return _codec._loss(g, jnp.asarray(image), mask, height=0, width=0, backend="reference",
+                        steps=None, plan=None)[0]
+
+  expected, expected_grad = jax.value_and_grad(loss)(g, image, None)
+  actual, actual_grad = jax.value_and_grad(loss)(g, padded, jnp.asarray(mask))
+  assert float(actual) == pytest.approx(float(expected), rel=1e-5)
+  for a, e in zip(actual_grad, expected_grad):
+    # float32 sums over 32x32 instead of 13x10 pixels.
+    np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-6)
 
 
 def test_pad_batch_repeats_the_first_element():
@@ -74,13 +82,9 @@ def test_pad_batch_repeats_the_first_element():
 
 def toy_step(gaussians, example, plan, static):
   image, mask = example
-  height, width, learning_rate = static
-
-  def loss(g):
-    out, overflow = rasterize(g, height, width, backend="reference", plan=plan)
-    return _batch.masked_mean((out - image) ** 2, mask), overflow
-
-  (_, overflow), grad = jax.value_and_grad(loss, has_aux=True)(gaussians)
+  learning_rate = static
+  (_, overflow), grad = jax.value_and_grad(_codec._loss, has_aux=True)(
+      gaussians, image, mask, height=0, width=0, backend="reference", steps=None, plan=plan)
   return jax.tree_util.tree_map(lambda p, d: p - learning_rate * d, gaussians, grad), overflow
 
 
@@ -106,7 +110,7 @@ def run_toy(images, gaussians, height, width, *, num_steps=6, mesh=None, chunk=4
   padded, mask = _batch.pad_images(images, shape=(height, width))
   return _batch.run_steps(
       toy_step, stack(gaussians), (jnp.asarray(padded), jnp.asarray(mask)), num_steps=num_steps,
-      plan_fn=lambda state: None, static=(height, width, 20.0), mesh=mesh, chunk=chunk)
+      plan_fn=lambda state: None, static=20.0, mesh=mesh, chunk=chunk)
 
 
 def test_run_steps_batch_equals_one_at_a_time():
@@ -153,7 +157,7 @@ def test_run_steps_replans_on_overflow_and_never_keeps_an_overflowed_step():
   padded, mask = _batch.pad_images(images)
   state = _batch.run_steps(
       overflowing_step, stack(gaussians), (jnp.asarray(padded), jnp.asarray(mask)),
-      num_steps=5, plan_fn=plan_fn, static=(8, 8, 20.0), chunk=5)
+      num_steps=5, plan_fn=plan_fn, static=20.0, chunk=5)
   expected = run_toy(images, gaussians, 8, 8, num_steps=5, chunk=5)
   for a, e in zip(state, expected):
     np.testing.assert_allclose(a, e, rtol=1e-6, atol=1e-6)
@@ -170,4 +174,4 @@ def test_run_steps_fails_loudly_when_a_fresh_plan_overflows():
   padded, mask = _batch.pad_images(images)
   with pytest.raises(RuntimeError, match="overflowed"):
     _batch.run_steps(overflowing_step, stack(gaussians), (jnp.asarray(padded), jnp.asarray(mask)),
-                     num_steps=2, plan_fn=lambda state: 0, static=(8, 8, 20.0))
+                     num_steps=2, plan_fn=lambda state: 0, static=20.0)
