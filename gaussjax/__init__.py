@@ -3,6 +3,12 @@
 from importlib import metadata as _metadata
 
 from gaussjax import constants
+from gaussjax._bitstream import DecodeError
+from gaussjax._codec import CodecConfig
+from gaussjax._codec import decode
+from gaussjax._codec import decode_gaussians
+from gaussjax._codec import encode
+from gaussjax._codec import encode_gaussians
 from gaussjax._gaussians import Gaussians
 from gaussjax._gaussians import concatenate
 from gaussjax._gaussians import conics
@@ -22,12 +28,18 @@ except _metadata.PackageNotFoundError:  # running from a source tree
 
 __all__ = (
     "BACKENDS",
+    "CodecConfig",
+    "DecodeError",
     "Gaussians",
     "concatenate",
     "conics",
     "constants",
     "covariances",
+    "decode",
+    "decode_gaussians",
     "default_backend",
+    "encode",
+    "encode_gaussians",
     "extents",
     "init_random",
     "render",

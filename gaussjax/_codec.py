@@ -431,7 +431,10 @@ def _train(gaussians: Gaussians, image: jax.Array, *, num_steps: int, learning_r
   optimizer = _optimizer(learning_rate, num_steps)
   g = Gaussians(*(jnp.asarray(x, jnp.float32) for x in gaussians))
   opt_state = optimizer.init(g)
-  cache = {}
+  cache = _STEP_CACHE.setdefault((height, width, backend, steps, learning_rate, num_steps), {})
+  if len(_STEP_CACHE) > 32:  # bounded: a long-running process encodes many sizes
+    _STEP_CACHE.clear()
+    cache = _STEP_CACHE.setdefault((height, width, backend, steps, learning_rate, num_steps), {})
   done, plan, fresh = 0, None, False
   while done < num_steps:
     if done % replan_every == 0 or not fresh and plan is _STALE:
@@ -451,6 +454,7 @@ def _train(gaussians: Gaussians, image: jax.Array, *, num_steps: int, learning_r
 
 
 _STALE = object()
+_STEP_CACHE = {}
 
 
 def _fit_float(image: jax.Array, n: int, config: CodecConfig) -> Gaussians:

@@ -1,0 +1,162 @@
+"""``gaussjax encode | decode | info``: the codec's command-line subcommands.
+
+``register(subparsers)`` adds them to the main ``gaussjax`` parser
+(``gaussjax._cli``); ``main`` runs them standalone. Outputs are written
+atomically (a temporary file in the same folder, then ``os.replace``), and an
+output path that names the input file is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+
+class CliError(Exception):
+  """A user-facing error: printed as one line, exit status 1."""
+
+
+def _same_file(a: str, b: str) -> bool:
+  if os.path.exists(a) and os.path.exists(b):
+    return os.path.samefile(a, b)
+  return os.path.realpath(a) == os.path.realpath(b)
+
+
+def write_atomic(path: str, data: bytes) -> None:
+  """Writes ``data`` to ``path`` via a temporary file and ``os.replace``."""
+  folder = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(prefix=".gaussjax-", suffix=".tmp", dir=folder)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def _load_image(path: str) -> np.ndarray:
+  try:
+    from gaussjax._io import load_image  # branch `found`
+  except ImportError:
+    load_image = None
+  if load_image is not None:
+    return np.asarray(load_image(path))
+  from PIL import Image, ImageOps
+  with Image.open(path) as im:
+    im = ImageOps.exif_transpose(im)
+    if im.mode not in ("L", "RGB", "RGBA"):
+      im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
+    arr = np.asarray(im, np.float32) / 255.0
+  return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def _png_bytes(image: np.ndarray, path: str) -> bytes:
+  import io
+  from PIL import Image
+  arr = np.clip(np.rint(np.asarray(image, np.float64) * 255.0), 0, 255).astype(np.uint8)
+  if arr.shape[-1] == 1:
+    arr = arr[:, :, 0]
+  elif arr.shape[-1] == 2:  # grey + alpha
+    arr = np.concatenate([np.repeat(arr[:, :, :1], 3, -1), arr[:, :, 1:]], -1)
+  buf = io.BytesIO()
+  fmt = os.path.splitext(path)[1].lstrip(".").upper() or "PNG"
+  fmt = {"JPG": "JPEG", "TIF": "TIFF"}.get(fmt, fmt)
+  Image.fromarray(arr).save(buf, format=fmt)
+  return buf.getvalue()
+
+
+def _cmd_encode(args) -> int:
+  import gaussjax
+  if _same_file(args.image, args.output):
+    raise CliError(f"output {args.output!r} is the input file; refusing to overwrite it")
+  image = _load_image(args.image)
+  kwargs = {}
+  if args.fit_steps is not None:
+    kwargs["fit_steps"] = args.fit_steps
+  if args.qat_steps is not None:
+    kwargs["qat_steps"] = args.qat_steps
+  config = gaussjax.CodecConfig(bpp=args.bpp, quality=args.quality, **kwargs)
+  data = gaussjax.encode(image, config)
+  write_atomic(args.output, data)
+  h, w = image.shape[:2]
+  print(f"{args.output}: {len(data)} bytes, {8 * len(data) / (h * w):.4f} bpp")
+  return 0
+
+
+def _read(path: str) -> bytes:
+  from gaussjax._codec import MAX_FILE_BYTES
+  size = os.path.getsize(path)
+  if size > MAX_FILE_BYTES:
+    raise CliError(f"{path}: {size} bytes is over the limit of {MAX_FILE_BYTES}")
+  with open(path, "rb") as f:
+    return f.read()
+
+
+def _cmd_decode(args) -> int:
+  import gaussjax
+  if _same_file(args.input, args.output):
+    raise CliError(f"output {args.output!r} is the input file; refusing to overwrite it")
+  image = gaussjax.decode(_read(args.input), height=args.height, width=args.width)
+  write_atomic(args.output, _png_bytes(np.asarray(image), args.output))
+  print(f"{args.output}: {image.shape[1]}x{image.shape[0]}, {image.shape[2]} channels")
+  return 0
+
+
+def _cmd_info(args) -> int:
+  from gaussjax._codec import info
+  print(json.dumps(info(_read(args.input)), indent=2))
+  return 0
+
+
+def register(subparsers) -> None:
+  """Adds ``encode``, ``decode`` and ``info`` to an argparse subparsers object."""
+  p = subparsers.add_parser("encode", help="fit and compress an image into a .gjx file")
+  p.add_argument("image", help="input image (PNG, JPEG, ... anything Pillow reads)")
+  p.add_argument("-o", "--output", required=True, help="output .gjx file")
+  rate = p.add_mutually_exclusive_group(required=True)
+  rate.add_argument("--bpp", type=float, help="target bits per pixel of the whole file")
+  rate.add_argument("--quality", type=float, help="quality 1..100 (no rate target)")
+  p.add_argument("--fit-steps", type=int, default=None, help="float fit steps")
+  p.add_argument("--qat-steps", type=int, default=None, help="quantisation-aware steps")
+  p.set_defaults(func=_cmd_encode)
+
+  p = subparsers.add_parser("decode", help="render a .gjx file to an image")
+  p.add_argument("input", help="input .gjx file")
+  p.add_argument("-o", "--output", required=True, help="output image (PNG by extension)")
+  p.add_argument("--width", type=int, default=None, help="output width (any size)")
+  p.add_argument("--height", type=int, default=None, help="output height (any size)")
+  p.set_defaults(func=_cmd_decode)
+
+  p = subparsers.add_parser("info", help="print a .gjx file's header as JSON")
+  p.add_argument("input", help="input .gjx file")
+  p.set_defaults(func=_cmd_info)
+
+
+def run(args) -> int:
+  """Runs a parsed subcommand, turning expected errors into one-line messages."""
+  from gaussjax._bitstream import DecodeError
+  try:
+    return args.func(args)
+  except (CliError, DecodeError, ValueError, TypeError, OSError) as e:
+    print(f"gaussjax {args.command}: error: {e}", file=sys.stderr)
+    return 1
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="gaussjax")
+  sub = parser.add_subparsers(dest="command", required=True)
+  register(sub)
+  return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+  sys.exit(main())

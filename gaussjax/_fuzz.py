@@ -1,0 +1,88 @@
+"""Mutation fuzzing of the decoder (used by tests and benchmarks/fuzz.py)."""
+
+from __future__ import annotations
+
+import struct
+import time
+import zlib
+
+import numpy as np
+
+from gaussjax._bitstream import DecodeError
+
+
+def mutate(data: bytes, rng: np.random.Generator) -> bytes:
+  """One random corruption of a file: flips, overwrites, cuts, splices, noise.
+
+  Half of the mutants get their checksum recomputed, so that they reach the
+  parser behind the checksum instead of being rejected by it.
+  """
+  d = bytearray(data)
+  kind = rng.integers(0, 8)
+  if kind == 0:  # flip 1..8 random bits
+    for _ in range(rng.integers(1, 9)):
+      i = rng.integers(0, len(d))
+      d[i] ^= 1 << rng.integers(0, 8)
+  elif kind == 1:  # overwrite random bytes
+    for _ in range(rng.integers(1, 5)):
+      d[rng.integers(0, len(d))] = rng.integers(0, 256)
+  elif kind == 2:  # truncate
+    d = d[:rng.integers(0, len(d))]
+  elif kind == 3:  # append garbage
+    d += rng.integers(0, 256, rng.integers(1, 64)).astype(np.uint8).tobytes()
+  elif kind == 4:  # pure noise, with or without the magic
+    d = bytearray(rng.integers(0, 256, rng.integers(0, 2 * len(data))).astype(np.uint8).tobytes())
+    if rng.random() < 0.5:
+      d[:5] = data[:5]
+  elif kind == 5:  # header field set to an extreme value
+    i = rng.integers(4, min(40, len(d)))
+    d[i] = rng.choice([0, 1, 0x7F, 0x80, 0xFF])
+  elif kind == 6:  # delete or duplicate a slice
+    i, j = sorted(rng.integers(0, len(d), 2))
+    d = d[:i] + d[j:] if rng.random() < 0.5 else d[:j] + d[i:j] + d[j:]
+  else:  # flip bits in the payload only (deep in the entropy-coded stream)
+    for _ in range(rng.integers(1, 4)):
+      i = rng.integers(max(0, len(d) - 64), len(d))
+      d[i] ^= 1 << rng.integers(0, 8)
+  if rng.random() < 0.5 and len(d) >= 8:
+    d = d[:-4] + struct.pack("<I", zlib.crc32(bytes(d[:-4])))
+  return bytes(d)
+
+
+def fuzz(seeds: list[bytes], count: int, *, seed: int = 0, decode=None) -> dict:
+  """Decodes ``count`` mutants; anything but success or ``DecodeError`` fails.
+
+  Args:
+    seeds: valid files to mutate.
+    count: number of mutants.
+    seed: PRNG seed.
+    decode: the function under test (default ``decode_gaussians``).
+
+  Returns:
+    Counts of ``accepted`` and ``rejected`` mutants and the slowest decode (s).
+
+  Raises:
+    AssertionError: a mutant raised another exception, or decoded to
+      non-finite or oversized Gaussians.
+  """
+  from gaussjax._codec import MAX_GAUSSIANS, decode_gaussians
+  decode = decode or decode_gaussians
+  rng = np.random.default_rng(seed)
+  accepted = rejected = 0
+  slowest = 0.0
+  for k in range(count):
+    data = mutate(seeds[k % len(seeds)], rng)
+    t = time.perf_counter()
+    try:
+      g, (h, w) = decode(data)
+    except DecodeError:
+      rejected += 1
+    except Exception as e:  # noqa: BLE001 - the point of the fuzzer
+      raise AssertionError(f"mutant {k} raised {type(e).__name__}: {e}") from e
+    else:
+      accepted += 1
+      assert g.num_gaussians <= MAX_GAUSSIANS
+      for arr in g:
+        assert np.all(np.isfinite(arr)), f"mutant {k} decoded to non-finite values"
+    slowest = max(slowest, time.perf_counter() - t)
+  return {"accepted": accepted, "rejected": rejected, "slowest_s": slowest}
