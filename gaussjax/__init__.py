@@ -3,6 +3,7 @@
 from importlib import metadata as _metadata
 
 from gaussjax import constants
+from gaussjax._batch import encode_batch
 from gaussjax._bitstream import DecodeError
 from gaussjax._codec import CodecConfig
 from gaussjax._codec import decode
@@ -39,6 +40,7 @@ __all__ = (
     "decode_gaussians",
     "default_backend",
     "encode",
+    "encode_batch",
     "encode_gaussians",
     "extents",
     "init_random",

@@ -306,7 +306,7 @@ def _train_batch(gaussians: Gaussians, images, masks, *, height: int, width: int
     backend: renderer.
     mesh: device mesh, or ``None``.
   """
-  from gaussjax import _codec, _quantize
+  from gaussjax import _codec
   if num_steps == 0:
     return gaussians
   backend = resolve_backend(backend)
@@ -315,9 +315,11 @@ def _train_batch(gaussians: Gaussians, images, masks, *, height: int, width: int
   hb, wb = images.shape[1:3]
 
   def plan_fn(state):
+    if backend == "reference":  # no binning: no plan
+      return None
     view = state[0]
-    if qsteps is not None:
-      view = jax.vmap(lambda x: _quantize.fake_quantize(x, height, width, qsteps))(view)
+    if qsteps is not None:  # plan for what is rendered: the fake-quantised Gaussians
+      view = _fake_quantize_batch(view, height, width, qsteps)
     return make_plan(view, hb, wb, backend=backend)
 
   state = run_steps(
@@ -325,6 +327,12 @@ def _train_batch(gaussians: Gaussians, images, masks, *, height: int, width: int
       num_steps=num_steps, plan_fn=plan_fn,
       static=(height, width, backend, qsteps, learning_rate, num_steps), mesh=mesh)
   return state[0]
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _fake_quantize_batch(gaussians, height, width, qsteps):
+  from gaussjax._quantize import fake_quantize
+  return jax.vmap(lambda g: fake_quantize(g, height, width, qsteps))(gaussians)
 
 
 def _resolve_mesh(devices) -> Mesh:

@@ -175,3 +175,51 @@ def test_run_steps_fails_loudly_when_a_fresh_plan_overflows():
   with pytest.raises(RuntimeError, match="overflowed"):
     _batch.run_steps(overflowing_step, stack(gaussians), (jnp.asarray(padded), jnp.asarray(mask)),
                      num_steps=2, plan_fn=lambda state: 0, static=20.0)
+
+
+# ----------------------------------------------------------------- encode_batch
+
+
+def psnr(expected, actual):
+  return float(-10 * np.log10(np.mean((np.asarray(actual) - expected) ** 2)))
+
+
+def check_encode_batch(images, config, min_psnr=15.0):
+  batch = gaussjax.encode_batch(images, config)
+  assert len(batch) == len(images)
+  for image, data in zip(images, batch):
+    alone = gaussjax.encode(image, config)
+    # Batched and single fits sum in different orders, so a file may differ in
+    # a few quantised values; the stated tolerance: 2 % in size, 0.05 dB PSNR.
+    assert abs(len(data) - len(alone)) <= 0.02 * len(alone)
+    actual = gaussjax.decode(data, backend="reference")
+    expected = gaussjax.decode(alone, backend="reference")
+    assert actual.shape == image.shape
+    assert abs(psnr(image, actual) - psnr(image, expected)) < 0.05
+    assert psnr(image, actual) > min_psnr  # the fit did something
+
+
+def test_encode_batch_matches_encode_one_at_a_time():
+  config = _codec.CodecConfig(quality=50, fit_steps=25, qat_steps=5, backend="reference")
+  check_encode_batch(toy_images(2, 16, 20), config)
+
+
+@pytest.mark.slow
+def test_encode_batch_ragged_sizes_and_rate_control_match_encode():
+  # Two 16x20 images and a 12x18 one: the float fit runs all three in one
+  # padded 32x32 bucket, QAT in two exact-size groups.
+  images = toy_images(2, 16, 20) + toy_images(1, 12, 18, seed=1)
+  config = _codec.CodecConfig(quality=50, fit_steps=25, qat_steps=5, backend="reference")
+  check_encode_batch(images, config)
+  # With a rate target the few bytes allow only a rough picture of 16x20 px.
+  config = _codec.CodecConfig(bpp=3.0, fit_steps=25, qat_steps=5, backend="reference")
+  check_encode_batch(images, config, min_psnr=8.0)
+
+
+def test_encode_batch_bad_input():
+  config = _codec.CodecConfig(quality=50, fit_steps=1, qat_steps=0, backend="reference")
+  assert gaussjax.encode_batch([], config) == []
+  with pytest.raises(ValueError, match="image 1"):
+    gaussjax.encode_batch([np.zeros((8, 8, 3)), np.zeros((8, 8, 3, 1))], config)
+  with pytest.raises(TypeError, match="CodecConfig"):
+    gaussjax.encode_batch([np.zeros((8, 8, 3))], "fast")
