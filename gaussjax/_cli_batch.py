@@ -43,6 +43,9 @@ def register(subparsers) -> None:
   target.add_argument("--quality", type=_positive_float, help="target quality (see gaussjax encode)")
   parser.add_argument("--batch", type=_positive_int, default=8, metavar="K",
                       help="images fitted at once (default 8)")
+  parser.add_argument("--fit-steps", type=_positive_int, default=None, help="float fit steps")
+  parser.add_argument("--qat-steps", type=_positive_int, default=None,
+                      help="quantisation-aware steps")
   parser.add_argument("--no-progress", action="store_true", help="no progress bar")
   parser.set_defaults(func=run)
 
@@ -50,9 +53,11 @@ def register(subparsers) -> None:
 def codec_config(args: argparse.Namespace):
   """The ``CodecConfig`` the command line asks for."""
   from gaussjax._codec import CodecConfig
+  steps = {name: value for name, value in (("fit_steps", args.fit_steps),
+                                           ("qat_steps", args.qat_steps)) if value is not None}
   if args.bpp is not None:
-    return CodecConfig(bpp=args.bpp)
-  return CodecConfig(quality=args.quality)
+    return CodecConfig(bpp=args.bpp, **steps)
+  return CodecConfig(quality=args.quality, **steps)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,14 +66,22 @@ def run(args: argparse.Namespace) -> int:
   from gaussjax._codec import decode
   from gaussjax._encode_dir import encode_dir
 
-  config = codec_config(args)
-  rows = encode_dir(
-      args.in_dir, args.out_dir,
-      encode_fn=lambda images: encode_batch(images, config),
-      decode_fn=decode,
-      settings=repr(config),
-      batch_size=args.batch,
-      progress=False if args.no_progress else None)
+  try:
+    config = codec_config(args)
+  except ValueError as e:
+    print(f"gaussjax encode-dir: error: {e}", file=sys.stderr)
+    return 2
+  try:
+    rows = encode_dir(
+        args.in_dir, args.out_dir,
+        encode_fn=lambda images: encode_batch(images, config),
+        decode_fn=decode,
+        settings=repr(config),
+        batch_size=args.batch,
+        progress=False if args.no_progress else None)
+  except (ValueError, RuntimeError, OSError) as e:  # bad folders, a second job: one line
+    print(f"gaussjax encode-dir: error: {e}", file=sys.stderr)
+    return 2
   failed = [row for row in rows if row.status != "ok"]
   ok = len(rows) - len(failed)
   print(f"{ok} encoded, {len(failed)} failed; manifest: {args.out_dir}/manifest.csv")
