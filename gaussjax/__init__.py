@@ -10,6 +10,14 @@ from gaussjax._codec import decode
 from gaussjax._codec import decode_gaussians
 from gaussjax._codec import encode
 from gaussjax._codec import encode_gaussians
+from gaussjax._fit import FitConfig
+from gaussjax._fit import FitHistory
+from gaussjax._fit import FitState
+from gaussjax._fit import fit
+from gaussjax._fit import fit_loss
+from gaussjax._fit import fit_step
+from gaussjax._fit import init_fit_state
+from gaussjax._fit import make_optimizer
 from gaussjax._gaussians import Gaussians
 from gaussjax._gaussians import concatenate
 from gaussjax._gaussians import conics
@@ -17,8 +25,17 @@ from gaussjax._gaussians import covariances
 from gaussjax._gaussians import extents
 from gaussjax._gaussians import scale_gaussians
 from gaussjax._init import init_random
+from gaussjax._init import init_slic
+from gaussjax._io import load_image
+from gaussjax._io import save_image
+from gaussjax._metrics import bpp
+from gaussjax._metrics import ms_ssim
+from gaussjax._metrics import psnr
+from gaussjax._metrics import ssim
 from gaussjax._render import BACKENDS
 from gaussjax._render import default_backend
+from gaussjax._render import make_plan
+from gaussjax._render import rasterize
 from gaussjax._render import render
 from gaussjax._render import render_reference
 
@@ -31,7 +48,11 @@ __all__ = (
     "BACKENDS",
     "CodecConfig",
     "DecodeError",
+    "FitConfig",
+    "FitHistory",
+    "FitState",
     "Gaussians",
+    "bpp",
     "concatenate",
     "conics",
     "constants",
@@ -43,8 +64,21 @@ __all__ = (
     "encode_batch",
     "encode_gaussians",
     "extents",
+    "fit",
+    "fit_loss",
+    "fit_step",
+    "init_fit_state",
     "init_random",
+    "init_slic",
+    "load_image",
+    "make_optimizer",
+    "make_plan",
+    "ms_ssim",
+    "psnr",
+    "rasterize",
     "render",
     "render_reference",
+    "save_image",
     "scale_gaussians",
+    "ssim",
 )

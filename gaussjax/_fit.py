@@ -1,0 +1,370 @@
+"""Fitting Gaussians to an image with optax.
+
+Call chain::
+
+  fit(image, gaussians, config)            host loop: plans, logging, stopping
+    ├─ make_plan(g, H, W, backend)         outside jit, from concrete Gaussians
+    └─ fit_step(state, image, config=, plan=)   jitted, pure
+         └─ rasterize(g, H, W, backend, plan) -> (image, overflow)
+
+``fit_step`` is pure: users who write their own loop call it directly (jit it
+with ``config`` and ``plan`` static). A step whose render overflowed the plan
+returns the state unchanged (never a step computed on an incomplete image) and
+``overflow=True``; the caller re-plans from the current Gaussians and goes on.
+Since an unchanged state with the same plan overflows again, ``fit`` only
+checks the flag every ``min(log_every, replan_every)`` steps, so the device
+is never synchronised inside a chunk of steps.
+
+The loop is written as phases of jitted steps on a fixed N, so that a later
+adaptive density control (add/prune Gaussians between phases) can change N
+and rebuild the optimiser state there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gaussjax._gaussians import Gaussians, validate
+from gaussjax._metrics import psnr as _psnr
+from gaussjax._metrics import ssim as _ssim
+from gaussjax._render import make_plan, rasterize, resolve_backend
+
+Array = jax.Array
+
+# The attributes of Gaussians, in the order of the pytree.
+_FIELDS = Gaussians._fields
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+  """Options of ``fit`` / ``fit_step`` (hashable: a static jit argument).
+
+  Learning rates are in the units of each field: means and Cholesky factors
+  in pixels per step, colours in intensity per step (Adam steps are about
+  ``lr`` in size). Each follows a linear warmup then a cosine decay to
+  ``lr · final_lr_fraction`` at ``steps``.
+
+  Attributes:
+    steps: optimisation steps (the schedule's horizon).
+    lr_means: Adam learning rate of the means (pixels).
+    lr_chol: Adam learning rate of the Cholesky factors (pixels).
+    lr_colors: Adam learning rate of the colours.
+    warmup_steps: linear warmup length.
+    final_lr_fraction: learning rate at the end, relative to the peak.
+    l1_weight: weight of mean |render - image|.
+    l2_weight: weight of mean (render - image)².
+    ssim_weight: weight of 1 - SSIM (costs a few times a render on CPU;
+      0 by default).
+    backend: renderer (``"auto"``, ``"reference"``, ``"xla"``, ``"pallas"``).
+    replan_every: re-plan the binning from the current Gaussians this often
+      (they move and grow; a stale plan would overflow or waste work).
+    log_every: record a history entry this often (also the stopping-rule
+      check interval).
+    time_budget_s: stop after this many seconds (checked every
+      ``log_every`` steps), or None.
+    target_psnr: stop once the PSNR reaches this (dB), or None.
+  """
+
+  steps: int = 2000
+  lr_means: float = 0.2
+  lr_chol: float = 0.05
+  lr_colors: float = 0.01
+  warmup_steps: int = 20
+  final_lr_fraction: float = 0.05
+  l1_weight: float = 0.0
+  l2_weight: float = 1.0
+  ssim_weight: float = 0.0
+  backend: str = "auto"
+  replan_every: int = 100
+  log_every: int = 100
+  time_budget_s: float | None = None
+  target_psnr: float | None = None
+
+  def __post_init__(self):
+    for name in ("steps", "replan_every", "log_every"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"FitConfig.{name}={value!r} must be a positive int")
+    if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+      raise ValueError(f"FitConfig.warmup_steps={self.warmup_steps!r} must be a non-negative int")
+    for name in ("lr_means", "lr_chol", "lr_colors", "l1_weight", "l2_weight", "ssim_weight",
+                 "final_lr_fraction"):
+      value = getattr(self, name)
+      if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"FitConfig.{name}={value!r} must be a finite number >= 0")
+    if self.l1_weight + self.l2_weight + self.ssim_weight <= 0:
+      raise ValueError("FitConfig: at least one of l1_weight, l2_weight, ssim_weight must be positive")
+    resolve_backend(self.backend)
+    if self.time_budget_s is not None and not self.time_budget_s > 0:
+      raise ValueError(f"FitConfig.time_budget_s={self.time_budget_s!r} must be positive or None")
+
+
+class FitState(NamedTuple):
+  """The state carried between ``fit_step`` calls (a pytree)."""
+
+  gaussians: Gaussians  # means [N, 2], chol [N, 3], colors [N, C]
+  opt_state: Any  # optax state of make_optimizer(config)
+  step: Array  # [] int32, accepted steps so far
+  key: Array  # PRNG key, for stochastic extensions (unused by the plain loss)
+
+
+class FitHistory(NamedTuple):
+  """What ``fit`` logged, one entry per logged step (NumPy arrays).
+
+  Attributes:
+    step: ``[T]`` step index at which the entry was recorded.
+    loss: ``[T]`` training loss at that step.
+    psnr: ``[T]`` PSNR (dB) of the clipped render at that step.
+    wall_time: ``[T]`` seconds since ``fit`` started (compilation included).
+    replans: number of plans made (initial, periodic and after overflow).
+    overflows: number of overflowed chunks that were re-planned and redone.
+  """
+
+  step: np.ndarray
+  loss: np.ndarray
+  psnr: np.ndarray
+  wall_time: np.ndarray
+  replans: int
+  overflows: int
+
+
+def _schedule(lr: float, config: FitConfig) -> optax.Schedule:
+  decay_steps = max(config.steps, config.warmup_steps + 1)
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0 if config.warmup_steps else lr,
+      peak_value=lr,
+      warmup_steps=config.warmup_steps,
+      decay_steps=decay_steps,
+      end_value=lr * config.final_lr_fraction)
+
+
+def make_optimizer(config: FitConfig) -> optax.GradientTransformation:
+  """Adam with a learning rate and schedule per Gaussian attribute."""
+  lrs = {"means": config.lr_means, "chol": config.lr_chol, "colors": config.lr_colors}
+  transforms = {name: optax.adam(_schedule(lrs[name], config)) for name in _FIELDS}
+  labels = Gaussians(*_FIELDS)
+  return optax.multi_transform(transforms, labels)
+
+
+def init_fit_state(gaussians: Gaussians, config: FitConfig, *, key: Array | None = None) -> FitState:
+  """The initial ``FitState`` for ``gaussians`` under ``config``.
+
+  Args:
+    gaussians: ``Gaussians`` (``means [N, 2]``...), cast to float32.
+    config: ``FitConfig``.
+    key: PRNG key kept in the state; ``jax.random.key(0)`` when None.
+
+  Returns:
+    ``FitState`` at step 0.
+  """
+  gaussians = validate(gaussians).astype(jnp.float32)
+  if key is None:
+    key = jax.random.key(0)
+  opt_state = make_optimizer(config).init(gaussians)
+  return FitState(gaussians, opt_state, jnp.zeros((), jnp.int32), key)
+
+
+def _loss_terms(render: Array, image: Array, config: FitConfig) -> Array:
+  loss = jnp.zeros((), render.dtype)
+  diff = render - image
+  if config.l2_weight:
+    loss = loss + config.l2_weight * jnp.mean(jnp.square(diff))
+  if config.l1_weight:
+    loss = loss + config.l1_weight * jnp.mean(jnp.abs(diff))
+  if config.ssim_weight:
+    loss = loss + config.ssim_weight * (1.0 - _ssim(render, image))
+  return loss
+
+
+def fit_loss(gaussians: Gaussians, image: Array, *, config: FitConfig, plan=None) -> tuple[Array, dict]:
+  """The training loss of ``gaussians`` against ``image`` and its side outputs.
+
+  The loss is computed on the unclipped render (so gradients flow through
+  overshoots); PSNR on the render clipped to [0, 1].
+
+  Args:
+    gaussians: ``Gaussians`` fitted at ``image``'s size.
+    image: ``[H, W, C]`` target in [0, 1].
+    config: ``FitConfig`` (loss weights, backend).
+    plan: the backend's plan (from ``make_plan``), or None.
+
+  Returns:
+    ``(loss, {"psnr": ..., "overflow": ...})``.
+  """
+  height, width = image.shape[0], image.shape[1]
+  render, overflow = rasterize(gaussians, height, width, backend=config.backend, plan=plan)
+  loss = _loss_terms(render, image, config)
+  return loss, {"psnr": _psnr(jnp.clip(render, 0.0, 1.0), image), "overflow": overflow}
+
+
+def fit_step(state: FitState, image: Array, *, config: FitConfig, plan=None) -> tuple[FitState, dict]:
+  """One optimisation step; pure (jit it with ``config`` and ``plan`` static).
+
+  Args:
+    state: ``FitState`` from ``init_fit_state`` or a previous step.
+    image: ``[H, W, C]`` float32 target in [0, 1].
+    config: ``FitConfig``.
+    plan: from ``make_plan(state.gaussians, H, W, backend=config.backend)``.
+
+  Returns:
+    ``(new_state, metrics)`` with metrics ``loss``, ``psnr`` (of the Gaussians
+    before the update) and ``overflow``. When ``overflow`` is True the render
+    was incomplete and ``new_state`` is ``state`` unchanged: re-plan and call
+    again.
+
+  Examples:
+    >>> import jax, gaussjax
+    >>> image = jax.random.uniform(jax.random.key(1), (16, 16, 3))
+    >>> g = gaussjax.init_random(jax.random.key(0), 20, 16, 16, 3)
+    >>> config = gaussjax.FitConfig(steps=10, backend="reference")
+    >>> state = gaussjax.init_fit_state(g, config)
+    >>> step = jax.jit(gaussjax.fit_step, static_argnames=("config", "plan"))
+    >>> state, metrics = step(state, image, config=config)
+    >>> int(state.step), bool(metrics["overflow"])
+    (1, False)
+  """
+  (loss, aux), grads = jax.value_and_grad(fit_loss, has_aux=True)(
+      state.gaussians, image, config=config, plan=plan)
+  updates, opt_state = make_optimizer(config).update(grads, state.opt_state, state.gaussians)
+  gaussians = optax.apply_updates(state.gaussians, updates)
+  key, _ = jax.random.split(state.key)
+  new_state = FitState(gaussians, opt_state, state.step + 1, key)
+  overflow = aux["overflow"]
+  # Reject the whole step when the render was incomplete.
+  new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(overflow, old, new), new_state, state)
+  return new_state, {"loss": loss, "psnr": aux["psnr"], "overflow": overflow}
+
+
+_jit_step = jax.jit(fit_step, static_argnames=("config", "plan"))
+_jit_loss = jax.jit(fit_loss, static_argnames=("config", "plan"))
+
+
+def _check_image(image) -> Array:
+  if isinstance(image, jax.core.Tracer):
+    raise TypeError("fit runs a host loop; call it on concrete arrays (use fit_step under jit)")
+  shape = np.shape(image)
+  if len(shape) == 2:
+    image = np.asarray(image)[..., None]
+    shape = image.shape
+  if len(shape) != 3 or 0 in shape:
+    raise ValueError(f"image must be [H, W, C], got shape {shape}")
+  if not np.issubdtype(np.asarray(image).dtype, np.floating):
+    raise TypeError(f"image must be floating point in [0, 1], got dtype {np.asarray(image).dtype}")
+  image = jnp.asarray(image, jnp.float32)
+  if not bool(jnp.all(jnp.isfinite(image))):
+    raise ValueError("image contains NaN or infinite values")
+  return image
+
+
+def fit(
+    image,
+    gaussians: Gaussians,
+    config: FitConfig = FitConfig(),
+    *,
+    key: Array | None = None,
+    callback: Callable[[int, dict], None] | None = None,
+) -> tuple[Gaussians, FitHistory]:
+  """Fits ``gaussians`` to ``image`` by gradient descent.
+
+  Runs jitted ``fit_step`` calls in chunks, re-planning the renderer's binning
+  every ``config.replan_every`` steps and after any overflow (an overflowed
+  step is never accepted). Stops after ``config.steps`` steps, or earlier at
+  ``config.time_budget_s`` or ``config.target_psnr``. Deterministic for a
+  given input and backend (no randomness in the plain loss; ``key`` seeds the
+  state's PRNG for stochastic extensions).
+
+  Args:
+    image: ``[H, W, C]`` float image in [0, 1] (``[H, W]`` for grey).
+    gaussians: initial ``Gaussians`` with C colour channels, in the pixel
+      coordinates of ``image``.
+    config: ``FitConfig``.
+    key: PRNG key of the state (``jax.random.key(0)`` when None).
+    callback: called as ``callback(step, metrics)`` at every logged step,
+      ``metrics`` holding floats ``loss``, ``psnr``, ``wall_time``.
+
+  Returns:
+    ``(fitted Gaussians, FitHistory)``; the last history entry is the
+    fitted Gaussians' own loss and PSNR.
+
+  Examples:
+    >>> import jax, gaussjax
+    >>> image = jax.random.uniform(jax.random.key(1), (16, 16, 3))
+    >>> g = gaussjax.init_random(jax.random.key(0), 30, 16, 16, 3)
+    >>> config = gaussjax.FitConfig(steps=20, log_every=10, backend="reference")
+    >>> fitted, history = gaussjax.fit(image, g, config)
+    >>> history.psnr[-1] > history.psnr[0]
+    True
+  """
+  if not isinstance(config, FitConfig):
+    raise TypeError(f"config must be a gaussjax.FitConfig, got {type(config).__name__}")
+  image = _check_image(image)
+  gaussians = validate(gaussians)
+  if gaussians.means.ndim != 2:
+    raise ValueError(f"fit takes one set of Gaussians with means [N, 2], got {gaussians.means.shape}")
+  if gaussians.channels != image.shape[-1]:
+    raise ValueError(
+        f"gaussians have {gaussians.channels} colour channels but the image has {image.shape[-1]}")
+  height, width = image.shape[0], image.shape[1]
+  backend = resolve_backend(config.backend)
+  config = dataclasses.replace(config, backend=backend)  # one compiled step per backend
+
+  start = time.perf_counter()
+  state = init_fit_state(gaussians, config, key=key)
+  steps, losses, psnrs, times = [], [], [], []
+  replans = overflows = 0
+  plan = None
+  last_plan_step = 0
+  done = 0
+
+  def log(step, loss, psnr_value):
+    wall = time.perf_counter() - start
+    steps.append(step)
+    losses.append(float(loss))
+    psnrs.append(float(psnr_value))
+    times.append(wall)
+    if callback is not None:
+      callback(step, {"loss": losses[-1], "psnr": psnrs[-1], "wall_time": wall})
+
+  while done < config.steps:
+    if plan is None or done - last_plan_step >= config.replan_every:
+      plan = make_plan(state.gaussians, height, width, backend=backend)
+      replans += 1
+      last_plan_step = done
+    # A chunk runs without synchronising, up to the next log or re-plan point.
+    next_log = (done // config.log_every + 1) * config.log_every
+    end = min(next_log, last_plan_step + config.replan_every, config.steps)
+    first_metrics = None
+    for i in range(end - done):
+      state, metrics = _jit_step(state, image, config=config, plan=plan)
+      if i == 0:
+        first_metrics = metrics  # metrics of the Gaussians at step `done`
+    new_done = int(state.step)  # synchronises once per chunk
+    if new_done > done and done % config.log_every == 0:  # the first step was accepted
+      log(done, first_metrics["loss"], first_metrics["psnr"])
+    if new_done < end:  # a step overflowed: state is the last good one; re-plan
+      overflows += 1
+      plan = None
+    done = new_done
+    if config.target_psnr is not None and psnrs and psnrs[-1] >= config.target_psnr:
+      break
+    if config.time_budget_s is not None and time.perf_counter() - start >= config.time_budget_s:
+      break
+
+  # Final entry: the fitted Gaussians themselves.
+  final_plan = make_plan(state.gaussians, height, width, backend=backend)
+  loss, aux = _jit_loss(state.gaussians, image, config=config, plan=final_plan)
+  if bool(aux["overflow"]):  # pragma: no cover (a fresh plan never overflows)
+    raise RuntimeError("the renderer overflowed a fresh plan")
+  log(done, loss, aux["psnr"])
+  history = FitHistory(
+      np.asarray(steps, np.int64), np.asarray(losses, np.float64), np.asarray(psnrs, np.float64),
+      np.asarray(times, np.float64), replans, overflows)
+  return state.gaussians, history
