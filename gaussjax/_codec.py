@@ -387,14 +387,11 @@ def _loss(g, image, mask=None, *, height, width, backend, steps, plan):
   pixels, so padding changes neither the loss nor its gradient (used by
   ``gaussjax.fit_batch`` / ``encode_batch``); ``None`` averages every pixel.
   """
+  from gaussjax._fit import masked_mean
   from gaussjax._render import rasterize
   gq = qz.fake_quantize(g, height, width, steps) if steps is not None else g
   out, overflow = rasterize(gq, image.shape[0], image.shape[1], backend=backend, plan=plan)
-  err = (out - image) ** 2
-  if mask is None:
-    return jnp.mean(err), overflow
-  weight = mask[:, :, None].astype(err.dtype)
-  return jnp.sum(err * weight) / (jnp.sum(weight) * err.shape[-1]), overflow
+  return masked_mean((out - image) ** 2, mask), overflow
 
 
 def _make_step(height, width, backend, steps, plan, optimizer):
