@@ -4,6 +4,7 @@ from importlib import metadata as _metadata
 
 from gaussjax import constants
 from gaussjax._batch import encode_batch
+from gaussjax._batch import fit_batch
 from gaussjax._bitstream import DecodeError
 from gaussjax._codec import CodecConfig
 from gaussjax._codec import decode
@@ -65,6 +66,7 @@ __all__ = (
     "encode_gaussians",
     "extents",
     "fit",
+    "fit_batch",
     "fit_loss",
     "fit_step",
     "init_fit_state",

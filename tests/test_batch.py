@@ -223,3 +223,65 @@ def test_encode_batch_bad_input():
     gaussjax.encode_batch([np.zeros((8, 8, 3)), np.zeros((8, 8, 3, 1))], config)
   with pytest.raises(TypeError, match="CodecConfig"):
     gaussjax.encode_batch([np.zeros((8, 8, 3))], "fast")
+
+
+# ----------------------------------------------------------------- fit_batch
+
+
+def tiny_fit_config(**kwargs):
+  kwargs.setdefault("steps", 30)
+  return gaussjax.FitConfig(backend="reference", warmup_steps=5, log_every=10, **kwargs)
+
+
+def fitted(result):
+  """The fitted Gaussians of ``fit`` / ``fit_batch``."""
+  return result[0]
+
+
+def test_fit_batch_matches_fit_one_at_a_time_and_padding_changes_nothing():
+  # Two 16x20 images and a 12x18 one share a padded 32x32 bucket.
+  images = toy_images(2, 16, 20) + toy_images(1, 12, 18, seed=1)
+  initial = [gaussjax.init_random(jax.random.key(i), 12, *im.shape) for i, im in enumerate(images)]
+  config = tiny_fit_config()
+  actual, metrics = gaussjax.fit_batch(images, initial, config)
+  assert actual.means.shape == (3, 12, 2)
+  for i, (image, g) in enumerate(zip(images, initial)):
+    expected, history = gaussjax.fit(image, g, config)
+    for a, e in zip(actual, expected):
+      # float32: a padded 32x32 grid and batched kernels sum in other orders.
+      np.testing.assert_allclose(a[i], e, rtol=1e-4, atol=1e-4)
+    assert metrics["psnr"][i] == pytest.approx(history.psnr[-1], abs=1e-3)
+    assert metrics["loss"][i] == pytest.approx(history.loss[-1], rel=1e-3)
+    assert history.psnr[-1] > history.psnr[0] + 3  # the fit did something
+
+
+def test_fit_batch_accepts_an_array_batch_and_batched_gaussians():
+  images = np.stack(toy_images(2, 8, 8))
+  initial = stack([gaussjax.init_random(jax.random.key(i), 6, 8, 8) for i in range(2)])
+  config = tiny_fit_config(steps=4)
+  from_array, _ = gaussjax.fit_batch(images, initial, config)
+  as_list = [jax.tree_util.tree_map(lambda x, i=i: x[i], initial) for i in range(2)]
+  from_lists, _ = gaussjax.fit_batch(list(images), as_list, config)
+  for a, b in zip(from_array, from_lists):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_fit_batch_bad_input():
+  image = np.zeros((8, 8, 3), np.float32)
+  g = gaussjax.init_random(jax.random.key(0), 4, 8, 8)
+  config = tiny_fit_config(steps=2)
+  with pytest.raises(ValueError, match="2 sets of Gaussians for 1 images"):
+    gaussjax.fit_batch([image], [g, g], config)
+  with pytest.raises(ValueError, match="same number of Gaussians"):
+    gaussjax.fit_batch([image, image], [g, gaussjax.init_random(jax.random.key(0), 5, 8, 8)],
+                       config)
+  with pytest.raises(ValueError, match="colour channels"):
+    gaussjax.fit_batch([image[..., :1]], [g], config)
+  with pytest.raises(ValueError, match="image 0 must be"):
+    gaussjax.fit_batch([np.zeros((8, 8, 3, 1))], [g], config)
+  with pytest.raises(TypeError, match="floating point"):
+    gaussjax.fit_batch([np.zeros((8, 8, 3), np.uint8)], [g], config)
+  with pytest.raises(ValueError, match="target_psnr"):
+    gaussjax.fit_batch([image], [g], tiny_fit_config(steps=2, target_psnr=30.0))
+  with pytest.raises(TypeError, match="FitConfig"):
+    gaussjax.fit_batch([image], [g], {"steps": 2})
