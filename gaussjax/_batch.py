@@ -165,7 +165,8 @@ def shard_batch(tree, mesh: Mesh):
   sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
   count = mesh.devices.size
   for leaf in jax.tree_util.tree_leaves(tree):
-    size = np.shape(leaf)[0] if np.ndim(leaf) else None
+    shape = getattr(leaf, "shape", np.shape(leaf))
+    size = shape[0] if shape else None
     if size is None or size % count:
       raise ValueError(
           f"the batch axis ({size}) must be a multiple of the {count} devices of the mesh; "
@@ -187,14 +188,14 @@ def pad_batch(tree, multiple: int):
     ``(padded tree, B)``.
   """
   leaves = jax.tree_util.tree_leaves(tree)
-  size = int(np.shape(leaves[0])[0])
+  size = int(leaves[0].shape[0])
   extra = -size % multiple
   if extra == 0:
     return tree, size
 
-  def pad(x):
-    x = np.asarray(x)
-    return np.concatenate([x, np.repeat(x[:1], extra, axis=0)], axis=0)
+  def pad(x):  # jnp, not np: also pads PRNG key arrays
+    x = jnp.asarray(x)
+    return jnp.concatenate([x, jnp.repeat(x[:1], extra, axis=0)], axis=0)
 
   return jax.tree_util.tree_map(pad, tree), size
 

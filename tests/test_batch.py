@@ -110,7 +110,7 @@ def run_toy(images, gaussians, height, width, *, num_steps=6, mesh=None, chunk=4
   padded, mask = _batch.pad_images(images, shape=(height, width))
   return _batch.run_steps(
       toy_step, stack(gaussians), (jnp.asarray(padded), jnp.asarray(mask)), num_steps=num_steps,
-      plan_fn=lambda state: None, static=20.0, mesh=mesh, chunk=chunk)
+      plan_fn=lambda state: None, static=2.0, mesh=mesh, chunk=chunk)
 
 
 def test_run_steps_batch_equals_one_at_a_time():
@@ -157,7 +157,7 @@ def test_run_steps_replans_on_overflow_and_never_keeps_an_overflowed_step():
   padded, mask = _batch.pad_images(images)
   state = _batch.run_steps(
       overflowing_step, stack(gaussians), (jnp.asarray(padded), jnp.asarray(mask)),
-      num_steps=5, plan_fn=plan_fn, static=20.0, chunk=5)
+      num_steps=5, plan_fn=plan_fn, static=2.0, chunk=5)
   expected = run_toy(images, gaussians, 8, 8, num_steps=5, chunk=5)
   for a, e in zip(state, expected):
     np.testing.assert_allclose(a, e, rtol=1e-6, atol=1e-6)
@@ -174,7 +174,7 @@ def test_run_steps_fails_loudly_when_a_fresh_plan_overflows():
   padded, mask = _batch.pad_images(images)
   with pytest.raises(RuntimeError, match="overflowed"):
     _batch.run_steps(overflowing_step, stack(gaussians), (jnp.asarray(padded), jnp.asarray(mask)),
-                     num_steps=2, plan_fn=lambda state: 0, static=20.0)
+                     num_steps=2, plan_fn=lambda state: 0, static=2.0)
 
 
 # ----------------------------------------------------------------- encode_batch
