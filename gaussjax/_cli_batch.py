@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gaussjax._render import BACKENDS
+
 
 def _positive_int(text: str) -> int:
   try:
@@ -46,6 +48,8 @@ def register(subparsers) -> None:
   parser.add_argument("--fit-steps", type=_positive_int, default=None, help="float fit steps")
   parser.add_argument("--qat-steps", type=_positive_int, default=None,
                       help="quantisation-aware steps")
+  parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                      help="renderer for fitting and for the PSNR check (default auto)")
   parser.add_argument("--no-progress", action="store_true", help="no progress bar")
   parser.set_defaults(func=run)
 
@@ -56,8 +60,8 @@ def codec_config(args: argparse.Namespace):
   steps = {name: value for name, value in (("fit_steps", args.fit_steps),
                                            ("qat_steps", args.qat_steps)) if value is not None}
   if args.bpp is not None:
-    return CodecConfig(bpp=args.bpp, **steps)
-  return CodecConfig(quality=args.quality, **steps)
+    return CodecConfig(bpp=args.bpp, backend=args.backend, **steps)
+  return CodecConfig(quality=args.quality, backend=args.backend, **steps)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     rows = encode_dir(
         args.in_dir, args.out_dir,
         encode_fn=lambda images: encode_batch(images, config),
-        decode_fn=decode,
+        decode_fn=lambda data: decode(data, backend=args.backend),
         settings=repr(config),
         batch_size=args.batch,
         progress=False if args.no_progress else None)

@@ -245,3 +245,45 @@ def test_kill_and_resume_encodes_every_image_exactly_once(tmp_path):
       assert m["status"] == "ok"
       expected = read_png(tmp_path / "in" / m["name"])
       np.testing.assert_array_equal(fake_decode((out / m["output"]).read_bytes()), expected)
+
+
+def test_cli_encode_dir_with_the_real_codec(tmp_path, capsys):
+  import gaussjax
+  from gaussjax._cli_batch import main
+  make_folder(tmp_path / "in", 3, sizes=((16, 16),))
+  out = tmp_path / "out"
+  argv = [str(tmp_path / "in"), "-o", str(out), "--quality", "50", "--fit-steps", "25",
+          "--qat-steps", "5", "--batch", "4", "--no-progress", "--backend", "reference"]
+  assert main(["encode-dir", *argv]) == 1  # one unreadable file
+  assert "broken.png" in capsys.readouterr().err
+  manifest = {m["name"]: m for m in _encode_dir.read_manifest(out / "manifest.csv")}
+  assert sorted(manifest) == ["broken.png", "img00.png", "img01.png", "img02.png"]
+  assert manifest["broken.png"]["status"] == "error" and manifest["broken.png"]["reason"]
+  for name in ("img00.png", "img01.png", "img02.png"):
+    m = manifest[name]
+    assert m["status"] == "ok" and (m["width"], m["height"]) == ("16", "16")
+    data = (out / m["output"]).read_bytes()
+    assert int(m["bytes"]) == len(data)
+    decoded = np.asarray(gaussjax.decode(data, backend="reference"))
+    assert decoded.shape == (16, 16, 3)
+    expected = read_png(tmp_path / "in" / name)
+    psnr = -10 * np.log10(np.mean((decoded - expected) ** 2))
+    assert float(m["psnr"]) == pytest.approx(psnr, abs=0.01)
+    assert float(m["seconds"]) > 0
+  journal_lines = len((out / "manifest.jsonl").read_text().splitlines())
+  # A re-run encodes nothing again; only the unreadable file is tried once more.
+  assert main(["encode-dir", *argv]) == 1
+  assert len((out / "manifest.jsonl").read_text().splitlines()) == journal_lines + 1
+
+
+def test_cli_encode_dir_rejects_bad_arguments(tmp_path, capsys):
+  from gaussjax._cli_batch import main
+  with pytest.raises(SystemExit):
+    main(["encode-dir", str(tmp_path), "-o", str(tmp_path / "o"), "--bpp", "1", "--quality", "5"])
+  with pytest.raises(SystemExit):
+    main(["encode-dir", str(tmp_path), "-o", str(tmp_path / "o"), "--bpp", "1", "--batch", "0"])
+  assert main(["encode-dir", str(tmp_path / "missing"), "-o", str(tmp_path / "o"),
+               "--bpp", "1"]) == 2
+  assert "is not a folder" in capsys.readouterr().err
+  assert main(["encode-dir", str(tmp_path), "-o", str(tmp_path / "o"), "--quality", "500"]) == 2
+  assert "quality" in capsys.readouterr().err
