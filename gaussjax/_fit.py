@@ -57,7 +57,7 @@ class FitConfig:
     lr_means: Adam learning rate of the means (pixels).
     lr_chol: Adam learning rate of the Cholesky factors (pixels).
     lr_colors: Adam learning rate of the colours.
-    warmup_steps: linear warmup length.
+    warmup_steps: linear warmup length (at most a tenth of ``steps``).
     final_lr_fraction: learning rate at the end, relative to the peak.
     l1_weight: weight of mean |render - image|.
     l2_weight: weight of mean (render - image)².
@@ -137,12 +137,13 @@ class FitHistory(NamedTuple):
 
 
 def _schedule(lr: float, config: FitConfig) -> optax.Schedule:
-  decay_steps = max(config.steps, config.warmup_steps + 1)
+  # The warmup never takes more than a tenth of the run.
+  warmup = min(config.warmup_steps, config.steps // 10)
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0 if config.warmup_steps else lr,
+      init_value=0.0 if warmup else lr,
       peak_value=lr,
-      warmup_steps=config.warmup_steps,
-      decay_steps=decay_steps,
+      warmup_steps=warmup,
+      decay_steps=max(config.steps, warmup + 1),
       end_value=lr * config.final_lr_fraction)
 
 

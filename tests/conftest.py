@@ -1,0 +1,37 @@
+"""Shared fixtures: small Kodak crops and random Gaussians."""
+
+import os
+
+import numpy as np
+import pytest
+
+KODAK = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "kodak")
+KODAK_DIRS = (KODAK, "/work/shared/data/kodak")
+
+
+def kodak_path(index: int) -> str:
+  for directory in KODAK_DIRS:
+    path = os.path.join(directory, f"kodim{index:02d}.png")
+    if os.path.exists(path):
+      return path
+  pytest.skip(f"Kodak image {index} not found in {KODAK_DIRS}")
+
+
+@pytest.fixture(scope="session")
+def kodak_crop():
+  """A 64x64 RGB crop of kodim23 (parrots: edges and flat areas), float32."""
+  from gaussjax import load_image
+
+  image = load_image(kodak_path(23))
+  return np.ascontiguousarray(image[200:264, 300:364])
+
+
+def random_gaussians_np(rng: np.random.Generator, n: int, height: int, width: int, channels: int):
+  """(means, chol, colors) float64 NumPy arrays, some anisotropic and rotated."""
+  means = rng.uniform([-2.0, -2.0], [width + 2.0, height + 2.0], (n, 2))
+  l11 = rng.uniform(0.3, 6.0, n) * rng.choice([-1.0, 1.0], n)
+  l22 = rng.uniform(0.3, 6.0, n)
+  l21 = rng.uniform(-4.0, 4.0, n)
+  chol = np.stack([l11, l21, l22], -1)
+  colors = rng.uniform(-0.5, 1.0, (n, channels))
+  return means, chol, colors
