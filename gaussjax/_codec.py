@@ -432,17 +432,26 @@ def _train(gaussians: Gaussians, image: jax.Array, *, num_steps: int, learning_r
   if len(_STEP_CACHE) > 32:  # bounded: a long-running process encodes many sizes
     _STEP_CACHE.clear()
     cache = _STEP_CACHE.setdefault((height, width, backend, steps, learning_rate, num_steps), {})
-  done, plan, fresh = 0, None, False
+  done, plan, fresh, boost, planned_at = 0, _STALE, False, 1, -1
   while done < num_steps:
-    if done % replan_every == 0 or not fresh and plan is _STALE:
+    if plan is _STALE or (done % replan_every == 0 and planned_at != done):
       view = qz.fake_quantize(g, height, width, steps) if steps is not None else g
-      plan, fresh = make_plan(view, height, width, backend=backend), True
+      plan = make_plan(view, height, width, backend=backend)
+      plan = _grow_plan(_xla_boundary_safe(plan, view, height, width), boost)
+      fresh, planned_at = True, done
     if plan not in cache:
       cache[plan] = _make_step(height, width, backend, steps, plan, optimizer)
     g2, s2, _, overflow = cache[plan](g, opt_state, image)
     if bool(overflow):
       if fresh:
-        raise RuntimeError(f"backend {backend!r} overflowed a plan made for the same Gaussians")
+        # A plan made from these very Gaussians overflowed: the plan's class
+        # counts and the jitted assignment disagree at class boundaries (seen
+        # with the xla backend). Grow the capacities and retry, a few times.
+        boost *= 2
+        if boost > 16 or not hasattr(plan, "capacities"):
+          raise RuntimeError(f"backend {backend!r} overflows plans made for the same Gaussians")
+        plan = _grow_plan(plan, 2)
+        continue
       plan = _STALE
       continue
     g, opt_state, fresh = g2, s2, False
@@ -451,6 +460,38 @@ def _train(gaussians: Gaussians, image: jax.Array, *, num_steps: int, learning_r
 
 
 _STALE = object()
+
+
+def _xla_boundary_safe(plan, gaussians, height, width):
+  """Raises an XLA plan's capacities to the counts its jitted assignment sees.
+
+  ``plan_xla`` counts a Gaussian whose support is exactly a class size in the
+  next class up (one pixel of margin), while the jitted assignment puts it in
+  that class; with many equal-sized Gaussians (e.g. ``init_random``) the
+  smaller class then overflows on every step. Counting both ways fixes it.
+  """
+  if not hasattr(plan, "capacities"):
+    return plan
+  from gaussjax import _xla
+  needs = _xla._needs_numpy(np.asarray(gaussians.means), np.asarray(gaussians.chol), height, width)
+  needs = needs[needs > 0]
+  sizes = np.asarray(plan.sizes)
+  cls = np.minimum(np.searchsorted(sizes, needs, side="left"), len(sizes) - 1)
+  counts = np.bincount(cls, minlength=len(sizes))
+  caps = []
+  for cap, chunk, count in zip(plan.capacities, plan.chunks, counts):
+    if count > cap:
+      cap = -(-int(math.ceil(count * 1.25)) // chunk) * chunk
+    caps.append(cap)
+  return dataclasses.replace(plan, capacities=tuple(caps))
+
+
+def _grow_plan(plan, factor: int):
+  """The same plan with ``factor`` times the capacity per class (XLA plans)."""
+  if factor == 1 or not hasattr(plan, "capacities"):
+    return plan
+  return dataclasses.replace(plan, capacities=tuple(factor * c for c in plan.capacities))
+
 _STEP_CACHE = {}
 
 
