@@ -34,7 +34,7 @@ def register(subparsers) -> None:
       "encode-dir",
       help="encode every image of a folder into .gjx files, with a manifest",
       description=(
-          "Encodes every image of IN_DIR into OUT_DIR/<name>.gjx, many at once on every "
+          "Encodes every image of IN_DIR into OUT_DIR/<stem>.gjx, many at once on every "
           "device. Writes OUT_DIR/manifest.csv (name, size, bytes, bpp, PSNR, time). "
           "Re-running skips finished images; the job can be killed at any moment."))
   parser.add_argument("in_dir", metavar="IN_DIR", help="folder of images")
@@ -42,7 +42,7 @@ def register(subparsers) -> None:
                       help="folder for the .gjx files and the manifest")
   target = parser.add_mutually_exclusive_group(required=True)
   target.add_argument("--bpp", type=_positive_float, help="target bits per pixel")
-  target.add_argument("--quality", type=_positive_float, help="target quality (see gaussjax encode)")
+  target.add_argument("--quality", type=_positive_float, help="quality 1..100 (no rate target)")
   parser.add_argument("--batch", type=_positive_int, default=8, metavar="K",
                       help="images fitted at once (default 8)")
   parser.add_argument("--fit-steps", type=_positive_int, default=None, help="float fit steps")

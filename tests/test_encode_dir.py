@@ -249,7 +249,7 @@ def test_kill_and_resume_encodes_every_image_exactly_once(tmp_path):
 
 def test_cli_encode_dir_with_the_real_codec(tmp_path, capsys):
   import gaussjax
-  from gaussjax._cli_batch import main
+  from gaussjax._cli import main  # the `gaussjax` command, encode-dir registered as a plugin
   make_folder(tmp_path / "in", 3, sizes=((16, 16),))
   out = tmp_path / "out"
   argv = [str(tmp_path / "in"), "-o", str(out), "--quality", "50", "--fit-steps", "25",
