@@ -42,6 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
+from gaussjax._io import TMP_PREFIX as _TMP_PREFIX
+from gaussjax._io import write_atomic
+
 IMAGE_EXTENSIONS = (
     ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
 
@@ -49,7 +52,6 @@ JOURNAL_NAME = "manifest.jsonl"
 MANIFEST_NAME = "manifest.csv"
 LOCK_NAME = ".encode-dir.lock"
 OUTPUT_SUFFIX = ".gjx"
-_TMP_PREFIX = ".tmp-"
 
 MANIFEST_COLUMNS = ("name", "width", "height", "bytes", "bpp", "psnr", "seconds", "status", "reason",
                     "output")
@@ -108,38 +110,6 @@ def output_names(names: Sequence[str]) -> dict[str, str]:
     stems[stem] = stems.get(stem, 0) + 1
   return {name: (Path(name).stem if stems[Path(name).stem] == 1 else name) + OUTPUT_SUFFIX
           for name in names}
-
-
-def _fsync_dir(path: Path) -> None:
-  if os.name == "nt":  # directories cannot be opened for fsync on Windows
-    return
-  fd = os.open(path, os.O_RDONLY)
-  try:
-    os.fsync(fd)
-  finally:
-    os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-  """Writes ``data`` to ``path`` so that ``path`` is never partial.
-
-  A temporary file in the same folder is written, ``fsync``-ed and renamed over
-  ``path`` (``os.replace``, atomic); the folder is then ``fsync``-ed so the
-  rename itself survives a power cut.
-  """
-  path = Path(path)
-  tmp = path.with_name(f"{_TMP_PREFIX}{os.getpid()}-{path.name}")
-  try:
-    with open(tmp, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(OSError):
-      tmp.unlink()
-    raise
-  _fsync_dir(path.parent)
 
 
 def _remove_stale_temporaries(out_dir: Path, owned: set[str] | None = None) -> None:
