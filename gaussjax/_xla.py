@@ -41,12 +41,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from gaussjax import constants
-from gaussjax._gaussians import Gaussians, conics, extents
+from gaussjax._gaussians import Gaussians, extents
 from gaussjax._render import gaussian_weight
 
 Array = jax.Array
 
 _HIGHEST = jax.lax.Precision.HIGHEST
+# Start indices of dynamic slices: one integer type, also under jax_enable_x64.
+_ZERO = np.int32(0)
 
 # Candidate window sizes (px): steps of 8 up to 64 (most fitted Gaussians),
 # then about 25 % apart. Sizes at or past the image's larger side collapse
@@ -60,6 +62,19 @@ _CANDIDATE_SIZES = (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 128, 160, 192, 256, 3
 # the loop overhead.
 _CHUNK_ELEMENTS = 1 << 14
 _MAX_CHUNK = 512
+
+# Class merging in plan_xla: each class is a loop of its own, costing compile
+# time (~0.3 s per class on 2 cores) and a little run time. A class is merged
+# into the next larger one when that adds fewer window pixels than
+# _MERGE_PIXELS plus _MERGE_FRACTION of the total, and always while there are
+# more than _MAX_CLASSES.
+_MAX_CLASSES = 5
+_MERGE_PIXELS = 1 << 16
+_MERGE_FRACTION = 0.05
+
+# Window pixels per class of default_plan (beyond 256 per Gaussian): small
+# images hold every Gaussian in every class.
+_DEFAULT_PIXELS = 1 << 22
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,8 +109,7 @@ def _class_sizes(height: int, width: int) -> tuple[int, ...]:
 
 
 def _chunk(size: int, height: int, width: int) -> int:
-  pixels = min(size, height) * min(size, width)
-  return max(1, min(_MAX_CHUNK, _CHUNK_ELEMENTS // pixels))
+  return max(1, min(_MAX_CHUNK, _CHUNK_ELEMENTS // _pixels(size, height, width)))
 
 
 def _round_capacity(count: float, chunk: int) -> tuple[int, int]:
@@ -112,27 +126,20 @@ def _round_capacity(count: float, chunk: int) -> tuple[int, int]:
   return num_chunks * chunk, chunk
 
 
-def _needs_numpy(means, chol, height, width):
-  """Side (px) of the clipped support box of each Gaussian, 0 when empty; numpy twin of _needs."""
-  means = np.asarray(means, np.float32).reshape(-1, 2)
-  chol = np.asarray(chol, np.float32).reshape(-1, 3)
-  radii = np.asarray(extents(chol))
-  with np.errstate(invalid="ignore"):
-    lo = np.maximum(np.ceil(means - radii - 0.5), 0)
-    hi = np.minimum(np.floor(means + radii - 0.5), np.asarray([width - 1, height - 1]))
-    n = np.where(np.isfinite(hi - lo), hi - lo + 1, 0)
-  n = np.where((n[:, 0] > 0) & (n[:, 1] > 0), np.maximum(n[:, 0], n[:, 1]), 0)
-  return n.astype(np.int64)
+def _pixels(size: int, height: int, width: int) -> int:
+  return min(size, height) * min(size, width)
 
 
 def plan_xla(gaussians: Gaussians, height: int, width: int, *, headroom: float = 0.25) -> XlaPlan:
   """Chooses window classes and capacities from concrete Gaussians.
 
   Every Gaussian goes to the smallest class whose window holds the part of
-  its support that lies on the image. The plan keeps the classes in use plus
-  the next larger one (room to grow during fitting), each with ``headroom``
-  spare capacity rounded up to a coarse grid, so small changes between fitting
-  steps neither overflow nor recompile.
+  its support that lies on the image. Classes with few Gaussians are merged
+  into the next larger one while that costs little extra work (each class is
+  a loop of its own: compile time and overhead), and the largest class gets
+  the next larger window, room to grow during fitting. Each class has
+  ``headroom`` spare capacity rounded up to a coarse grid, so small changes
+  between fitting steps neither overflow nor recompile.
 
   Args:
     gaussians: concrete ``Gaussians``, ``means [..., N, 2]``; leading batch
@@ -147,27 +154,34 @@ def plan_xla(gaussians: Gaussians, height: int, width: int, *, headroom: float =
   means = np.asarray(gaussians.means)
   chol = np.asarray(gaussians.chol)
   candidates = _class_sizes(height, width)
-  batch = int(np.prod(means.shape[:-2], dtype=np.int64))
+  batch = max(int(np.prod(means.shape[:-2], dtype=np.int64)), 1)
   n = means.shape[-2]
-  needs = _needs_numpy(means, chol, height, width).reshape(max(batch, 1), n)
-  # One more pixel than measured: float32 rounding in the jitted twin may
-  # differ by one pixel at the edge of the support.
-  cls = np.searchsorted(np.asarray(candidates), needs + 1, side="left")
-  cls = np.minimum(cls, len(candidates) - 1)
-  counts = np.zeros((needs.shape[0], len(candidates)), np.int64)
-  for row, (c, need) in enumerate(zip(cls, needs)):
-    counts[row] = np.bincount(c[need > 0], minlength=len(candidates))
-  counts = counts.max(axis=0)
-  used = np.flatnonzero(counts)
-  if used.size:
-    used = np.union1d(used, [min(used[-1] + 1, len(candidates) - 1)])
-  else:
-    used = np.asarray([0])
-  sizes, capacities, chunks = [], [], []
-  for k in used:
-    size = candidates[k]
-    cap, chunk = _round_capacity(counts[k] * (1 + headroom) + 4, _chunk(size, height, width))
-    sizes.append(size)
+  # The same jitted computation as inside rasterize_xla, so the counts agree.
+  needs, _ = _needs_jit(means.reshape(-1, 2).astype(np.float32),
+                        chol.reshape(-1, 3).astype(np.float32), height, width)
+  needs = np.asarray(needs).reshape(batch, n)
+  cls = np.searchsorted(np.asarray(candidates), needs, side="left")
+  counts = np.stack([np.bincount(c[need > 0], minlength=len(candidates))
+                     for c, need in zip(cls, needs)])  # [batch, classes]
+  used = [k for k in range(len(candidates)) if counts[:, k].any()] or [0]
+  counts = counts[:, used]
+  sizes = [candidates[k] for k in used]
+  pixels = [_pixels(size, height, width) for size in sizes]
+  total = float((counts.max(0) * np.asarray(pixels)).sum())
+  while len(sizes) > 1:
+    # Merging class i into i + 1 renders its Gaussians on larger windows.
+    extra = [counts[:, i].max() * (pixels[i + 1] - pixels[i]) for i in range(len(sizes) - 1)]
+    i = int(np.argmin(extra))
+    if len(sizes) <= _MAX_CLASSES and extra[i] > _MERGE_PIXELS + _MERGE_FRACTION * total:
+      break
+    counts[:, i + 1] += counts[:, i]
+    counts = np.delete(counts, i, axis=1)
+    del sizes[i], pixels[i]
+  top = candidates.index(sizes[-1])
+  sizes[-1] = candidates[min(top + 1, len(candidates) - 1)]
+  capacities, chunks = [], []
+  for size, count in zip(sizes, counts.max(0)):
+    cap, chunk = _round_capacity(count * (1 + headroom) + 4, _chunk(size, height, width))
     capacities.append(cap)
     chunks.append(chunk)
   return XlaPlan(tuple(sizes), tuple(capacities), tuple(chunks))
@@ -176,24 +190,29 @@ def plan_xla(gaussians: Gaussians, height: int, width: int, *, headroom: float =
 def default_plan(n: int, height: int, width: int) -> XlaPlan:
   """A plan valid without seeing the values: for ``render`` under ``jit``/``vmap``.
 
-  Every class of the image can hold all ``n`` Gaussians while its windows
-  cover at most as many pixels as ``n`` windows of 16 x 16 pixels, or twice the
-  image (at least one Gaussian). Ordinary Gaussians fit; crowds of large ones
-  overflow (and ``render`` then returns NaN), never a cut image.
+  Windows of 16, 32, 64, ... pixels up to the whole image. Each class holds
+  all ``n`` Gaussians as long as its windows cover at most
+  ``max(256 n, _DEFAULT_PIXELS)`` pixels, else as many as fit in that (at
+  least one). Ordinary Gaussians fit; crowds of large ones overflow (and
+  ``render`` then returns NaN), never a cut image.
   """
-  sizes, capacities, chunks = [], [], []
-  budget = max(n * 256, 2 * height * width)
-  for size in _class_sizes(height, width):
-    pixels = min(size, height) * min(size, width)
-    cap, chunk = _round_capacity(min(n, max(1, budget // pixels)), _chunk(size, height, width))
-    sizes.append(size)
+  side = max(height, width)
+  sizes = [16]
+  while sizes[-1] < side:
+    sizes.append(min(2 * sizes[-1], side))
+  budget = max(n * 256, _DEFAULT_PIXELS)
+  capacities, chunks = [], []
+  for size in sizes:
+    count = min(max(n, 1), max(1, budget // _pixels(size, height, width)))
+    cap, chunk = _round_capacity(count, _chunk(size, height, width))
     capacities.append(cap)
     chunks.append(chunk)
   return XlaPlan(tuple(sizes), tuple(capacities), tuple(chunks))
 
 
-def _needs(means, radii, height, width):
-  """Clipped support box of each Gaussian: ``(side, origin_x, origin_y)`` of its pixels."""
+def _needs(means, chol, height, width):
+  """Clipped support box of each Gaussian: its side ``[N]`` (0 when empty) and first pixel ``[N, 2]``."""
+  radii = extents(chol)
   lo = jnp.maximum(jnp.ceil(means - radii - 0.5), 0.0)
   hi = jnp.minimum(jnp.floor(means + radii - 0.5), jnp.asarray([width - 1, height - 1], means.dtype))
   n = hi - lo + 1
@@ -204,10 +223,13 @@ def _needs(means, radii, height, width):
   return side, lo
 
 
+_needs_jit = jax.jit(_needs, static_argnums=(2, 3))
+
+
 def _assign(means, chol, height, width, plan):
   """Slots of every class: indices into the Gaussians, window origins, validity."""
   n = means.shape[0]
-  side, lo = _needs(means, extents(chol), height, width)
+  side, lo = _needs(means, chol, height, width)
   sizes = jnp.asarray(plan.sizes, jnp.int32)
   num_classes = len(plan.sizes)
   cls = jnp.searchsorted(sizes, side, side="left").astype(jnp.int32)
@@ -229,39 +251,59 @@ def _assign(means, chol, height, width, plan):
   return slots, overflow
 
 
-def _window_q(mean, conic, origin, sy, sx):
+def _shapes(chol):
+  """``(α, r, β)`` with ``q = (α dx)² + (β (dy - r dx))²``: a cancellation-free radius².
+
+  From the Cholesky factor ``[[1/α, 0], [r/α, 1/β]]`` of the rendered
+  covariance ``Σ = L Lᵀ + COV_FLOOR·I``; ``det Σ`` is expanded as a sum of
+  positive terms. For long thin tilted Gaussians this is more accurate than
+  the shape form ``a dx² + 2b dx dy + c dy²``, which cancels in float32.
+
+  Args:
+    chol: ``[N, 3]`` Cholesky factors.
+
+  Returns:
+    ``[N, 3]``.
+  """
+  l11, l21, l22 = chol[:, 0], chol[:, 1], chol[:, 2]
+  floor = constants.COV_FLOOR
+  sxx = l11 * l11 + floor
+  det = (l11 * l22) ** 2 + floor * (l11 * l11 + l21 * l21 + l22 * l22) + floor * floor
+  return jnp.stack([jax.lax.rsqrt(sxx), l11 * l21 / sxx, jnp.sqrt(sxx / det)], -1)
+
+
+def _window_q(mean, shape, origin, sy, sx):
   """Offsets and radius² on each window: ``dx [K, Sx]``, ``dy [K, Sy]``, ``q [K, Sy, Sx]``."""
   dtype = mean.dtype
   dx = (origin[:, 0:1] + jnp.arange(sx, dtype=jnp.int32)).astype(dtype) + 0.5 - mean[:, 0:1]
   dy = (origin[:, 1:2] + jnp.arange(sy, dtype=jnp.int32)).astype(dtype) + 0.5 - mean[:, 1:2]
-  a = conic[:, 0, None, None]
-  b = conic[:, 1, None, None]
-  c = conic[:, 2, None, None]
-  dxx = dx[:, None, :]
-  dyy = dy[:, :, None]
-  q = a * dxx * dxx + 2.0 * b * dxx * dyy + c * dyy * dyy
-  return dx, dy, q
+  alpha = shape[:, 0, None]
+  r = shape[:, 1, None, None]
+  beta = shape[:, 2, None, None]
+  u = alpha * dx  # [K, Sx]
+  v = beta * (dy[:, :, None] - r * dx[:, None, :])  # [K, Sy, Sx]
+  return dx, dy, u[:, None, :] * u[:, None, :] + v * v
 
 
 def _chunked(slot_arrays, chunk):
   return [x.reshape((x.shape[0] // chunk, chunk) + x.shape[1:]) for x in slot_arrays]
 
 
-def _gather_class(means, conic, colors, index, valid):
+def _gather_class(means, shape, colors, index, valid):
   """Parameters of one class's slots; empty slots get colour 0."""
   safe = jnp.minimum(index, max(means.shape[0] - 1, 0))
   col = jnp.where(valid[:, None], colors[safe], 0.0)
-  return means[safe], conic[safe], col
+  return means[safe], shape[safe], col
 
 
-def _forward(means, conic, colors, slots, height, width, plan):
+def _forward(means, shape, colors, slots, height, width, plan):
   channels = colors.shape[-1]
   image = jnp.zeros((channels, height, width), colors.dtype)
   if means.shape[0] == 0:
     return image
   for size, chunk, (index, origin, valid) in zip(plan.sizes, plan.chunks, slots):
     sy, sx = min(size, height), min(size, width)
-    m, cn, col = _gather_class(means, conic, colors, index, valid)
+    m, cn, col = _gather_class(means, shape, colors, index, valid)
 
     def chunk_step(image, xs, sy=sy, sx=sx):
       m, cn, col, origin = xs
@@ -269,7 +311,7 @@ def _forward(means, conic, colors, slots, height, width, plan):
       w = gaussian_weight(q)  # [K, Sy, Sx]
 
       def add(i, image):
-        at = (0, origin[i, 1], origin[i, 0])
+        at = (_ZERO, origin[i, 1], origin[i, 0])
         window = jax.lax.dynamic_slice(image, at, (channels, sy, sx))
         return jax.lax.dynamic_update_slice(image, window + col[i, :, None, None] * w[i], at)
 
@@ -279,22 +321,23 @@ def _forward(means, conic, colors, slots, height, width, plan):
   return image
 
 
-def _backward(means, conic, colors, slots, height, width, plan, cotangent):
-  """Gradients wrt means, conics and colours from the image cotangent ``[C, H, W]``."""
+def _backward(means, shape, colors, slots, height, width, plan, cotangent):
+  """Gradients wrt means, shapes (``_shapes``) and colours from the image cotangent ``[C, H, W]``."""
   n, channels = colors.shape
   dtype = colors.dtype
   grads, indices = [], []
   for size, chunk, (index, origin, valid) in zip(plan.sizes, plan.chunks, slots):
     sy, sx = min(size, height), min(size, width)
-    m, cn, col = _gather_class(means, conic, colors, index, valid)
+    m, cn, col = _gather_class(means, shape, colors, index, valid)
 
     def chunk_grad(xs, sy=sy, sx=sx):
       m, cn, col, origin, valid = xs
       k = m.shape[0]
 
       def cut(i, buffer):
-        window = jax.lax.dynamic_slice(cotangent, (0, origin[i, 1], origin[i, 0]), (channels, sy, sx))
-        return jax.lax.dynamic_update_slice(buffer, window[None], (i, 0, 0, 0))
+        at = (_ZERO, origin[i, 1], origin[i, 0])
+        window = jax.lax.dynamic_slice(cotangent, at, (channels, sy, sx))
+        return jax.lax.dynamic_update_slice(buffer, window[None], (i.astype(jnp.int32),) + at)
 
       g = jax.lax.fori_loop(0, k, cut, jnp.zeros((k, channels, sy, sx), dtype))  # [K, C, Sy, Sx]
       dx, dy, q = _window_q(m, cn, origin, sy, sx)
@@ -313,10 +356,15 @@ def _backward(means, conic, colors, slots, height, width, plan, cotangent):
       s_x, s_xx = moments[:, 0, 1], moments[:, 0, 2]
       s_y, s_yy = moments[:, 1, 0], moments[:, 2, 0]
       s_xy = moments[:, 1, 1]
-      a, b, c = cn[:, 0], cn[:, 1], cn[:, 2]
-      d_mean = jnp.stack([-2.0 * (a * s_x + b * s_y), -2.0 * (b * s_x + c * s_y)], -1)
-      d_conic = jnp.stack([s_xx, 2.0 * s_xy, s_yy], -1)
-      return jnp.concatenate([d_mean, d_conic, d_col], -1)  # [K, 5 + C]
+      # With t = dy - r dx: q = α² dx² + β² t².
+      alpha, r, beta = cn[:, 0], cn[:, 1], cn[:, 2]
+      s_t = s_y - r * s_x
+      s_tx = s_xy - r * s_xx
+      s_tt = s_yy - 2.0 * r * s_xy + r * r * s_xx
+      beta2 = beta * beta
+      d_mean = jnp.stack([-2.0 * alpha * alpha * s_x + 2.0 * beta2 * r * s_t, -2.0 * beta2 * s_t], -1)
+      d_shape = jnp.stack([2.0 * alpha * s_xx, -2.0 * beta2 * s_tx, 2.0 * beta * s_tt], -1)
+      return jnp.concatenate([d_mean, d_shape, d_col], -1)  # [K, 5 + C]
 
     xs = _chunked((m, cn, col, origin, valid), chunk)
     per_chunk = jax.lax.map(chunk_grad, xs)
@@ -328,18 +376,18 @@ def _backward(means, conic, colors, slots, height, width, plan, cotangent):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _splat(means, conic, colors, slots, height, width, plan):
-  return _forward(means, conic, colors, slots, height, width, plan)
+def _splat(means, shape, colors, slots, height, width, plan):
+  return _forward(means, shape, colors, slots, height, width, plan)
 
 
-def _splat_fwd(means, conic, colors, slots, height, width, plan):
-  return _forward(means, conic, colors, slots, height, width, plan), (means, conic, colors, slots)
+def _splat_fwd(means, shape, colors, slots, height, width, plan):
+  return _forward(means, shape, colors, slots, height, width, plan), (means, shape, colors, slots)
 
 
 def _splat_bwd(height, width, plan, residuals, cotangent):
-  means, conic, colors, slots = residuals
-  d_means, d_conic, d_colors = _backward(means, conic, colors, slots, height, width, plan, cotangent)
-  return d_means, d_conic, d_colors, jax.tree_util.tree_map(lambda _: None, slots)
+  means, shape, colors, slots = residuals
+  d_means, d_shape, d_colors = _backward(means, shape, colors, slots, height, width, plan, cotangent)
+  return d_means, d_shape, d_colors, jax.tree_util.tree_map(lambda _: None, slots)
 
 
 _splat.defvjp(_splat_fwd, _splat_bwd)
@@ -373,7 +421,7 @@ def rasterize_xla(gaussians: Gaussians, height: int, width: int, plan: XlaPlan |
     raise TypeError(f"plan must be an XlaPlan from plan_xla, got {type(plan).__name__}")
   slots, overflow = _assign(jax.lax.stop_gradient(means), jax.lax.stop_gradient(chol), height, width,
                             plan)
-  image = _splat(means, conics(chol), colors, slots, height, width, plan)
+  image = _splat(means, _shapes(chol), colors, slots, height, width, plan)
   finite = jnp.isfinite(means).all() & jnp.isfinite(chol).all() & jnp.isfinite(colors).all()
   image = jnp.where(finite, jnp.transpose(image, (1, 2, 0)), jnp.nan)
   return image, overflow
