@@ -8,9 +8,10 @@ Call chain::
     ├─ batch_mesh / shard_batch               the batch axis split over devices
     └─ vmap(fit_step) under jit               one plan for the whole batch,
                                               re-planned when it overflows
-  encode_batch(images, config) -> [bytes]     fit_batch, then quantisation-aware
-                                              fine-tuning (batched), then entropy
-                                              coding per image on the host
+  encode_batch(images, config) -> [bytes]     the codec's float fit (padded buckets)
+                                              and quantisation-aware fine-tuning
+                                              (exact sizes), batched the same way;
+                                              entropy coding per image on the host
 
 Padding never influences a result: images are padded at the bottom and right
 (pixel coordinates of the real pixels do not move) and the loss of every padded

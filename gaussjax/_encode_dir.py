@@ -33,7 +33,6 @@ import csv
 import dataclasses
 import io
 import json
-import math
 import os
 import sys
 import time
@@ -277,8 +276,8 @@ def _read_image(path: Path) -> np.ndarray:
 
 
 def _psnr(expected: np.ndarray, actual: np.ndarray) -> float:
-  mse = float(np.mean((np.clip(actual, 0, 1) - expected) ** 2, dtype=np.float64))
-  return float("inf") if mse == 0 else -10.0 * math.log10(mse)
+  from gaussjax._metrics import psnr
+  return float(psnr(np.clip(actual, 0.0, 1.0), expected))
 
 
 def _header_shape(path: Path) -> tuple[int, int]:
@@ -395,14 +394,19 @@ def _is_finished(row: ManifestRow | None, source: Path, out_dir: Path, settings:
 
 
 def _batches(in_dir: Path, names: Sequence[str], batch_size: int):
-  """Batches of names whose images share a size bucket (from the file headers)."""
+  """Batches of names whose images share a size bucket (from the file headers).
+
+  Within a bucket, images of one exact size come together, so that the parts
+  of ``encode_batch`` that need one exact size get full batches too.
+  """
   from gaussjax._batch import bucket_shape
-  groups: dict[tuple[int, int], list[str]] = {}
+  groups: dict[tuple[int, int], list[tuple[int, int, str]]] = {}
   for name in names:
     h, w = _header_shape(in_dir / name)
     key = bucket_shape(h, w) if h and w else (0, 0)
-    groups.setdefault(key, []).append(name)
+    groups.setdefault(key, []).append((h, w, name))
   for group in groups.values():
+    group = [name for _, _, name in sorted(group)]
     for i in range(0, len(group), batch_size):
       yield group[i:i + batch_size]
 
