@@ -3,6 +3,8 @@
 from importlib import metadata as _metadata
 
 from gaussjax import constants
+from gaussjax._batch import encode_batch
+from gaussjax._batch import fit_batch
 from gaussjax._bitstream import DecodeError
 from gaussjax._codec import CodecConfig
 from gaussjax._codec import decode
@@ -60,9 +62,11 @@ __all__ = (
     "decode_gaussians",
     "default_backend",
     "encode",
+    "encode_batch",
     "encode_gaussians",
     "extents",
     "fit",
+    "fit_batch",
     "fit_loss",
     "fit_step",
     "init_fit_state",

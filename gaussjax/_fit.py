@@ -194,19 +194,35 @@ def init_fit_state(gaussians: Gaussians, config: FitConfig, *, key: Array | None
   return FitState(gaussians, opt_state, jnp.zeros((), jnp.int32), key)
 
 
-def _loss_terms(render: Array, image: Array, config: FitConfig) -> Array:
+def masked_mean(values: Array, mask: Array | None) -> Array:
+  """Mean of ``values [H, W, C]`` over the pixels where ``mask [H, W]`` is 1.
+
+  ``None`` averages every pixel. Pixels with mask 0 (padding of a batch, see
+  ``gaussjax.fit_batch``) change neither the value nor its gradient.
+  """
+  if mask is None:
+    return jnp.mean(values)
+  weight = mask[:, :, None].astype(values.dtype)
+  return jnp.sum(values * weight) / (jnp.sum(weight) * values.shape[-1])
+
+
+def _loss_terms(render: Array, image: Array, config: FitConfig, mask: Array | None = None) -> Array:
   loss = jnp.zeros((), render.dtype)
   diff = render - image
   if config.l2_weight:
-    loss = loss + config.l2_weight * jnp.mean(jnp.square(diff))
+    loss = loss + config.l2_weight * masked_mean(jnp.square(diff), mask)
   if config.l1_weight:
-    loss = loss + config.l1_weight * jnp.mean(jnp.abs(diff))
+    loss = loss + config.l1_weight * masked_mean(jnp.abs(diff), mask)
   if config.ssim_weight:
+    if mask is not None:
+      raise ValueError("a loss mask cannot be combined with ssim_weight > 0: SSIM windows "
+                       "would see the masked pixels")
     loss = loss + config.ssim_weight * (1.0 - _ssim(render, image))
   return loss
 
 
-def fit_loss(gaussians: Gaussians, image: Array, *, config: FitConfig, plan=None) -> tuple[Array, dict]:
+def fit_loss(gaussians: Gaussians, image: Array, *, config: FitConfig, plan=None,
+             mask: Array | None = None) -> tuple[Array, dict]:
   """The training loss of ``gaussians`` against ``image`` and its side outputs.
 
   The loss is computed on the unclipped render (so gradients flow through
@@ -217,17 +233,24 @@ def fit_loss(gaussians: Gaussians, image: Array, *, config: FitConfig, plan=None
     image: ``[H, W, C]`` target in [0, 1].
     config: ``FitConfig`` (loss weights, backend).
     plan: the backend's plan (from ``make_plan``), or None.
+    mask: ``[H, W]``, 1 on pixels that count and 0 on padding (loss and PSNR
+      are means over the pixels that count); None: every pixel counts.
 
   Returns:
     ``(loss, {"psnr": ..., "overflow": ...})``.
   """
   height, width = image.shape[0], image.shape[1]
   render, overflow = rasterize(gaussians, height, width, backend=config.backend, plan=plan)
-  loss = _loss_terms(render, image, config)
-  return loss, {"psnr": _psnr(jnp.clip(render, 0.0, 1.0), image), "overflow": overflow}
+  loss = _loss_terms(render, image, config, mask)
+  if mask is None:
+    psnr_value = _psnr(jnp.clip(render, 0.0, 1.0), image)
+  else:
+    psnr_value = -10.0 * jnp.log10(masked_mean(jnp.square(jnp.clip(render, 0.0, 1.0) - image), mask))
+  return loss, {"psnr": psnr_value, "overflow": overflow}
 
 
-def fit_step(state: FitState, image: Array, *, config: FitConfig, plan=None) -> tuple[FitState, dict]:
+def fit_step(state: FitState, image: Array, *, config: FitConfig, plan=None,
+             mask: Array | None = None) -> tuple[FitState, dict]:
   """One optimisation step; pure (jit it with ``config`` and ``plan`` static).
 
   Args:
@@ -235,6 +258,7 @@ def fit_step(state: FitState, image: Array, *, config: FitConfig, plan=None) -> 
     image: ``[H, W, C]`` float32 target in [0, 1].
     config: ``FitConfig``.
     plan: from ``make_plan(state.gaussians, H, W, backend=config.backend)``.
+    mask: ``[H, W]`` loss mask, as in ``fit_loss`` (None: every pixel).
 
   Returns:
     ``(new_state, metrics)`` with metrics ``loss``, ``psnr`` (of the Gaussians
@@ -254,7 +278,7 @@ def fit_step(state: FitState, image: Array, *, config: FitConfig, plan=None) -> 
     (1, False)
   """
   (loss, aux), grads = jax.value_and_grad(fit_loss, has_aux=True)(
-      state.gaussians, image, config=config, plan=plan)
+      state.gaussians, image, config=config, plan=plan, mask=mask)
   spacing = gaussian_spacing(image.shape[-3], image.shape[-2], state.gaussians.means.shape[-2])
   optimizer = make_optimizer(config, spacing=spacing)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.gaussians)

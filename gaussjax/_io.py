@@ -8,9 +8,11 @@ transparency), RGB, RGBA, CMYK, with the EXIF orientation applied.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import warnings
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -161,3 +163,41 @@ def save_image(path, image, *, bits: int = 8) -> None:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+# Temporary files of write_atomic are named ``<TMP_PREFIX><pid>-<final name>``
+# (hidden, and traceable to their target, so a job can remove the leftovers of
+# a killed run).
+TMP_PREFIX = ".tmp-"
+
+
+def _fsync_dir(path: Path) -> None:
+  if os.name == "nt":  # directories cannot be opened for fsync on Windows
+    return
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+  """Writes ``data`` to ``path`` so that ``path`` is never partial.
+
+  A temporary file in the same folder is written, ``fsync``-ed and renamed over
+  ``path`` (``os.replace``, atomic); the folder is then ``fsync``-ed so the
+  rename itself survives a power cut.
+  """
+  path = Path(path)
+  tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")
+  try:
+    with open(tmp, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      tmp.unlink()
+    raise
+  _fsync_dir(path.parent)

@@ -1,0 +1,475 @@
+"""Encoding a whole folder: batches, a progress bar, a manifest, resumable.
+
+``encode_dir(in_dir, out_dir, ...)`` encodes every image file of ``in_dir`` into
+``out_dir/<stem>.gjx`` and records one row per image in a manifest.
+
+Crash safety (the job may be killed at any moment, ``kill -9`` included):
+
+- every output is written to a hidden temporary file in ``out_dir``, flushed
+  and ``fsync``-ed, then renamed over its final name with ``os.replace`` (atomic
+  on POSIX and Windows) and the folder ``fsync``-ed: a ``.gjx`` file is either
+  absent or complete;
+- the journal ``out_dir/manifest.jsonl`` is append-only, one JSON line per
+  finished (or failed) image, ``fsync``-ed after each batch and written only
+  after the image's output is durable. A line cut short by a kill is dropped
+  on the next run;
+- a re-run skips every image whose journal line says ``ok`` for the same
+  settings and source file (size and modification time) and whose output still
+  has the recorded size; everything else is (re-)encoded. Stale temporary
+  files of a killed run are removed;
+- ``out_dir/manifest.csv`` (one row per image of the folder: name, size,
+  bytes, bpp, PSNR, time, status, reason) is rewritten atomically at the end of
+  every run from the journal.
+
+Unreadable files (not an image, truncated, too large) get a row with
+``status=error`` and the reason, and the job goes on; they are tried again on
+the next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from gaussjax._io import TMP_PREFIX as _TMP_PREFIX
+from gaussjax._io import write_atomic
+
+IMAGE_EXTENSIONS = (
+    ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
+
+JOURNAL_NAME = "manifest.jsonl"
+MANIFEST_NAME = "manifest.csv"
+LOCK_NAME = ".encode-dir.lock"
+OUTPUT_SUFFIX = ".gjx"
+
+MANIFEST_COLUMNS = ("name", "width", "height", "bytes", "bpp", "psnr", "seconds", "status", "reason",
+                    "output")
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifestRow:
+  """One image of an ``encode_dir`` job.
+
+  Attributes:
+    name: file name inside the input folder.
+    width: image columns (0 when unreadable).
+    height: image rows (0 when unreadable).
+    bytes: size of the encoded file.
+    bpp: bits per pixel of the encoded file.
+    psnr: PSNR (dB) of the decoded file against the source image.
+    seconds: encoding time of the image (its batch's time / batch size).
+    status: ``"ok"`` or ``"error"``.
+    reason: why it failed (empty when ``ok``).
+    output: file name of the encoded file inside the output folder.
+    settings: the encoder settings it was encoded with (a string).
+    source_size: size of the source file in bytes when it was read.
+    source_mtime_ns: modification time of the source file when it was read.
+  """
+
+  name: str
+  width: int = 0
+  height: int = 0
+  bytes: int = 0
+  bpp: float = 0.0
+  psnr: float = 0.0
+  seconds: float = 0.0
+  status: str = "ok"
+  reason: str = ""
+  output: str = ""
+  settings: str = ""
+  source_size: int = 0
+  source_mtime_ns: int = 0
+
+
+# --------------------------------------------------------------------------- files
+
+
+def list_images(in_dir: Path) -> list[str]:
+  """Image file names (by extension) of a folder, sorted; hidden files skipped."""
+  return sorted(
+      p.name for p in in_dir.iterdir()
+      if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def output_names(names: Sequence[str]) -> dict[str, str]:
+  """Output file name of each input: ``<stem>.gjx``, or ``<name>.gjx`` when stems clash."""
+  stems: dict[str, int] = {}
+  for name in names:
+    stem = Path(name).stem
+    stems[stem] = stems.get(stem, 0) + 1
+  return {name: (Path(name).stem if stems[Path(name).stem] == 1 else name) + OUTPUT_SUFFIX
+          for name in names}
+
+
+def _remove_stale_temporaries(out_dir: Path, owned: set[str] | None = None) -> None:
+  """Removes temporary files left by a killed run (those of ``owned`` targets only, if given)."""
+  for p in out_dir.iterdir():
+    if not p.name.startswith(_TMP_PREFIX) or not p.is_file():
+      continue
+    target = p.name.split("-", 2)[-1]  # .tmp-<pid>-<target>
+    if owned is None or target in owned:
+      with contextlib.suppress(OSError):
+        p.unlink()
+
+
+@contextlib.contextmanager
+def _exclusive(out_dir: Path):
+  """Refuses a second job on the same output folder while one runs."""
+  lock_path = out_dir / LOCK_NAME
+  f = open(lock_path, "a+")
+  try:
+    try:
+      import fcntl
+      fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:  # Windows: no advisory lock, run unguarded
+      pass
+    except OSError as e:
+      raise RuntimeError(f"another encode-dir job is writing to {out_dir}") from e
+    yield
+  finally:
+    f.close()
+
+
+# --------------------------------------------------------------------------- journal
+
+
+def read_journal(path: Path) -> dict[str, ManifestRow]:
+  """The latest row of each image in a journal; damaged lines are ignored."""
+  rows: dict[str, ManifestRow] = {}
+  if not Path(path).exists():
+    return rows
+  data = Path(path).read_bytes()
+  fields = {f.name for f in dataclasses.fields(ManifestRow)}
+  # Only whole lines count: the last one may have been cut short by a kill.
+  for line in data[:data.rfind(b"\n") + 1].decode("utf-8", errors="replace").splitlines():
+    try:
+      record = json.loads(line)
+      row = ManifestRow(**{k: v for k, v in record.items() if k in fields})
+    except (json.JSONDecodeError, TypeError):
+      continue  # damaged: ignored, the image is simply done again
+    rows[row.name] = row
+  return rows
+
+
+class Journal:
+  """The append-only record of finished images (``manifest.jsonl``)."""
+
+  def __init__(self, path: Path):
+    self.path = Path(path)
+    if self.path.exists():  # drop a last line cut short by a kill before appending
+      size = self.path.stat().st_size
+      data = self.path.read_bytes()
+      end = data.rfind(b"\n") + 1
+      if end != size:
+        with open(self.path, "r+b") as f:
+          f.truncate(end)
+          os.fsync(f.fileno())
+    self.rows = read_journal(self.path)
+    self._file = open(self.path, "a", encoding="utf-8")
+
+  def append(self, rows: Sequence[ManifestRow]) -> None:
+    """Records rows durably (one JSON line each, then ``fsync``)."""
+    text = "".join(json.dumps(dataclasses.asdict(row)) + "\n" for row in rows)
+    self._file.write(text)
+    self._file.flush()
+    os.fsync(self._file.fileno())
+    for row in rows:
+      self.rows[row.name] = row
+
+  def close(self) -> None:
+    self._file.close()
+
+
+def write_manifest(path: Path, rows: Sequence[ManifestRow]) -> None:
+  """Writes the CSV manifest atomically."""
+  buffer = io.StringIO()
+  writer = csv.writer(buffer, lineterminator="\n")
+  writer.writerow(MANIFEST_COLUMNS)
+  for row in rows:
+    writer.writerow([
+        row.name, row.width, row.height, row.bytes, f"{row.bpp:.5f}", f"{row.psnr:.3f}",
+        f"{row.seconds:.3f}", row.status, row.reason, row.output])
+  write_atomic(path, buffer.getvalue().encode("utf-8"))
+
+
+def read_manifest(path: Path) -> list[dict[str, str]]:
+  """The rows of a CSV manifest as dictionaries of strings."""
+  with open(path, newline="", encoding="utf-8") as f:
+    return list(csv.DictReader(f))
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class Progress:
+  """A one-line progress bar on a stream: images done, rate and ETA."""
+
+  def __init__(self, total: int, *, skipped: int = 0, stream=None, width: int = 28):
+    self.total = total
+    self.skipped = skipped
+    self.done = 0
+    self.failed = 0
+    self.stream = sys.stderr if stream is None else stream
+    self.width = width
+    self.start = time.perf_counter()
+    self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+
+  def update(self, done: int = 0, failed: int = 0) -> None:
+    self.done += done
+    self.failed += failed
+    self._draw(final=False)
+
+  def close(self) -> None:
+    self._draw(final=True)
+
+  def line(self) -> str:
+    finished = self.done + self.failed
+    elapsed = time.perf_counter() - self.start
+    fraction = finished / self.total if self.total else 1.0
+    filled = int(round(self.width * fraction))
+    bar = "#" * filled + "." * (self.width - filled)
+    if finished and finished < self.total:
+      eta = _format_seconds(elapsed / finished * (self.total - finished))
+    elif finished >= self.total:
+      eta = "0:00:00"
+    else:
+      eta = "?"
+    parts = [f"[{bar}] {finished}/{self.total} images", f"elapsed {_format_seconds(elapsed)}",
+             f"ETA {eta}"]
+    if self.failed:
+      parts.append(f"{self.failed} failed")
+    if self.skipped:
+      parts.append(f"{self.skipped} already done")
+    return "  ".join(parts)
+
+  def _draw(self, *, final: bool) -> None:
+    if self.stream is False:
+      return
+    if self._tty:
+      self.stream.write("\r" + self.line() + ("\n" if final else ""))
+    elif not final:
+      self.stream.write(self.line() + "\n")
+    self.stream.flush()
+
+
+def _format_seconds(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def _read_image(path: Path) -> np.ndarray:
+  from gaussjax._io import load_image
+  return np.asarray(load_image(path))
+
+
+def _psnr(expected: np.ndarray, actual: np.ndarray) -> float:
+  from gaussjax._metrics import psnr
+  return float(psnr(np.clip(actual, 0.0, 1.0), expected))
+
+
+def _header_shape(path: Path) -> tuple[int, int]:
+  """``(H, W)`` from the file header, cheaply; ``(0, 0)`` when unknown."""
+  try:
+    from PIL import Image
+    with Image.open(path) as im:
+      w, h = im.size
+      orientation = im.getexif().get(0x0112, 1)
+  except Exception:  # noqa: BLE001 - unreadable files are reported when loaded
+    return 0, 0
+  return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def encode_dir(
+    in_dir,
+    out_dir,
+    *,
+    encode_fn: Callable[[list[np.ndarray]], list[bytes]],
+    decode_fn: Callable[[bytes], np.ndarray],
+    settings: str,
+    batch_size: int = 8,
+    read_fn: Callable[[Path], np.ndarray] | None = None,
+    progress=None,
+) -> list[ManifestRow]:
+  """Encodes every image of a folder; resumable and safe to kill.
+
+  Args:
+    in_dir: folder of images (not recursive; files chosen by extension, see
+      ``IMAGE_EXTENSIONS``).
+    out_dir: folder for the ``.gjx`` files and the manifest (created).
+    encode_fn: encodes a list of ``[H, W, C]`` images into a list of byte
+      strings, e.g. ``lambda images: gaussjax.encode_batch(images, config)``.
+    decode_fn: decodes bytes back to an image, for the PSNR column.
+    settings: a string naming the encoder settings; images finished with other
+      settings are encoded again.
+    batch_size: images per ``encode_fn`` call.
+    read_fn: loads one image file; defaults to ``gaussjax.load_image``.
+    progress: stream for the progress bar (``None``: stderr; ``False``: none).
+
+  Returns:
+    The manifest rows of every image of ``in_dir``, sorted by name.
+  """
+  in_dir, out_dir = Path(in_dir), Path(out_dir)
+  if not in_dir.is_dir():
+    raise ValueError(f"in_dir={str(in_dir)!r} is not a folder")
+  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+    raise ValueError(f"batch_size={batch_size!r} must be a positive int")
+  if out_dir.resolve() == in_dir.resolve():
+    raise ValueError(f"out_dir={str(out_dir)!r} must differ from in_dir")
+  read_fn = _read_image if read_fn is None else read_fn
+  out_dir.mkdir(parents=True, exist_ok=True)
+
+  names = list_images(in_dir)
+  mine = names
+  process_count, process_index = _process_share()
+  journal_name = JOURNAL_NAME
+  if process_count > 1:  # multi-host: each process takes its own share
+    mine = names[process_index::process_count]
+    journal_name = f"manifest.{process_index}.jsonl"
+  outputs = output_names(names)
+
+  with _exclusive(out_dir) if process_count == 1 else contextlib.nullcontext():
+    _remove_stale_temporaries(
+        out_dir, None if process_count == 1 else
+        {outputs[n] for n in mine} | {f"manifest.{process_index}.csv"})
+    journal = Journal(out_dir / journal_name)
+    try:
+      pending = [name for name in mine
+                 if not _is_finished(journal.rows.get(name), in_dir / name, out_dir, settings)]
+      bar = Progress(len(pending), skipped=len(mine) - len(pending),
+                     stream=sys.stderr if progress is None else progress)
+      bar.update()
+      for batch in _batches(in_dir, pending, batch_size):
+        rows = _encode_batch_files(in_dir, out_dir, batch, outputs, encode_fn, decode_fn, read_fn,
+                                   settings)
+        journal.append(rows)
+        bar.update(done=sum(r.status == "ok" for r in rows),
+                   failed=sum(r.status != "ok" for r in rows))
+      bar.close()
+    finally:
+      journal.close()
+    rows = _all_rows(out_dir, names)
+    if process_count == 1:
+      write_manifest(out_dir / MANIFEST_NAME, rows)
+    else:
+      write_manifest(out_dir / f"manifest.{process_index}.csv", [r for r in rows if r.name in mine])
+  return rows
+
+
+def _process_share() -> tuple[int, int]:
+  import jax
+  return jax.process_count(), jax.process_index()
+
+
+def _all_rows(out_dir: Path, names: Sequence[str]) -> list[ManifestRow]:
+  """The latest row of each image, over every journal in ``out_dir``."""
+  rows: dict[str, ManifestRow] = {}
+  for path in sorted(out_dir.glob("manifest*.jsonl")):
+    rows.update(read_journal(path))
+  return [rows[name] for name in names if name in rows]
+
+
+def _is_finished(row: ManifestRow | None, source: Path, out_dir: Path, settings: str) -> bool:
+  if row is None or row.status != "ok" or row.settings != settings:
+    return False
+  try:
+    stat = source.stat()
+    out_size = (out_dir / row.output).stat().st_size
+  except OSError:
+    return False
+  return (stat.st_size == row.source_size and stat.st_mtime_ns == row.source_mtime_ns
+          and out_size == row.bytes)
+
+
+def _batches(in_dir: Path, names: Sequence[str], batch_size: int):
+  """Batches of names whose images share a size bucket (from the file headers).
+
+  Within a bucket, images of one exact size come together, so that the parts
+  of ``encode_batch`` that need one exact size get full batches too.
+  """
+  from gaussjax._batch import bucket_shape
+  groups: dict[tuple[int, int], list[tuple[int, int, str]]] = {}
+  for name in names:
+    h, w = _header_shape(in_dir / name)
+    key = bucket_shape(h, w) if h and w else (0, 0)
+    groups.setdefault(key, []).append((h, w, name))
+  for group in groups.values():
+    group = [name for _, _, name in sorted(group)]
+    for i in range(0, len(group), batch_size):
+      yield group[i:i + batch_size]
+
+
+def _encode_batch_files(in_dir, out_dir, names, outputs, encode_fn, decode_fn, read_fn, settings):
+  """Reads, encodes, writes and measures one batch; returns its manifest rows."""
+  rows: dict[str, ManifestRow] = {}
+  images, readable, stats = [], [], {}
+  for name in names:
+    path = in_dir / name
+    try:
+      stat = path.stat()
+      image = read_fn(path)
+      if image.ndim != 3 or min(image.shape) == 0:
+        raise ValueError(f"expected an [H, W, C] image, got shape {image.shape}")
+    except Exception as e:  # noqa: BLE001 - any unreadable file is reported, not fatal
+      rows[name] = ManifestRow(name=name, status="error", reason=_reason(e), settings=settings)
+      continue
+    images.append(image)
+    readable.append(name)
+    stats[name] = stat
+
+  encoded: dict[str, bytes | Exception] = {}
+  seconds: dict[str, float] = {}
+  if readable:
+    start = time.perf_counter()
+    try:
+      results = list(encode_fn(images))
+      if len(results) != len(images):
+        raise RuntimeError(f"encode_fn returned {len(results)} results for {len(images)} images")
+      per_image = (time.perf_counter() - start) / len(images)
+      for name, data in zip(readable, results):
+        encoded[name], seconds[name] = data, per_image
+    except Exception:  # noqa: BLE001 - find the image that fails: one at a time
+      for name, image in zip(readable, images):
+        start = time.perf_counter()
+        try:
+          encoded[name] = encode_fn([image])[0]
+        except Exception as e:  # noqa: BLE001
+          encoded[name] = e
+        seconds[name] = time.perf_counter() - start
+
+  for name, image in zip(readable, images):
+    data, stat = encoded[name], stats[name]
+    h, w = image.shape[:2]
+    if isinstance(data, Exception):
+      rows[name] = ManifestRow(name=name, width=w, height=h, status="error",
+                               reason="encoding failed: " + _reason(data), settings=settings)
+      continue
+    try:
+      psnr = _psnr(image, np.asarray(decode_fn(data)))
+    except Exception as e:  # noqa: BLE001
+      rows[name] = ManifestRow(name=name, width=w, height=h, status="error",
+                               reason="decoding the result failed: " + _reason(e),
+                               settings=settings)
+      continue
+    write_atomic(out_dir / outputs[name], data)
+    rows[name] = ManifestRow(
+        name=name, width=w, height=h, bytes=len(data), bpp=8.0 * len(data) / (h * w), psnr=psnr,
+        seconds=seconds[name], status="ok", output=outputs[name], settings=settings,
+        source_size=stat.st_size, source_mtime_ns=stat.st_mtime_ns)
+  return [rows[name] for name in names]
+
+
+def _reason(error: BaseException) -> str:
+  return f"{type(error).__name__}: {error}".replace("\n", " ")[:300]

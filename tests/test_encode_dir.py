@@ -1,0 +1,289 @@
+"""The directory job: manifest, resume, crash safety, unreadable files.
+
+The job machinery is tested with a tiny lossless stand-in codec (8-bit PNG
+bytes), so these tests are fast and independent of the fitting code; the real
+codec goes through the same code path in ``test_cli_encode_dir``.
+"""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gaussjax import _encode_dir
+from gaussjax._encode_dir import encode_dir
+
+SETTINGS = "stand-in codec"
+
+
+def fake_encode(images):
+  out = []
+  for image in images:
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)).save(buffer, "PNG")
+    out.append(buffer.getvalue())
+  return out
+
+
+def fake_decode(data):
+  return np.asarray(Image.open(io.BytesIO(data)), np.float32) / 255.0
+
+
+def read_png(path):
+  with Image.open(path) as im:
+    return np.asarray(im.convert("RGB"), np.float32) / 255.0
+
+
+def make_folder(folder: Path, count: int, *, sizes=((8, 8),), corrupt: bool = True) -> list[str]:
+  folder.mkdir(parents=True, exist_ok=True)
+  rng = np.random.default_rng(0)
+  names = []
+  for i in range(count):
+    h, w = sizes[i % len(sizes)]
+    pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    name = f"img{i:02d}.png"
+    Image.fromarray(pixels).save(folder / name)
+    names.append(name)
+  if corrupt:
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a PNG")
+  (folder / "notes.txt").write_text("not an image: ignored")
+  return names
+
+
+def run_job(in_dir, out_dir, **kwargs):
+  kwargs.setdefault("batch_size", 3)
+  return encode_dir(in_dir, out_dir, encode_fn=fake_encode, decode_fn=fake_decode,
+                    settings=SETTINGS, read_fn=read_png, progress=False, **kwargs)
+
+
+def test_manifest_rows_and_outputs(tmp_path):
+  names = make_folder(tmp_path / "in", 5, sizes=((8, 8), (8, 12)))
+  rows = run_job(tmp_path / "in", tmp_path / "out")
+  assert [r.name for r in rows] == sorted(names + ["broken.png"])
+  manifest = _encode_dir.read_manifest(tmp_path / "out" / "manifest.csv")
+  assert [m["name"] for m in manifest] == [r.name for r in rows]
+  assert list(manifest[0]) == list(_encode_dir.MANIFEST_COLUMNS)
+  for m in manifest:
+    if m["name"] == "broken.png":
+      assert m["status"] == "error"
+      assert "broken" in m["reason"] or "identify" in m["reason"] or "Error" in m["reason"]
+      assert not (tmp_path / "out" / "broken.gjx").exists()
+      continue
+    assert m["status"] == "ok", m
+    data = (tmp_path / "out" / m["output"]).read_bytes()
+    h, w = int(m["height"]), int(m["width"])
+    assert int(m["bytes"]) == len(data)
+    assert float(m["bpp"]) == pytest.approx(8 * len(data) / (h * w), rel=1e-4)
+    assert float(m["psnr"]) == float("inf")  # the stand-in codec is lossless
+    expected = read_png(tmp_path / "in" / m["name"])
+    np.testing.assert_array_equal(fake_decode(data), expected)
+  assert not (tmp_path / "out" / "notes.gjx").exists()
+
+
+def test_rerun_skips_finished_and_redoes_changed(tmp_path):
+  make_folder(tmp_path / "in", 4)
+  calls = []
+
+  def counting_encode(images):
+    calls.append(len(images))
+    return fake_encode(images)
+
+  kwargs = dict(encode_fn=counting_encode, decode_fn=fake_decode, read_fn=read_png,
+                progress=False, batch_size=2)
+  encode_dir(tmp_path / "in", tmp_path / "out", settings=SETTINGS, **kwargs)
+  assert sum(calls) == 4
+  calls.clear()
+  encode_dir(tmp_path / "in", tmp_path / "out", settings=SETTINGS, **kwargs)
+  assert calls == []  # everything finished: nothing encoded again
+
+  # A changed source, a deleted output and other settings are each redone.
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "in" / "img01.png")
+  (tmp_path / "out" / "img02.gjx").unlink()
+  encode_dir(tmp_path / "in", tmp_path / "out", settings=SETTINGS, **kwargs)
+  assert sum(calls) == 2
+  calls.clear()
+  encode_dir(tmp_path / "in", tmp_path / "out", settings="other", **kwargs)
+  assert sum(calls) == 4
+
+
+def test_cut_journal_line_and_stale_temporaries_are_cleaned(tmp_path):
+  make_folder(tmp_path / "in", 3, corrupt=False)
+  out = tmp_path / "out"
+  run_job(tmp_path / "in", out)
+  journal = out / "manifest.jsonl"
+  lines = journal.read_bytes().splitlines(keepends=True)
+  # A kill in the middle of the last append, and in the middle of writing a file.
+  journal.write_bytes(b"".join(lines[:-1]) + lines[-1][:17])
+  (out / ".tmp-999-img02.gjx").write_bytes(b"partial")
+  rows = run_job(tmp_path / "in", out)
+  assert [r.status for r in rows] == ["ok"] * 3
+  assert not list(out.glob(".tmp-*"))
+  records = [json.loads(line) for line in journal.read_text().splitlines()]
+  assert [r["name"] for r in records] == ["img00.png", "img01.png", "img02.png"]
+
+
+def test_encoder_failure_is_isolated_to_its_image(tmp_path):
+  make_folder(tmp_path / "in", 4, corrupt=False)
+
+  def picky_encode(images):
+    if any(float(image.mean()) < 0 for image in images) or len(images) > 1:
+      raise RuntimeError("batch refused")  # forces the one-image fallback
+    return fake_encode(images)
+
+  def read(path):
+    image = read_png(path)
+    return -image if path.name == "img02.png" else image
+
+  rows = encode_dir(tmp_path / "in", tmp_path / "out", encode_fn=picky_encode,
+                    decode_fn=fake_decode, read_fn=read, settings=SETTINGS, progress=False,
+                    batch_size=4)
+  assert [r.status for r in rows] == ["ok", "ok", "error", "ok"]
+  assert "batch refused" in rows[2].reason
+
+
+def test_bad_arguments(tmp_path):
+  make_folder(tmp_path / "in", 1)
+  with pytest.raises(ValueError, match="batch_size"):
+    run_job(tmp_path / "in", tmp_path / "out", batch_size=0)
+  with pytest.raises(ValueError, match="in_dir"):
+    run_job(tmp_path / "missing", tmp_path / "out")
+  with pytest.raises(ValueError, match="out_dir"):
+    run_job(tmp_path / "in", tmp_path / "in")
+
+
+def test_progress_line_counts_and_eta():
+  stream = io.StringIO()
+  bar = _encode_dir.Progress(4, skipped=2, stream=stream)
+  bar.update(done=1)
+  bar.update(done=1, failed=1)
+  lines = stream.getvalue().splitlines()
+  assert "1/4 images" in lines[0] and "ETA" in lines[0] and "2 already done" in lines[0]
+  assert "3/4 images" in lines[1] and "1 failed" in lines[1]
+
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, sys.argv[3])
+    import test_encode_dir as t
+    from gaussjax._encode_dir import encode_dir
+
+    def slow_encode(images):
+      with open(sys.argv[4], "a") as log:  # which images this run encoded
+        log.write("".join(f"{float(image.sum())!r}\\n" for image in images))
+      time.sleep(0.5)  # keeps the job running long enough to be killed mid-way
+      return t.fake_encode(images)
+
+    encode_dir(sys.argv[1], sys.argv[2], encode_fn=slow_encode, decode_fn=t.fake_decode,
+               settings=t.SETTINGS, read_fn=t.read_png, progress=False, batch_size=1)
+""")
+
+
+def ok_names(journal: Path) -> list[str]:
+  if not journal.exists():
+    return []
+  data = journal.read_bytes()
+  names = []
+  for line in data[:data.rfind(b"\n") + 1].splitlines():
+    record = json.loads(line)
+    if record["status"] == "ok":
+      names.append(record["name"])
+  return names
+
+
+def test_kill_and_resume_encodes_every_image_exactly_once(tmp_path):
+  count = 10
+  names = make_folder(tmp_path / "in", count)
+  out = tmp_path / "out"
+  journal = out / "manifest.jsonl"
+  log = tmp_path / "encoded.log"
+  command = [sys.executable, "-c", CHILD, str(tmp_path / "in"), str(out),
+             str(Path(__file__).parent), str(log)]
+  child = subprocess.Popen(command)
+  deadline = time.monotonic() + 300  # generous: a loaded machine imports slowly
+  try:
+    while len(ok_names(journal)) < 2:
+      assert child.poll() is None, "the job ended before it could be killed"
+      assert time.monotonic() < deadline, "the job made no progress"
+      time.sleep(0.02)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(timeout=60)
+  finally:
+    if child.poll() is None:
+      child.kill()
+  done_before = ok_names(journal)
+  assert 2 <= len(done_before) < count, done_before
+  # What the kill leaves: only complete outputs, no manifest.csv yet.
+  for name in done_before:
+    assert fake_decode((out / name.replace(".png", ".gjx")).read_bytes()).shape == (8, 8, 3)
+  assert not (out / "manifest.csv").exists()
+
+  log.unlink()
+  subprocess.run(command, check=True, timeout=600)
+  rerun_sums = log.read_text().split()
+  sums_before = {repr(float(read_png(tmp_path / "in" / n).sum())) for n in done_before}
+  assert not sums_before & set(rerun_sums), "finished images were encoded again"
+
+  # Every image encoded exactly once: one ok journal line and one output each.
+  assert sorted(ok_names(journal)) == names
+  assert sorted(p.name for p in out.glob("*.gjx")) == [n.replace(".png", ".gjx") for n in names]
+  assert not list(out.glob(".tmp-*"))
+  manifest = _encode_dir.read_manifest(out / "manifest.csv")
+  assert [m["name"] for m in manifest] == sorted(names + ["broken.png"])
+  for m in manifest:
+    if m["name"] == "broken.png":
+      assert m["status"] == "error" and m["reason"]
+    else:
+      assert m["status"] == "ok"
+      expected = read_png(tmp_path / "in" / m["name"])
+      np.testing.assert_array_equal(fake_decode((out / m["output"]).read_bytes()), expected)
+
+
+def test_cli_encode_dir_with_the_real_codec(tmp_path, capsys):
+  import gaussjax
+  from gaussjax._cli import main  # the `gaussjax` command, encode-dir registered as a plugin
+  make_folder(tmp_path / "in", 3, sizes=((16, 16),))
+  out = tmp_path / "out"
+  argv = [str(tmp_path / "in"), "-o", str(out), "--quality", "50", "--fit-steps", "25",
+          "--qat-steps", "5", "--batch", "4", "--no-progress", "--backend", "reference"]
+  assert main(["encode-dir", *argv]) == 1  # one unreadable file
+  assert "broken.png" in capsys.readouterr().err
+  manifest = {m["name"]: m for m in _encode_dir.read_manifest(out / "manifest.csv")}
+  assert sorted(manifest) == ["broken.png", "img00.png", "img01.png", "img02.png"]
+  assert manifest["broken.png"]["status"] == "error" and manifest["broken.png"]["reason"]
+  for name in ("img00.png", "img01.png", "img02.png"):
+    m = manifest[name]
+    assert m["status"] == "ok" and (m["width"], m["height"]) == ("16", "16")
+    data = (out / m["output"]).read_bytes()
+    assert int(m["bytes"]) == len(data)
+    decoded = np.asarray(gaussjax.decode(data, backend="reference"))
+    assert decoded.shape == (16, 16, 3)
+    expected = read_png(tmp_path / "in" / name)
+    psnr = -10 * np.log10(np.mean((decoded - expected) ** 2))
+    assert float(m["psnr"]) == pytest.approx(psnr, abs=0.01)
+    assert float(m["seconds"]) > 0
+  journal_lines = len((out / "manifest.jsonl").read_text().splitlines())
+  # A re-run encodes nothing again; only the unreadable file is tried once more.
+  assert main(["encode-dir", *argv]) == 1
+  assert len((out / "manifest.jsonl").read_text().splitlines()) == journal_lines + 1
+
+
+def test_cli_encode_dir_rejects_bad_arguments(tmp_path, capsys):
+  from gaussjax._cli_batch import main
+  with pytest.raises(SystemExit):
+    main(["encode-dir", str(tmp_path), "-o", str(tmp_path / "o"), "--bpp", "1", "--quality", "5"])
+  with pytest.raises(SystemExit):
+    main(["encode-dir", str(tmp_path), "-o", str(tmp_path / "o"), "--bpp", "1", "--batch", "0"])
+  assert main(["encode-dir", str(tmp_path / "missing"), "-o", str(tmp_path / "o"),
+               "--bpp", "1"]) == 2
+  assert "is not a folder" in capsys.readouterr().err
+  assert main(["encode-dir", str(tmp_path), "-o", str(tmp_path / "o"), "--quality", "500"]) == 2
+  assert "quality" in capsys.readouterr().err
