@@ -158,7 +158,9 @@ def test_overflowed_steps_are_never_accepted(kodak_crop, monkeypatch):
   assert len(set(fake.plans)) > 1
   # Had any incomplete (all-zero) render been accepted, the result would differ.
   for a, b in zip(actual, expected):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    # Tolerance: the two runs compile different programs (float32 rounding, then
+    # 30 Adam steps); an accepted all-zero render moves a colour by ~lr = 0.02.
+    np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3)
   np.testing.assert_allclose(history.psnr[-1], expected_history.psnr[-1], atol=1e-3)
 
 
@@ -210,3 +212,9 @@ def test_fit_rejects_bad_input(kodak_crop):
   batch = jax.tree_util.tree_map(lambda x: x[None], g)
   with pytest.raises(ValueError, match=r"means \[N, 2\]"):
     gaussjax.fit(kodak_crop, batch, CONFIG)
+
+
+def test_fit_refuses_traced_input():
+  g = gaussjax.init_random(jax.random.key(0), 3, 4, 4, 3)
+  with pytest.raises(TypeError, match="use fit_step under jit"):
+    jax.jit(lambda x: gaussjax.fit(x, g, CONFIG)[1].psnr)(np.zeros((4, 4, 3), np.float32))
