@@ -134,7 +134,7 @@ class _FakeTiledBackend:
 
   def make_plan(self, gaussians, height, width, *, backend="auto"):
     extent = float(np.max(np.asarray(gaussjax.extents(gaussians.chol))))
-    plan = float(np.ceil(extent / 2.0 + 1e-6) * 2.0)  # up to 2 px of headroom
+    plan = float(np.ceil(extent / 8.0 + 1e-6) * 8.0)  # up to 8 px of headroom
     self.plans.append(plan)
     return plan
 
@@ -145,21 +145,22 @@ class _FakeTiledBackend:
 
 
 def test_overflowed_steps_are_never_accepted(kodak_crop, monkeypatch):
-  g = gaussjax.init_random(jax.random.key(0), 40, 64, 64, 3)
-  config = dataclasses.replace(CONFIG, steps=30, log_every=10, replan_every=1000, lr_chol=0.2)
-  expected, expected_history = gaussjax.fit(kodak_crop, g, config)
+  image = kodak_crop[:32, :32]
+  g = gaussjax.init_random(jax.random.key(0), 20, 32, 32, 3)
+  config = dataclasses.replace(CONFIG, steps=16, log_every=8, replan_every=1000, lr_chol=0.1)
+  expected, expected_history = gaussjax.fit(image, g, config)
 
   fake = _FakeTiledBackend()
   monkeypatch.setattr(_fit, "make_plan", fake.make_plan)
   monkeypatch.setattr(_fit, "rasterize", fake.rasterize)
-  actual, history = gaussjax.fit(kodak_crop, g, config)
+  actual, history = gaussjax.fit(image, g, config)
   assert history.overflows >= 1, fake.plans
   assert history.replans == history.overflows + 1
   assert len(set(fake.plans)) > 1
   # Had any incomplete (all-zero) render been accepted, the result would differ.
   for a, b in zip(actual, expected):
     # Tolerance: the two runs compile different programs (float32 rounding, then
-    # 30 Adam steps); an accepted all-zero render moves a colour by ~lr = 0.02.
+    # 16 Adam steps); an accepted all-zero render moves a colour by ~lr = 0.02.
     np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3)
   np.testing.assert_allclose(history.psnr[-1], expected_history.psnr[-1], atol=1e-3)
 
