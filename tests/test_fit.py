@@ -67,7 +67,7 @@ def test_fit_step_is_pure_and_compiles_once(kodak_crop):
   image = jnp.asarray(kodak_crop)
   a, metrics_a = step(state, image, config=config, plan=None)
   compiled = step._cache_size()  # the cache is shared by every jit of fit_step
-  b, metrics_b = step(state, image, config=config, plan=None)
+  b, _ = step(state, image, config=config, plan=None)
   assert step._cache_size() == compiled
   for x, y in zip(_leaves(a), _leaves(b)):
     np.testing.assert_array_equal(x, y)
@@ -89,7 +89,7 @@ def test_loss_weights(kodak_crop):
        0.5 * np.mean(np.abs(diff)) + 2.0 * np.mean(diff**2) + 0.3 * (1 - float(gaussjax.ssim(render, kodak_crop)))),
   ]:
     config = dataclasses.replace(CONFIG, **weights)
-    loss, aux = gaussjax.fit_loss(g, jnp.asarray(kodak_crop), config=config)
+    loss, _ = gaussjax.fit_loss(g, jnp.asarray(kodak_crop), config=config)
     np.testing.assert_allclose(float(loss), expected, rtol=1e-4)
 
 
