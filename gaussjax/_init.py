@@ -202,7 +202,8 @@ def init_slic(
      least-squares solution of ``render(g) ≈ image`` for these fixed shapes
      (sparse, ridge-regularised towards the segment mean colour). With
      ``solve_colors=False`` the mean colour of each segment is used, divided
-     by the mean total weight, which is faster but starts several dB lower.
+     by the mean total weight: faster, but 1.8 dB lower on average (20.45
+     vs 18.62 dB, 4 Kodak images at 1/4 size, n = 300 and 1000).
 
   Runs in NumPy/SciPy on concrete arrays (not under ``jit``).
 
