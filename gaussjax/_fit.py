@@ -12,8 +12,9 @@ with ``config`` and ``plan`` static). A step whose render overflowed the plan
 returns the state unchanged (never a step computed on an incomplete image) and
 ``overflow=True``; the caller re-plans from the current Gaussians and goes on.
 Since an unchanged state with the same plan overflows again, ``fit`` only
-checks the flag every ``min(log_every, replan_every)`` steps, so the device
-is never synchronised inside a chunk of steps.
+reads the step counter at the end of each chunk of steps (up to the next log
+or re-plan point), so the device is never synchronised inside a chunk; the
+steps lost to an overflow are at most one chunk.
 
 The loop is written as phases of jitted steps on a fixed N, so that a later
 adaptive density control (add/prune Gaussians between phases) can change N
