@@ -55,6 +55,19 @@ def test_notebooks_are_built_from_build_script():
     assert "GAUSSJAX_NOTEBOOK_SIZE" in code[1].source, f"{name}: no size knob"
 
 
+def test_notebooks_match_build_script():
+  """The committed .ipynb files are what notebooks/_build.py writes (run it after editing)."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("gaussjax_nb_build", os.path.join(NOTEBOOKS, "_build.py"))
+  build = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(build)
+  assert sorted(build.NOTEBOOKS) == NAMES
+  for name, cells in build.NOTEBOOKS.items():
+    expected = nbformat.writes(build.build(name, cells)) + "\n"  # nbformat.write ends with one
+    with open(os.path.join(NOTEBOOKS, name), encoding="utf-8") as f:
+      assert f.read() == expected, f"{name} is stale: run python notebooks/_build.py"
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs(name, tmp_path, monkeypatch):
   monkeypatch.setenv("JUPYTER_PATH", _kernel_dir(str(tmp_path / "jupyter")))
