@@ -148,16 +148,17 @@ def fit_progression(args) -> None:
   colors = np.clip(np.asarray(fitted.colors)[:, :3], 0.0, 1.0)
   ax = axes[-1]
   ax.imshow(np.zeros_like(image))  # black canvas: each Gaussian a translucent ellipse in its colour
-  ax.add_collection(EllipseCollection(
+  ellipses = ax.add_collection(EllipseCollection(
       2 * radii[:, 1], 2 * radii[:, 0], angles, units="xy", offsets=np.asarray(fitted.means),
       offset_transform=ax.transData, facecolors=np.concatenate([colors, np.full((len(colors), 1), 0.5)], 1),
       edgecolors=colors, linewidths=0.4))
+  ellipses.set_clip_path(ax.images[0])  # nothing outside the image
   ax.set_xlim(0, width)
   ax.set_ylim(height, 0)
   ax.set_title(f"the {args.gaussians} fitted Gaussians (1σ)", fontsize=9)
   for ax in axes:
     ax.axis("off")
-  fig.subplots_adjust(left=0.005, right=0.995, bottom=0.01, top=0.93, wspace=0.03, hspace=0.16)
+  fig.subplots_adjust(left=0.005, right=0.995, bottom=0.015, top=0.93, wspace=0.03, hspace=0.16)
   _save(fig, os.path.join(IMAGES, "fit_progression.png"), args.max_kb)
   plt.close(fig)
 
