@@ -519,7 +519,9 @@ BATCH = [
         import subprocess
         import sys
 
-        cli = shutil.which("gaussjax") or str(pathlib.Path(sys.executable).parent / "gaussjax")
+        # The console script of this Python's gaussjax (next to the interpreter in a venv).
+        cli = pathlib.Path(sys.executable).parent / "gaussjax"
+        cli = str(cli) if cli.exists() else shutil.which("gaussjax")
         cli_in = in_dir
         if SMALL:  # a fresh process compiles again: keep the small run to one image size
           cli_in = folder / "same_size"
