@@ -84,6 +84,7 @@ def fit_progression(args) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   from matplotlib.collections import EllipseCollection
+  from matplotlib.patches import Rectangle
 
   import gaussjax
 
@@ -152,7 +153,7 @@ def fit_progression(args) -> None:
       2 * radii[:, 1], 2 * radii[:, 0], angles, units="xy", offsets=np.asarray(fitted.means),
       offset_transform=ax.transData, facecolors=np.concatenate([colors, np.full((len(colors), 1), 0.5)], 1),
       edgecolors=colors, linewidths=0.4))
-  ellipses.set_clip_path(ax.images[0])  # nothing outside the image
+  ellipses.set_clip_path(Rectangle((0, 0), width, height, transform=ax.transData))  # image only
   ax.set_xlim(0, width)
   ax.set_ylim(height, 0)
   ax.set_title(f"the {args.gaussians} fitted Gaussians (1σ)", fontsize=9)
@@ -258,8 +259,8 @@ def main(argv=None) -> int:
   parser.add_argument("--only", choices=("fit", "rd"), default=None, help="make one figure only")
   parser.add_argument("--image", type=int, default=23, help="Kodak index of the fit figure")
   parser.add_argument("--scale", type=int, default=2, help="downscale factor (2: 384x256)")
-  parser.add_argument("--gaussians", type=int, default=2000)
-  parser.add_argument("--steps", type=int, default=500)
+  parser.add_argument("--gaussians", type=int, default=3000)
+  parser.add_argument("--steps", type=int, default=1000)
   parser.add_argument("--snapshots", default="20,100", help="steps to show besides 0 and the last")
   parser.add_argument("--backend", default="auto")
   parser.add_argument("--classic", default=CLASSIC_CSV, help="classical codecs CSV (kodak_classic.csv)")
