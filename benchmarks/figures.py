@@ -120,7 +120,8 @@ def fit_progression(args) -> None:
       last_plan = int(state.step)
   fitted = state.gaussians
   meta = {"image": f"kodim{args.image:02d}", "scale": args.scale, "size": f"{width}x{height}",
-          "gaussians": args.gaussians, "steps": args.steps, "backend": config.backend,
+          "gaussians": args.gaussians, "steps": args.steps,
+          "backend": gaussjax.default_backend() if config.backend == "auto" else config.backend,
           "init_slic_seconds": round(init_seconds, 2)}
   json_path, _ = write_results("fit_progression", rows, meta)
   print(format_table(rows))
