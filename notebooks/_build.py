@@ -42,9 +42,9 @@ def install(extra: str = "") -> object:
       if "google.colab" in sys.modules:
         ipython = get_ipython()
         if shutil.which("nvidia-smi"):  # GPU runtime
-          ipython.run_line_magic("pip", "install -q -U jax[cuda12]")
+          ipython.run_line_magic("pip", 'install -q -U "jax[cuda12]"')
         elif os.path.exists("/dev/accel0"):  # TPU runtime
-          ipython.run_line_magic("pip", "install -q -U jax[tpu]")
+          ipython.run_line_magic("pip", 'install -q -U "jax[tpu]"')
         ipython.run_line_magic("pip", f"install -q {{GAUSSJAX_PIP}} matplotlib{extra}")
       ''')
 
@@ -247,7 +247,8 @@ CODEC = [
 
         IMAGE_PATH = None  # or a file of yours
         if IMAGE_PATH is not None:
-          image = gaussjax.load_image(IMAGE_PATH)[..., :3]
+          image = gaussjax.load_image(IMAGE_PATH)
+          image = np.repeat(image, 3, -1) if image.shape[-1] == 1 else image[..., :3]  # RGB
         else:
           image = skimage.data.astronaut().astype(np.float32) / 255.0
         if SMALL:
