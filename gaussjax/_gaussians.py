@@ -36,9 +36,6 @@ class Gaussians(NamedTuple):
     """N, the number of Gaussians (the axis before the last)."""
     return self.means.shape[-2]
 
-  def __len__(self) -> int:
-    return self.num_gaussians
-
   @property
   def channels(self) -> int:
     """C, the number of colour channels."""

@@ -21,8 +21,10 @@ def _gaussians(n=5, channels=3, seed=0):
 def test_counts_and_channels():
   g = _gaussians(7, 4)
   assert g.num_gaussians == 7
-  assert len(g) == 7
   assert g.channels == 4
+  # A NamedTuple of three fields: len() and _replace keep their tuple meaning.
+  assert len(g) == 3
+  assert g._replace(colors=g.colors * 2).num_gaussians == 7
 
 
 def test_covariances_are_l_lt():
