@@ -9,8 +9,8 @@ transparency), RGB, RGBA, CMYK, with the EXIF orientation applied.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -154,16 +154,9 @@ def save_image(path, image, *, bits: int = 8) -> None:
     img = Image.fromarray(data)  # I;16
   else:
     raise ValueError(f"{bits=} must be 8 or 16")
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=".gaussjax-", suffix=ext, dir=directory)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      img.save(f, format=fmt)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  buffer = io.BytesIO()
+  img.save(buffer, format=fmt)
+  write_atomic(Path(path), buffer.getvalue())
 
 
 # Temporary files of write_atomic are named ``<TMP_PREFIX><pid>-<final name>``
