@@ -419,16 +419,16 @@ def _train(gaussians: Gaussians, image: jax.Array, *, num_steps: int, learning_r
     if plan is _STALE or (done % replan_every == 0 and planned_at != done):
       view = qz.fake_quantize(g, height, width, steps) if steps is not None else g
       plan = make_plan(view, height, width, backend=backend)
-      plan = _grow_plan(_xla_boundary_safe(plan, view, height, width), boost)
+      plan = _grow_plan(plan, boost)
       fresh, planned_at = True, done
     if plan not in cache:
       cache[plan] = _make_step(height, width, backend, steps, plan, optimizer)
     g2, s2, _, overflow = cache[plan](g, opt_state, image)
     if bool(overflow):
       if fresh:
-        # A plan made from these very Gaussians overflowed: the plan's class
-        # counts and the jitted assignment disagree at class boundaries (seen
-        # with the xla backend). Grow the capacities and retry, a few times.
+        # A plan made from these very Gaussians overflowed (a backend whose
+        # host-side counts and jitted assignment disagree; seen once with
+        # an early xla backend): grow the capacities and retry, a few times.
         boost *= 2
         if boost > 16 or not hasattr(plan, "capacities"):
           raise RuntimeError(f"backend {backend!r} overflows plans made for the same Gaussians")
@@ -442,30 +442,6 @@ def _train(gaussians: Gaussians, image: jax.Array, *, num_steps: int, learning_r
 
 
 _STALE = object()
-
-
-def _xla_boundary_safe(plan, gaussians, height, width):
-  """Raises an XLA plan's capacities to the counts its jitted assignment sees.
-
-  ``plan_xla`` counts a Gaussian whose support is exactly a class size in the
-  next class up (one pixel of margin), while the jitted assignment puts it in
-  that class; with many equal-sized Gaussians (e.g. ``init_random``) the
-  smaller class then overflows on every step. Counting both ways fixes it.
-  """
-  if not hasattr(plan, "capacities"):
-    return plan
-  from gaussjax import _xla
-  needs = _xla._needs_numpy(np.asarray(gaussians.means), np.asarray(gaussians.chol), height, width)
-  needs = needs[needs > 0]
-  sizes = np.asarray(plan.sizes)
-  cls = np.minimum(np.searchsorted(sizes, needs, side="left"), len(sizes) - 1)
-  counts = np.bincount(cls, minlength=len(sizes))
-  caps = []
-  for cap, chunk, count in zip(plan.capacities, plan.chunks, counts):
-    if count > cap:
-      cap = -(-int(math.ceil(count * 1.25)) // chunk) * chunk
-    caps.append(cap)
-  return dataclasses.replace(plan, capacities=tuple(caps))
 
 
 def _grow_plan(plan, factor: int):
@@ -495,8 +471,8 @@ def render_safe(gaussians: Gaussians, height: int, width: int, *, backend: str =
   """``render`` for concrete Gaussians that works around plans that overflow.
 
   Same result as ``gaussjax.render``; with the XLA backend the plan's class
-  capacities are recounted (``_xla_boundary_safe``) and doubled while the
-  render reports overflow, so the image is always complete.
+  capacities are doubled while the render reports overflow (defensive: a
+  fresh plan should never overflow), so the image is always complete.
   """
   from gaussjax._gaussians import scale_gaussians
   from gaussjax._render import make_plan, rasterize, render, resolve_backend
@@ -506,7 +482,7 @@ def render_safe(gaussians: Gaussians, height: int, width: int, *, backend: str =
     return render(g, height, width, backend=backend, source_size=source_size)
   if source_size is not None and tuple(source_size) != (height, width):
     g = scale_gaussians(g, height / source_size[0], width / source_size[1])
-  plan = _xla_boundary_safe(make_plan(g, height, width, backend=backend), g, height, width)
+  plan = make_plan(g, height, width, backend=backend)
   for _ in range(5):
     image, overflow = rasterize(g, height, width, backend=backend, plan=plan)
     if not bool(overflow):
