@@ -74,7 +74,7 @@ class CodecConfig:
   fit_steps: int = 1500
   qat_steps: int = 300
   learning_rate: float = 0.01
-  bits_per_gaussian: float = 44.0
+  bits_per_gaussian: float = 46.0
   rate_tolerance: float = 0.05
   backend: str = "auto"
   seed: int = 0
