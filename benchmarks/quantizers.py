@@ -55,7 +55,7 @@ def main():
         steps = dataclasses.replace(base, color=tuple(c * f for c in base.color))
       else:
         steps = dataclasses.replace(base, **{attr: getattr(base, attr) * f})
-      data = gaussjax.encode_gaussians(g, h, w, steps)
+      data = gaussjax.encode_gaussians(g, h, w, steps=steps)
       dec, _ = gaussjax.decode_gaussians(data)
       rows.append(dict(attribute=attr, step_factor=f, bytes=len(data),
                        bits_per_gaussian=8 * len(data) / n, psnr=psnr(dec),
@@ -72,7 +72,7 @@ def main():
   m = choose_model(buckets)
   pos_bits = (coded_bits(buckets, m) + 8 * model_bytes(m) + np.maximum(buckets - 1, 0).sum()) / n
   seed_bits = 32 + 18 + 48  # fp16 x,y; 6-bit l11,l21,l22; fp16 RGB
-  ours = 8 * len(gaussjax.encode_gaussians(g, h, w, base)) / n
+  ours = 8 * len(gaussjax.encode_gaussians(g, h, w, steps=base)) / n
   meta = {
       "image": f"kodim{args.image:02d} at {w}x{h}", "gaussians": n, "fit_steps": args.steps,
       "fit_s": fit_s, "float_psnr": float_psnr,

@@ -5,7 +5,7 @@ Call chain::
   encode(image, config)                       fit → QAT → quantise → code, rate control
     ├─ _fit_float                             float fit (gaussjax.fit when present)
     ├─ _train(..., quantize=True)             quantisation-aware fine-tuning (STE)
-    └─ encode_gaussians(g, H, W, steps)       quantise, Morton order, ANS-code, frame
+    └─ encode_gaussians(g, H, W, steps=)      quantise, Morton order, ANS-code, frame
   decode(data, height=, width=)               decode_gaussians → render at any size
   decode_gaussians(data)                      parse, validate, entropy-decode, dequantise
   info(data)                                  header fields, no decoding
@@ -112,7 +112,7 @@ def _f16(w: Writer, v: float):
   w.raw(struct.pack("<e", v))
 
 
-def encode_gaussians(gaussians: Gaussians, height: int, width: int,
+def encode_gaussians(gaussians: Gaussians, height: int, width: int, *,
                      steps: qz.QuantSteps | None = None) -> bytes:
   """Quantises and entropy-codes Gaussians into a gaussjax file (FORMAT.md).
 
@@ -125,6 +125,14 @@ def encode_gaussians(gaussians: Gaussians, height: int, width: int,
 
   Returns:
     The file's bytes.
+
+  Examples:
+    >>> import jax, gaussjax
+    >>> g = gaussjax.init_random(jax.random.key(0), 100, 32, 48, 3)
+    >>> data = gaussjax.encode_gaussians(g, 32, 48)
+    >>> decoded, size = gaussjax.decode_gaussians(data)
+    >>> decoded.num_gaussians, size, data[:4]
+    (100, (32, 48), b'\x89GJX')
   """
   gaussians = validate(gaussians)
   n, c = gaussians.num_gaussians, gaussians.channels
@@ -560,7 +568,7 @@ def encode(image, config: CodecConfig = CodecConfig()) -> bytes:
     g = _fit_float(image, n, config)
     g = _train(g, image, num_steps=config.qat_steps, learning_rate=config.learning_rate / 5,
                steps=steps, backend=config.backend)
-    return encode_gaussians(g, h, w, steps)
+    return encode_gaussians(g, h, w, steps=steps)
   return _encode_rate(image, config)
 
 
@@ -571,7 +579,7 @@ def _encode_rate(image: jax.Array, config: CodecConfig) -> bytes:
   lo_ok, hi_ok = target * (1 - tol), target * (1 + tol)
   steps = qz.default_steps(c)
   if len(encode_gaussians(Gaussians(np.zeros((1, 2), np.float32), np.ones((1, 3), np.float32),
-                                    np.zeros((1, c), np.float32)), h, w, steps)) > hi_ok:
+                                    np.zeros((1, c), np.float32)), h, w, steps=steps)) > hi_ok:
     raise ValueError(f"bpp={config.bpp} ({target:.0f} bytes) is below the smallest file "
                      f"for a {h}x{w} image")
   n = config.num_gaussians or max(4, int(math.ceil(1.1 * 8 * target / config.bits_per_gaussian)))
@@ -582,7 +590,7 @@ def _encode_rate(image: jax.Array, config: CodecConfig) -> bytes:
                backend=config.backend)
     data, g_fit, steps_fit = _fit_size(g, h, w, steps, lo_ok, hi_ok)
     if data is None:  # too few Gaussians even with the finest steps: refit with more
-      size = len(encode_gaussians(g, h, w, steps.scaled(0.25)))
+      size = len(encode_gaussians(g, h, w, steps=steps.scaled(0.25)))
       n = int(math.ceil(n * 1.15 * target / max(size, 1)))
       if n > MAX_GAUSSIANS:
         break
@@ -605,7 +613,7 @@ def _fit_size(g, h, w, steps, lo_ok, hi_ok):
   finest steps give a file smaller than ``lo_ok``.
   """
   g = Gaussians(*(np.asarray(x, np.float32) for x in g))
-  data = encode_gaussians(g, h, w, steps)
+  data = encode_gaussians(g, h, w, steps=steps)
   if lo_ok <= len(data) <= hi_ok:
     return data, g, steps
   if len(data) > hi_ok:
@@ -615,7 +623,7 @@ def _fit_size(g, h, w, steps, lo_ok, hi_ok):
     while lo <= hi:
       mid = (lo + hi) // 2
       sub = g.select(np.sort(order[:mid]))
-      d = encode_gaussians(sub, h, w, steps)
+      d = encode_gaussians(sub, h, w, steps=steps)
       if len(d) <= hi_ok:
         best = (d, sub, steps)
         if len(d) >= lo_ok:
@@ -626,11 +634,11 @@ def _fit_size(g, h, w, steps, lo_ok, hi_ok):
     return best if best is not None else (None, g, steps)
   # Too small with every Gaussian: finer steps (bisection on a step factor).
   flo, fhi = 0.25, 1.0  # size(flo) hopefully > target, size(fhi) < target
-  if len(encode_gaussians(g, h, w, steps.scaled(flo))) < lo_ok:
+  if len(encode_gaussians(g, h, w, steps=steps.scaled(flo))) < lo_ok:
     return None, g, steps
   for _ in range(12):
     f = math.sqrt(flo * fhi)
-    d = encode_gaussians(g, h, w, steps.scaled(f))
+    d = encode_gaussians(g, h, w, steps=steps.scaled(f))
     if lo_ok <= len(d) <= hi_ok:
       return d, g, steps.scaled(f)
     if len(d) > hi_ok:
