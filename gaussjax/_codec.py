@@ -423,6 +423,7 @@ def _train(gaussians: Gaussians, image: jax.Array, *, num_steps: int, learning_r
     _STEP_CACHE.clear()
     cache = _STEP_CACHE.setdefault((height, width, backend, steps, learning_rate, num_steps), {})
   done, plan, fresh, boost, planned_at = 0, _STALE, False, 1, -1
+  best, best_loss = g, np.inf
   while done < num_steps:
     if plan is _STALE or (done % replan_every == 0 and planned_at != done):
       view = qz.fake_quantize(g, height, width, steps) if steps is not None else g
@@ -431,7 +432,7 @@ def _train(gaussians: Gaussians, image: jax.Array, *, num_steps: int, learning_r
       fresh, planned_at = True, done
     if plan not in cache:
       cache[plan] = _make_step(height, width, backend, steps, plan, optimizer)
-    g2, s2, _, overflow = cache[plan](g, opt_state, image)
+    g2, s2, loss, overflow = cache[plan](g, opt_state, image)
     if bool(overflow):
       if fresh:
         # A plan made from these very Gaussians overflowed (a backend whose
@@ -444,12 +445,24 @@ def _train(gaussians: Gaussians, image: jax.Array, *, num_steps: int, learning_r
         continue
       plan = _STALE
       continue
+    if steps is not None and float(loss) < best_loss:
+      best_loss, best = float(loss), g  # `loss` is that of `g`, before the update
     g, opt_state, fresh = g2, s2, False
     done += 1
-  return g
+  if steps is None:
+    return g
+  # With quantisation the loss is that of the decoded file: keep the best iterate
+  # (the rounding makes the last one no better than any other).
+  return best if best_loss <= _quantized_loss(g, image, steps, backend) else g
 
 
 _STALE = object()
+
+
+def _quantized_loss(g, image, steps, backend) -> float:
+  height, width = image.shape[:2]
+  out = render_safe(qz.fake_quantize(g, height, width, steps), height, width, backend=backend)
+  return float(jnp.mean((out - image) ** 2))
 
 
 def _grow_plan(plan, factor: int):
@@ -566,7 +579,7 @@ def encode(image, config: CodecConfig = CodecConfig()) -> bytes:
     n, steps = _quality_settings(config.quality or 50.0, h, w, c)
     n = config.num_gaussians or n
     g = _fit_float(image, n, config)
-    g = _train(g, image, num_steps=config.qat_steps, learning_rate=config.learning_rate / 5,
+    g = _train(g, image, num_steps=config.qat_steps, learning_rate=config.learning_rate / 20,
                steps=steps, backend=config.backend)
     return encode_gaussians(g, h, w, steps=steps)
   return _encode_rate(image, config)
@@ -583,7 +596,7 @@ def _encode_rate(image: jax.Array, config: CodecConfig) -> bytes:
     raise ValueError(f"bpp={config.bpp} ({target:.0f} bytes) is below the smallest file "
                      f"for a {h}x{w} image")
   n = config.num_gaussians or max(4, int(math.ceil(1.1 * 8 * target / config.bits_per_gaussian)))
-  qat_lr = config.learning_rate / 5
+  qat_lr = config.learning_rate / 20
   for _attempt in range(3):
     g = _fit_float(image, n, config)
     g = _train(g, image, num_steps=config.qat_steps, learning_rate=qat_lr, steps=steps,
