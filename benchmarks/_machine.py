@@ -40,7 +40,7 @@ def machine_info() -> dict:
       "jax": jax.__version__,
       "jaxlib": jaxlib.__version__,
       "python": sys.version.split()[0],
-      "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+      "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
   }
   gpus = [d.device_kind for d in jax.devices() if d.platform == "gpu"]
   if gpus:

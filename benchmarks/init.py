@@ -18,9 +18,9 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _machine import format_table, write_results  # noqa: E402
+from _machine import format_table, write_results
 
-import gaussjax  # noqa: E402
+import gaussjax
 
 KODAK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "kodak")
 

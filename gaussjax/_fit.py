@@ -12,8 +12,9 @@ with ``config`` and ``plan`` static). A step whose render overflowed the plan
 returns the state unchanged (never a step computed on an incomplete image) and
 ``overflow=True``; the caller re-plans from the current Gaussians and goes on.
 Since an unchanged state with the same plan overflows again, ``fit`` only
-checks the flag every ``min(log_every, replan_every)`` steps, so the device
-is never synchronised inside a chunk of steps.
+reads the step counter at the end of each chunk of steps (up to the next log
+or re-plan point), so the device is never synchronised inside a chunk; the
+steps lost to an overflow are at most one chunk.
 
 The loop is written as phases of jitted steps on a fixed N, so that a later
 adaptive density control (add/prune Gaussians between phases) can change N
@@ -25,7 +26,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -128,7 +130,9 @@ class FitHistory(NamedTuple):
     step: ``[T]`` step index at which the entry was recorded.
     loss: ``[T]`` training loss at that step.
     psnr: ``[T]`` PSNR (dB) of the clipped render at that step.
-    wall_time: ``[T]`` seconds since ``fit`` started (compilation included).
+    wall_time: ``[T]`` seconds from the start of ``fit`` until the Gaussians
+      of that step existed (initialisation of the state and compilation
+      included).
     replans: number of plans made (initial, periodic and after overflow).
     overflows: number of overflowed chunks that were re-planned and redone.
   """
@@ -349,8 +353,7 @@ def fit(
   last_plan_step = 0
   done = 0
 
-  def log(step, loss, psnr_value):
-    wall = time.perf_counter() - start
+  def log(step, loss, psnr_value, wall):
     steps.append(step)
     losses.append(float(loss))
     psnrs.append(float(psnr_value))
@@ -359,6 +362,7 @@ def fit(
       callback(step, {"loss": losses[-1], "psnr": psnrs[-1], "wall_time": wall})
 
   while done < config.steps:
+    chunk_start = time.perf_counter() - start  # the state at step `done` exists now
     if need_plan or done - last_plan_step >= config.replan_every:
       plan = make_plan(state.gaussians, height, width, backend=backend)
       need_plan = False
@@ -374,7 +378,7 @@ def fit(
         first_metrics = metrics  # metrics of the Gaussians at step `done`
     new_done = int(state.step)  # synchronises once per chunk
     if new_done > done and done % config.log_every == 0:  # the first step was accepted
-      log(done, first_metrics["loss"], first_metrics["psnr"])
+      log(done, first_metrics["loss"], first_metrics["psnr"], chunk_start)
     if new_done < end:  # a step overflowed: state is the last good one; re-plan
       overflows += 1
       need_plan = True
@@ -385,11 +389,12 @@ def fit(
       break
 
   # Final entry: the fitted Gaussians themselves.
+  end_time = time.perf_counter() - start
   final_plan = make_plan(state.gaussians, height, width, backend=backend)
   loss, aux = _jit_loss(state.gaussians, image, config=config, plan=final_plan)
   if bool(aux["overflow"]):  # pragma: no cover (a fresh plan never overflows)
     raise RuntimeError("the renderer overflowed a fresh plan")
-  log(done, loss, aux["psnr"])
+  log(done, loss, aux["psnr"], end_time)
   history = FitHistory(
       np.asarray(steps, np.int64), np.asarray(losses, np.float64), np.asarray(psnrs, np.float64),
       np.asarray(times, np.float64), replans, overflows)

@@ -1,5 +1,6 @@
 """API conventions of every public name (dm-pix style), and the doctests."""
 
+import dataclasses
 import doctest
 import importlib
 import inspect
@@ -56,7 +57,7 @@ def test_function_conventions(name, fn):
 
 def test_config_is_frozen_and_hashable():
   config = gaussjax.FitConfig()
-  with pytest.raises(Exception):
+  with pytest.raises(dataclasses.FrozenInstanceError):
     config.steps = 3
   assert hash(config) == hash(gaussjax.FitConfig())
 

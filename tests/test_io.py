@@ -146,3 +146,28 @@ def test_save_clips_and_accepts_2d(tmp_path):
 def test_save_rejects_bad_input(tmp_path, name, image, kwargs, error, match):
   with pytest.raises(error, match=match):
     gaussjax.save_image(tmp_path / name, image, **kwargs)
+
+
+def _png16_rgb(path, data):
+  """Writes a 16-bit RGB PNG by hand (Pillow cannot write one)."""
+  import struct
+  import zlib
+
+  h, w, _ = data.shape
+  big = data.astype(">u2")
+  raw = b"".join(b"\x00" + big[i].tobytes() for i in range(h))
+
+  def chunk(kind, body):
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+  header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+  path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+                   + chunk(b"IEND", b""))
+
+
+def test_16bit_rgb_png_loads_at_8_bit_precision(tmp_path):
+  data = (np.arange(4 * 5 * 3).reshape(4, 5, 3) * 3000 + 7).astype(np.uint16)
+  _png16_rgb(tmp_path / "rgb16.png", data)
+  loaded = gaussjax.load_image(tmp_path / "rgb16.png")
+  assert loaded.shape == (4, 5, 3)
+  np.testing.assert_allclose(loaded, data / 65535.0, atol=1.0 / 255)  # Pillow keeps the high byte
