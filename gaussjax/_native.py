@@ -3,7 +3,8 @@
 Built on first use from the package's own source with the system C++
 compiler and the jax.ffi headers (``-march=native``, falling back to the
 baseline ISA), into a cache directory (``$GAUSSJAX_CACHE`` or
-``~/.cache/gaussjax``) keyed by the source, jax version, compiler and CPU. Where it cannot be built (no compiler, no headers, a
+``~/.cache/gaussjax``) keyed by the source, jax version, compiler and
+CPU. Where it cannot be built (no compiler, no headers, a
 read-only cache), or with ``GAUSSJAX_NATIVE=0``, ``available()`` is False and
 ``rasterize_xla`` uses the pure-XLA path: same function, same tests.
 """
@@ -50,8 +51,8 @@ def _compile(compiler: str, output: pathlib.Path, native: bool) -> bool:
   flags = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-fassociative-math",
            "-fno-signed-zeros", "-fno-trapping-math"] + (["-march=native"] if native else [])
   try:
-    subprocess.run([compiler, *flags, f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", str(output)],
-                   check=True, capture_output=True, timeout=300)
+    command = [compiler, *flags, f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", str(output)]
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
   except (OSError, subprocess.SubprocessError):
     return False
   return True
