@@ -590,6 +590,7 @@ def _encode_rate(image: jax.Array, config: CodecConfig) -> bytes:
   target = config.bpp * h * w / 8.0
   tol = config.rate_tolerance
   lo_ok, hi_ok = target * (1 - tol), target * (1 + tol)
+  aim = (target * (1 - tol / 2), target * (1 + tol / 2))
   steps = qz.default_steps(c)
   if len(encode_gaussians(Gaussians(np.zeros((1, 2), np.float32), np.ones((1, 3), np.float32),
                                     np.zeros((1, c), np.float32)), h, w, steps=steps)) > hi_ok:
@@ -601,7 +602,10 @@ def _encode_rate(image: jax.Array, config: CodecConfig) -> bytes:
     g = _fit_float(image, n, config)
     g = _train(g, image, num_steps=config.qat_steps, learning_rate=qat_lr, steps=steps,
                backend=config.backend)
-    data, g_fit, steps_fit = _fit_size(g, h, w, steps, lo_ok, hi_ok)
+    # Aim at half the tolerance; accept the full tolerance when that fails.
+    data, g_fit, steps_fit = _fit_size(g, h, w, steps, *aim)
+    if data is None:
+      data, g_fit, steps_fit = _fit_size(g, h, w, steps, lo_ok, hi_ok)
     if data is None:  # too few Gaussians even with the finest steps: refit with more
       size = len(encode_gaussians(g, h, w, steps=steps.scaled(0.25)))
       n = int(math.ceil(n * 1.15 * target / max(size, 1)))
@@ -612,7 +616,7 @@ def _encode_rate(image: jax.Array, config: CodecConfig) -> bytes:
       # Fine-tune the pruned set, then fit the size again.
       g2 = _train(g_fit, image, num_steps=max(1, config.qat_steps // 3),
                   learning_rate=qat_lr / 2, steps=steps_fit, backend=config.backend)
-      data2, _, _ = _fit_size(g2, h, w, steps_fit, lo_ok, hi_ok)
+      data2, _, _ = _fit_size(g2, h, w, steps_fit, *aim)
       if data2 is not None:
         return data2
     return data
