@@ -554,7 +554,7 @@ def encode_batch(images: Sequence, config=None, *, devices=None) -> list[bytes]:
     stacked = jnp.stack([arrays[i] for i in members])
     g = _train_batch(_stack([fitted[i] for i in members]), stacked,
                      jnp.ones(stacked.shape[:3], jnp.float32), height=h, width=w,
-                     num_steps=config.qat_steps, learning_rate=config.learning_rate / 5,
+                     num_steps=config.qat_steps, learning_rate=_codec._qat_learning_rate(config),
                      qsteps=qsteps, backend=config.backend, mesh=mesh)
     for k, i in enumerate(members):
       fitted[i] = jax.tree_util.tree_map(lambda x, k=k: x[k], g)
