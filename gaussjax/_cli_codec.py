@@ -12,64 +12,19 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 
 
-class CliError(Exception):
-  """A user-facing error: printed as one line, exit status 1."""
-
-
-def _same_file(a: str, b: str) -> bool:
-  if a.startswith("sample:"):
-    return False
-  if os.path.exists(a) and os.path.exists(b):
-    return os.path.samefile(a, b)
-  return os.path.realpath(a) == os.path.realpath(b)
-
-
-def write_atomic(path: str, data: bytes) -> None:
-  """Writes ``data`` to ``path`` via a temporary file and ``os.replace``."""
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=".gaussjax-", suffix=".tmp", dir=folder)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
-def _load_image(path: str) -> np.ndarray:
-  from gaussjax._cli import read_input_image  # files, and sample:NAME
-  return np.asarray(read_input_image(path))
-
-
-def _png_bytes(image: np.ndarray, path: str) -> bytes:
-  import io
-  from PIL import Image
-  arr = np.clip(np.rint(np.asarray(image, np.float64) * 255.0), 0, 255).astype(np.uint8)
-  if arr.shape[-1] == 1:
-    arr = arr[:, :, 0]
-  elif arr.shape[-1] == 2:  # grey + alpha
-    arr = np.concatenate([np.repeat(arr[:, :, :1], 3, -1), arr[:, :, 1:]], -1)
-  buf = io.BytesIO()
-  fmt = os.path.splitext(path)[1].lstrip(".").upper() or "PNG"
-  fmt = {"JPG": "JPEG", "TIF": "TIFF"}.get(fmt, fmt)
-  Image.fromarray(arr).save(buf, format=fmt)
-  return buf.getvalue()
+from gaussjax._cli import INPUT_HELP, CliError, is_same_file, read_input_image
+from gaussjax._io import write_atomic
 
 
 def _cmd_encode(args) -> int:
   import gaussjax
-  if _same_file(args.image, args.output):
+  if is_same_file(args.image, args.output):
     raise CliError(f"output {args.output!r} is the input file; refusing to overwrite it")
-  image = _load_image(args.image)
+  image = np.asarray(read_input_image(args.image))
   kwargs = {}
   if args.fit_steps is not None:
     kwargs["fit_steps"] = args.fit_steps
@@ -94,10 +49,10 @@ def _read(path: str) -> bytes:
 
 def _cmd_decode(args) -> int:
   import gaussjax
-  if _same_file(args.input, args.output):
+  if is_same_file(args.input, args.output):
     raise CliError(f"output {args.output!r} is the input file; refusing to overwrite it")
   image = gaussjax.decode(_read(args.input), height=args.height, width=args.width)
-  write_atomic(args.output, _png_bytes(np.asarray(image), args.output))
+  gaussjax.save_image(args.output, np.asarray(image))
   print(f"{args.output}: {image.shape[1]}x{image.shape[0]}, {image.shape[2]} channels")
   return 0
 
@@ -111,7 +66,7 @@ def _cmd_info(args) -> int:
 def register(subparsers) -> None:
   """Adds ``encode``, ``decode`` and ``info`` to an argparse subparsers object."""
   p = subparsers.add_parser("encode", help="fit and compress an image into a .gjx file")
-  p.add_argument("image", help="input image (PNG, JPEG, ... anything Pillow reads)")
+  p.add_argument("image", help=INPUT_HELP)
   p.add_argument("-o", "--output", required=True, help="output .gjx file")
   rate = p.add_mutually_exclusive_group(required=True)
   rate.add_argument("--bpp", type=float, help="target bits per pixel of the whole file")
@@ -133,14 +88,14 @@ def register(subparsers) -> None:
 
 
 def _guarded(fn):
-  """Wraps a subcommand so expected errors print one line and return 1."""
+  """Wraps a subcommand so expected errors print one line and return 2."""
   def run(args) -> int:
     from gaussjax._bitstream import DecodeError
     try:
       return fn(args)
     except (CliError, DecodeError, ValueError, TypeError, OSError) as e:
       print(f"gaussjax {args.command}: error: {e}", file=sys.stderr)
-      return 1
+      return 2
   return run
 
 

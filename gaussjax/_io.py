@@ -121,7 +121,8 @@ def save_image(path, image, *, bits: int = 8) -> None:
 
   Args:
     path: output file path.
-    image: ``[H, W, C]`` array with C in (1, 3, 4), or ``[H, W]`` grey.
+    image: ``[H, W, C]`` array with C in (1, 2, 3, 4) (grey, grey + alpha,
+      RGB, RGBA), or ``[H, W]`` grey.
     bits: 8, or 16 for grey PNG/TIFF.
 
   Raises:
@@ -131,8 +132,8 @@ def save_image(path, image, *, bits: int = 8) -> None:
   array = np.asarray(image)
   if array.ndim == 2:
     array = array[..., None]
-  if array.ndim != 3 or array.shape[-1] not in (1, 3, 4) or 0 in array.shape:
-    raise ValueError(f"image must be [H, W, C] with C in (1, 3, 4), got shape {array.shape}")
+  if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4) or 0 in array.shape:
+    raise ValueError(f"image must be [H, W, C] with C in (1, 2, 3, 4), got shape {array.shape}")
   if not np.issubdtype(array.dtype, np.floating):
     raise TypeError(f"image must be floating point in [0, 1], got dtype {array.dtype}")
   if not np.all(np.isfinite(array)):
@@ -144,8 +145,8 @@ def save_image(path, image, *, bits: int = 8) -> None:
   channels = array.shape[-1]
   if bits == 8:
     data = np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
-    img = Image.fromarray(data[..., 0] if channels == 1 else data)  # L, RGB or RGBA
-    if fmt == "JPEG" and channels == 4:
+    img = Image.fromarray(data[..., 0] if channels == 1 else data)  # L, LA, RGB or RGBA
+    if fmt == "JPEG" and channels in (2, 4):
       raise ValueError(f"JPEG cannot store an alpha channel; save {path!r} as PNG")
   elif bits == 16:
     if channels != 1 or fmt not in ("PNG", "TIFF"):

@@ -257,7 +257,7 @@ class TestCli:
     src = tmp_path / "in.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src)
     before = src.read_bytes()
-    assert main(["encode", str(src), "-o", str(src), "--quality", "50"]) == 1
+    assert main(["encode", str(src), "-o", str(src), "--quality", "50"]) == 2
     assert "refusing to overwrite" in capsys.readouterr().err
     assert src.read_bytes() == before
 
@@ -265,7 +265,7 @@ class TestCli:
     from gaussjax._cli_codec import main
     bad = tmp_path / "bad.gjx"
     bad.write_bytes(b"\x89GJX\x01garbage" * 3)
-    assert main(["decode", str(bad), "-o", str(tmp_path / "x.png")]) == 1
+    assert main(["decode", str(bad), "-o", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
     assert "error" in err and "Traceback" not in err
     assert not (tmp_path / "x.png").exists()
