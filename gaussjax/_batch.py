@@ -203,35 +203,44 @@ def pad_batch(tree, multiple: int):
 
 # --------------------------------------------------------------------------- the batched loop
 
-# Steps per jitted chunk: one ``lax.scan`` runs this many steps of the whole
-# batch between two host round trips (overflow check, re-plan).
+# Steps per jitted chunk: one loop on the device runs up to this many steps of
+# the whole batch between two host round trips (overflow check, re-plan).
 CHUNK_STEPS = 25
 
+# Re-plan from the current Gaussians at least this often (steps); in between,
+# the plan's headroom absorbs their motion, and an overflow re-plans at once.
+# Each new plan compiles the step again, so plans are kept while they fit.
+REPLAN_STEPS = 100
 
-@functools.partial(jax.jit, static_argnames=("step", "num_steps", "plan", "static"))
-def _scan_steps(state, batch, *, step, num_steps, plan, static):
-  """``num_steps`` steps of ``vmap(step)``; returns the state and whether any overflowed."""
+
+@functools.partial(jax.jit, static_argnames=("step", "plan", "static"))
+def _run_chunk(state, batch, count, *, step, plan, static):
+  """``count`` (traced) steps of ``vmap(step)``; the state and whether any overflowed.
+
+  The trip count is a traced value, so one compilation serves every chunk
+  length (a ``while`` loop on the device).
+  """
   vstep = jax.vmap(lambda s, example: step(s, example, plan, static))
 
-  def body(carry, _):
+  def body(_, carry):
     s, overflowed = carry
     s, overflow = vstep(s, batch)
-    return (s, overflowed | jnp.any(overflow)), None
+    return s, overflowed | jnp.any(overflow)
 
-  (state, overflowed), _ = jax.lax.scan(body, (state, jnp.zeros((), bool)), None, length=num_steps)
-  return state, overflowed
+  return jax.lax.fori_loop(0, count, body, (state, jnp.zeros((), bool)))
 
 
 def run_steps(step, state, batch, *, num_steps: int, plan_fn, static, mesh: Mesh | None = None,
-              chunk: int = CHUNK_STEPS):
+              chunk: int = CHUNK_STEPS, replan_steps: int = REPLAN_STEPS):
   """Runs ``num_steps`` steps of a one-image ``step`` on a whole batch at once.
 
-  The step is ``vmap``-ed over the batch and ``lax.scan``-ned over ``chunk``
-  steps under one ``jit``; the batch axis is split over ``mesh``'s devices.
-  One rendering plan (``plan_fn``, outside jit, from the concrete batched
-  state) serves the whole batch. When any image overflows the plan, the chunk
-  is discarded and redone one step at a time, re-planning before each step
-  that overflows; a fresh plan that still overflows is an error. So every image
+  The step is ``vmap``-ed over the batch and looped on the device over chunks
+  of ``chunk`` steps under one ``jit``; the batch axis is split over
+  ``mesh``'s devices. One rendering plan (``plan_fn``, outside jit, from the
+  concrete batched state) serves the whole batch; it is remade every
+  ``replan_steps`` steps and whenever it overflows: then the chunk is
+  discarded and redone one step at a time, re-planning before each step that
+  overflows; a fresh plan that still overflows is an error. So every image
   makes exactly ``num_steps`` steps and no contribution is ever dropped.
 
   Args:
@@ -243,7 +252,8 @@ def run_steps(step, state, batch, *, num_steps: int, plan_fn, static, mesh: Mesh
     plan_fn: ``plan_fn(state) -> plan`` (hashable).
     static: hashable extra argument of ``step`` (config, sizes, backend).
     mesh: from ``batch_mesh``; ``None`` runs on the default device.
-    chunk: steps per jitted chunk.
+    chunk: steps per device loop (host round trip).
+    replan_steps: re-plan at least this often.
 
   Returns:
     The state after ``num_steps`` steps, leaves ``[B, ...]``.
@@ -252,26 +262,28 @@ def run_steps(step, state, batch, *, num_steps: int, plan_fn, static, mesh: Mesh
   if mesh is not None:
     (state, batch), size = pad_batch((state, batch), mesh.devices.size)
     state, batch = shard_batch((state, batch), mesh)
-  done = 0
+
+  def run(state, count, plan):
+    return _run_chunk(state, batch, jnp.asarray(count, jnp.int32), step=step, plan=plan,
+                      static=static)
+
+  done, plan, planned_at = 0, None, 0
   while done < num_steps:
+    if plan is None or done - planned_at >= replan_steps:
+      plan, planned_at = plan_fn(state), done
     count = min(chunk, num_steps - done)
-    plan = plan_fn(state)
-    new_state, overflowed = _scan_steps(state, batch, step=step, num_steps=count, plan=plan,
-                                        static=static)
+    new_state, overflowed = run(state, count, plan)
     if not bool(overflowed):
       state, done = new_state, done + count
       continue
     for _ in range(count):  # slow path: one step at a time, re-plan on overflow
-      new_state, overflowed = _scan_steps(state, batch, step=step, num_steps=1, plan=plan,
-                                          static=static)
+      new_state, overflowed = run(state, 1, plan)
       if bool(overflowed):
-        plan = plan_fn(state)
-        new_state, overflowed = _scan_steps(state, batch, step=step, num_steps=1, plan=plan,
-                                            static=static)
+        plan, planned_at = plan_fn(state), done
+        new_state, overflowed = run(state, 1, plan)
         if bool(overflowed):
           raise RuntimeError(f"a plan made for this batch overflowed on it: {plan!r}")
-      state = new_state
-    done += count
+      state, done = new_state, done + 1
   if size is not None:
     state = jax.tree_util.tree_map(lambda x: x[:size], state)
   return state
@@ -410,7 +422,7 @@ def fit_batch(images, gaussians, config=None, *, devices=None):
     state = jax.vmap(lambda g: init_fit_state(g, config))(_stack([initial[i] for i in members]))
     plan_fn = lambda state, hb=hb, wb=wb: make_plan(state.gaussians, hb, wb, backend=backend)
     state = run_steps(_fit_step, state, (images_b, masks_b), num_steps=config.steps,
-                      plan_fn=plan_fn, static=config, mesh=mesh)
+                      plan_fn=plan_fn, static=config, mesh=mesh, replan_steps=config.replan_every)
     g = state.gaussians
     group_loss, group_psnr, overflow = _final_metrics(g, images_b, masks_b, config=config,
                                                       plan=plan_fn(state))
