@@ -213,30 +213,61 @@ CHUNK_STEPS = 25
 REPLAN_STEPS = 100
 
 
-@functools.partial(jax.jit, static_argnames=("step", "plan", "static"))
-def _run_chunk(state, batch, count, *, step, plan, static):
-  """``count`` (traced) steps of ``vmap(step)``; the state and whether any overflowed.
+def default_vectorize() -> bool:
+  """Whether images of a batch are ``vmap``-ed (True) or looped (False) per device.
+
+  ``vmap`` turns a batch into wide array operations: what accelerators are
+  built for. On the CPU it is slower per image for the XLA renderer
+  (its per-Gaussian window updates become scatters; measured in
+  ``benchmarks/results/batch_cpu.md``), so there each device loops over its
+  images inside the compiled step (``lax.map``), which still saves the
+  per-image host round trips, plans and compilations.
+  """
+  return jax.default_backend() != "cpu"
+
+
+@functools.partial(jax.jit, static_argnames=("step", "plan", "static", "mesh", "vectorize"))
+def _run_chunk(state, batch, count, *, step, plan, static, mesh, vectorize):
+  """``count`` (traced) steps of ``step`` on every image; the state and whether any overflowed.
 
   The trip count is a traced value, so one compilation serves every chunk
-  length (a ``while`` loop on the device).
+  length (a ``while`` loop on the device). With a mesh, each device runs the
+  loop on its own images (``shard_map``): no communication inside a step.
   """
-  vstep = jax.vmap(lambda s, example: step(s, example, plan, static))
+  def one(s, example):
+    return step(s, example, plan, static)
 
-  def body(_, carry):
-    s, overflowed = carry
-    s, overflow = vstep(s, batch)
-    return s, overflowed | jnp.any(overflow)
+  def local(state, batch, count):
+    def body(_, carry):
+      s, overflowed = carry
+      if vectorize:
+        s, overflow = jax.vmap(one)(s, batch)
+      else:
+        s, overflow = jax.lax.map(lambda args: one(*args), (s, batch))
+      return s, overflowed | overflow
 
-  return jax.lax.fori_loop(0, count, body, (state, jnp.zeros((), bool)))
+    size = jax.tree_util.tree_leaves(batch)[0].shape[0]
+    return jax.lax.fori_loop(0, count, body, (state, jnp.zeros((size,), bool)))
+
+  if mesh is None:
+    state, overflowed = local(state, batch, count)
+  else:
+    spec = PartitionSpec(BATCH_AXIS)
+    state, overflowed = jax.shard_map(
+        local, mesh=mesh, in_specs=(spec, spec, PartitionSpec()), out_specs=(spec, spec),
+        check_vma=False)(state, batch, count)
+  return state, jnp.any(overflowed)
 
 
 def run_steps(step, state, batch, *, num_steps: int, plan_fn, static, mesh: Mesh | None = None,
-              chunk: int = CHUNK_STEPS, replan_steps: int = REPLAN_STEPS):
+              chunk: int = CHUNK_STEPS, replan_steps: int = REPLAN_STEPS,
+              vectorize: bool | None = None):
   """Runs ``num_steps`` steps of a one-image ``step`` on a whole batch at once.
 
-  The step is ``vmap``-ed over the batch and looped on the device over chunks
-  of ``chunk`` steps under one ``jit``; the batch axis is split over
-  ``mesh``'s devices. One rendering plan (``plan_fn``, outside jit, from the
+  The step runs on every image of the batch (``vmap``, or a loop inside the
+  compiled step, see ``vectorize``), looped on the device over chunks of
+  ``chunk`` steps under one ``jit``; the batch axis is split over ``mesh``'s
+  devices (``shard_map``, each device on its own images). One rendering plan (``plan_fn``, outside jit, from the
   concrete batched state) serves the whole batch; it is remade every
   ``replan_steps`` steps and whenever it overflows: then the chunk is
   discarded and redone one step at a time, re-planning before each step that
@@ -254,6 +285,8 @@ def run_steps(step, state, batch, *, num_steps: int, plan_fn, static, mesh: Mesh
     mesh: from ``batch_mesh``; ``None`` runs on the default device.
     chunk: steps per device loop (host round trip).
     replan_steps: re-plan at least this often.
+    vectorize: ``vmap`` the images (True) or loop over them per device
+      (False); ``None``: ``default_vectorize()``.
 
   Returns:
     The state after ``num_steps`` steps, leaves ``[B, ...]``.
@@ -263,9 +296,11 @@ def run_steps(step, state, batch, *, num_steps: int, plan_fn, static, mesh: Mesh
     (state, batch), size = pad_batch((state, batch), mesh.devices.size)
     state, batch = shard_batch((state, batch), mesh)
 
+  vectorize = default_vectorize() if vectorize is None else bool(vectorize)
+
   def run(state, count, plan):
     return _run_chunk(state, batch, jnp.asarray(count, jnp.int32), step=step, plan=plan,
-                      static=static)
+                      static=static, mesh=mesh, vectorize=vectorize)
 
   done, plan, planned_at = 0, None, 0
   while done < num_steps:
@@ -350,7 +385,7 @@ def _as_gaussians(gaussians, count: int) -> list[Gaussians]:
   return gaussians
 
 
-def fit_batch(images, gaussians, config=None, *, devices=None):
+def fit_batch(images, gaussians, config=None, *, devices=None, vectorize: bool | None = None):
   """Fits many images at once: ``gaussjax.fit`` for a batch, ``vmap``-ed.
 
   Each image makes exactly ``config.steps`` steps of ``gaussjax.fit_step``,
@@ -375,6 +410,9 @@ def fit_batch(images, gaussians, config=None, *, devices=None):
       stopping rules that a batch cannot follow: they must be None).
     devices: devices or a ``Mesh`` to split the batch over; defaults to every
       local device.
+    vectorize: ``vmap`` the images of a device (True) or loop over them inside
+      the compiled step (False); default: ``vmap`` on accelerators, loop on
+      the CPU (``default_vectorize``).
 
   Returns:
     ``(gaussians, metrics)``: fitted ``Gaussians`` with leaves ``[B, N, ...]``
@@ -422,7 +460,8 @@ def fit_batch(images, gaussians, config=None, *, devices=None):
     state = jax.vmap(lambda g: init_fit_state(g, config))(_stack([initial[i] for i in members]))
     plan_fn = lambda state, hb=hb, wb=wb: make_plan(state.gaussians, hb, wb, backend=backend)
     state = run_steps(_fit_step, state, (images_b, masks_b), num_steps=config.steps,
-                      plan_fn=plan_fn, static=config, mesh=mesh, replan_steps=config.replan_every)
+                      plan_fn=plan_fn, static=config, mesh=mesh, replan_steps=config.replan_every,
+                      vectorize=vectorize)
     g = state.gaussians
     group_loss, group_psnr, overflow = _final_metrics(g, images_b, masks_b, config=config,
                                                       plan=plan_fn(state))
@@ -451,7 +490,8 @@ def _train_step(state, example, plan, static):
 
 
 def _train_batch(gaussians: Gaussians, images, masks, *, height: int, width: int, num_steps: int,
-                 learning_rate: float, qsteps, backend: str, mesh: Mesh | None) -> Gaussians:
+                 learning_rate: float, qsteps, backend: str, mesh: Mesh | None,
+                 vectorize: bool | None) -> Gaussians:
   """The codec's ``_train`` for a batch: same optimiser, loss and schedule, masked.
 
   Args:
@@ -465,6 +505,7 @@ def _train_batch(gaussians: Gaussians, images, masks, *, height: int, width: int
     qsteps: ``QuantSteps`` for quantisation-aware training, or ``None``.
     backend: renderer.
     mesh: device mesh, or ``None``.
+    vectorize: as in ``run_steps``.
   """
   from gaussjax import _codec
   if num_steps == 0:
@@ -485,7 +526,8 @@ def _train_batch(gaussians: Gaussians, images, masks, *, height: int, width: int
   state = run_steps(
       _train_step, (g, opt_state), (jnp.asarray(images), jnp.asarray(masks)),
       num_steps=num_steps, plan_fn=plan_fn,
-      static=(height, width, backend, qsteps, learning_rate, num_steps), mesh=mesh)
+      static=(height, width, backend, qsteps, learning_rate, num_steps), mesh=mesh,
+      vectorize=vectorize)
   return state[0]
 
 
@@ -501,7 +543,8 @@ def _resolve_mesh(devices) -> Mesh:
   return batch_mesh(devices)
 
 
-def encode_batch(images: Sequence, config=None, *, devices=None) -> list[bytes]:
+def encode_batch(images: Sequence, config=None, *, devices=None,
+                 vectorize: bool | None = None) -> list[bytes]:
   """Encodes many images at once; each result decodes like ``encode``'s.
 
   The expensive parts of ``gaussjax.encode`` run batched: the float fit
@@ -521,6 +564,7 @@ def encode_batch(images: Sequence, config=None, *, devices=None) -> list[bytes]:
     config: ``CodecConfig`` (defaults to ``CodecConfig()``).
     devices: devices or a ``Mesh`` to split each batch over; defaults to
       every local device.
+    vectorize: as in ``fit_batch``.
 
   Returns:
     One ``bytes`` per image, in order.
@@ -554,7 +598,7 @@ def encode_batch(images: Sequence, config=None, *, devices=None) -> list[bytes]:
     g0 = _stack([init_random(jax.random.key(config.seed), n, *arrays[i].shape) for i in members])
     g = _train_batch(g0, padded, masks, height=hb, width=wb, num_steps=config.fit_steps,
                      learning_rate=config.learning_rate, qsteps=None, backend=config.backend,
-                     mesh=mesh)
+                     mesh=mesh, vectorize=vectorize)
     for k, i in enumerate(members):
       fitted[i] = jax.tree_util.tree_map(lambda x, k=k: x[k], g)
 
@@ -567,7 +611,7 @@ def encode_batch(images: Sequence, config=None, *, devices=None) -> list[bytes]:
     g = _train_batch(_stack([fitted[i] for i in members]), stacked,
                      jnp.ones(stacked.shape[:3], jnp.float32), height=h, width=w,
                      num_steps=config.qat_steps, learning_rate=config.learning_rate / 5,
-                     qsteps=qsteps, backend=config.backend, mesh=mesh)
+                     qsteps=qsteps, backend=config.backend, mesh=mesh, vectorize=vectorize)
     for k, i in enumerate(members):
       fitted[i] = jax.tree_util.tree_map(lambda x, k=k: x[k], g)
 
