@@ -6,8 +6,10 @@ Call chain::
     ├─ bucket_images                          groups of one padded size
     ├─ pad_images                             [B, Hb, Wb, C] + loss mask [B, Hb, Wb]
     ├─ batch_mesh / shard_batch               the batch axis split over devices
-    └─ vmap(fit_step) under jit               one plan for the whole batch,
-                                              re-planned when it overflows
+    └─ run_steps(fit_step)                    under one jit: shard_map over devices,
+                                              vmap (accelerators) or a loop (CPU)
+                                              over each device's images; one plan
+                                              per batch, re-planned on overflow
   encode_batch(images, config) -> [bytes]     the codec's float fit (padded buckets)
                                               and quantisation-aware fine-tuning
                                               (exact sizes), batched the same way;
@@ -386,11 +388,12 @@ def _as_gaussians(gaussians, count: int) -> list[Gaussians]:
 
 
 def fit_batch(images, gaussians, config=None, *, devices=None, vectorize: bool | None = None):
-  """Fits many images at once: ``gaussjax.fit`` for a batch, ``vmap``-ed.
+  """Fits many images at once: ``gaussjax.fit`` for a batch.
 
   Each image makes exactly ``config.steps`` steps of ``gaussjax.fit_step``,
-  as ``fit`` would make alone; the whole batch runs under one ``jit`` (``vmap``
-  over images, ``lax.scan`` over chunks of steps) with one rendering plan,
+  as ``fit`` would make alone; the whole batch runs under one ``jit``
+  (``vmap`` over images, or a compiled loop over them on the CPU, see
+  ``vectorize``; a device loop over chunks of steps) with one rendering plan,
   split over ``devices``. Images of different sizes are padded at the bottom
   and right into size buckets (multiples of ``BUCKET_MULTIPLE``) with a loss
   mask, so padding never influences a result; with ``config.ssim_weight > 0``
@@ -477,7 +480,7 @@ def fit_batch(images, gaussians, config=None, *, devices=None, vectorize: bool |
 
 
 def _train_step(state, example, plan, static):
-  """One Adam step of the codec's training on one image (``vmap``-ed by ``run_steps``)."""
+  """One Adam step of the codec's training on one image (batched by ``run_steps``)."""
   from gaussjax import _codec
   g, opt_state = state
   image, mask = example
