@@ -62,7 +62,7 @@ def psnr(a: Array, b: Array) -> Array:
   return -10.0 * jnp.log10(mse)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _filter_taps(size: int, sigma: float) -> tuple[float, ...]:
   # The window of dm_pix.ssim, written out so that the separable filter below
   # computes exactly dm-pix's default (tested in tests/test_metrics.py).
@@ -172,8 +172,8 @@ def ms_ssim(a: Array, b: Array, *, filter_size: int = SSIM_FILTER_SIZE, filter_s
 
   Args:
     a: ``[..., H, W, C]`` image in [0, 1]; H and W must be at least
-      ``(filter_size - 1) · 16 + 1`` (161 px by default) so the coarsest
-      scale still holds one window.
+      ``filter_size · 16`` (176 px by default) so the coarsest scale (the
+      image halved four times) still holds one window.
     b: ``[..., H, W, C]`` image of the same shape.
     filter_size: window taps.
     filter_sigma: window standard deviation in pixels.
@@ -182,7 +182,7 @@ def ms_ssim(a: Array, b: Array, *, filter_size: int = SSIM_FILTER_SIZE, filter_s
     ``[...]`` MS-SSIM in [0, 1].
   """
   levels = len(MS_SSIM_WEIGHTS)
-  min_size = (filter_size - 1) * 2 ** (levels - 1) + 1
+  min_size = filter_size * 2 ** (levels - 1)
   a, b = _check_pair(a, b, "ms_ssim", min_size=min_size)
   dtype = jnp.result_type(a, b)
   weights = jnp.asarray(MS_SSIM_WEIGHTS, dtype)
