@@ -479,59 +479,70 @@ def fit_batch(images, gaussians, config=None, *, devices=None, vectorize: bool |
 # --------------------------------------------------------------------------- encoding
 
 
-def _train_step(state, example, plan, static):
-  """One Adam step of the codec's training on one image (batched by ``run_steps``)."""
+def _qat_step(state, image, plan, static):
+  """One step of the codec's quantisation-aware fine-tuning on one image.
+
+  As ``gaussjax._codec._train`` with quantiser steps: Adam on the MSE of the
+  fake-quantised rendering, remembering the best iterate (by its loss).
+  """
   from gaussjax import _codec
-  g, opt_state = state
-  image, mask = example
+  g, opt_state, best, best_loss = state
   height, width, backend, qsteps, learning_rate, num_steps = static
   optimizer = _codec._optimizer(learning_rate, num_steps)
-  (_, overflow), grads = jax.value_and_grad(_codec._loss, has_aux=True)(
-      g, image, mask, height=height, width=width, backend=backend, steps=qsteps, plan=plan)
+  (loss, overflow), grads = jax.value_and_grad(_codec._loss, has_aux=True)(
+      g, image, None, height=height, width=width, backend=backend, steps=qsteps, plan=plan)
   updates, opt_state = optimizer.update(grads, opt_state, g)
-  return (optax.apply_updates(g, updates), opt_state), overflow
+  better = loss < best_loss  # `loss` is that of `g`, before the update
+  best = jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), g, best)
+  best_loss = jnp.where(better, loss, best_loss)
+  return (optax.apply_updates(g, updates), opt_state, best, best_loss), overflow
 
 
-def _train_batch(gaussians: Gaussians, images, masks, *, height: int, width: int, num_steps: int,
-                 learning_rate: float, qsteps, backend: str, mesh: Mesh | None,
-                 vectorize: bool | None) -> Gaussians:
-  """The codec's ``_train`` for a batch: same optimiser, loss and schedule, masked.
+def _qat_batch(gaussians: Gaussians, images, *, num_steps: int, learning_rate: float, qsteps,
+               backend: str, mesh: Mesh | None, vectorize: bool | None) -> list[Gaussians]:
+  """The codec's quantisation-aware ``_train`` for images of one exact size.
 
   Args:
     gaussians: ``Gaussians`` with leaves ``[B, N, ...]``.
-    images: ``[B, Hb, Wb, C]`` (padded).
-    masks: ``[B, Hb, Wb]``, 1 on real pixels.
-    height: true rows of the images (the quantiser grid), when ``qsteps``.
-    width: true columns of the images, when ``qsteps``.
+    images: ``[B, H, W, C]``.
     num_steps: optimiser steps.
     learning_rate: peak learning rate.
-    qsteps: ``QuantSteps`` for quantisation-aware training, or ``None``.
+    qsteps: ``QuantSteps``.
     backend: renderer.
     mesh: device mesh, or ``None``.
     vectorize: as in ``run_steps``.
+
+  Returns:
+    One ``Gaussians`` per image: the last iterate, or the best one when its
+    loss is lower (as ``_codec._train`` chooses).
   """
   from gaussjax import _codec
-  if num_steps == 0:
-    return gaussians
-  backend = resolve_backend(backend)
+  count = images.shape[0]
   g = Gaussians(*(jnp.asarray(x, jnp.float32) for x in gaussians))
+  if num_steps == 0:
+    return [jax.tree_util.tree_map(lambda x, k=k: x[k], g) for k in range(count)]
+  backend = resolve_backend(backend)
+  height, width = images.shape[1:3]
   opt_state = jax.vmap(_codec._optimizer(learning_rate, num_steps).init)(g)
-  hb, wb = images.shape[1:3]
 
   def plan_fn(state):
     if backend == "reference":  # no binning: no plan
       return None
-    view = state[0]
-    if qsteps is not None:  # plan for what is rendered: the fake-quantised Gaussians
-      view = _fake_quantize_batch(view, height, width, qsteps)
-    return make_plan(view, hb, wb, backend=backend)
+    # Plan for what is rendered: the fake-quantised Gaussians.
+    return make_plan(_fake_quantize_batch(state[0], height, width, qsteps), height, width,
+                     backend=backend)
 
-  state = run_steps(
-      _train_step, (g, opt_state), (jnp.asarray(images), jnp.asarray(masks)),
-      num_steps=num_steps, plan_fn=plan_fn,
+  state = (g, opt_state, g, jnp.full((count,), jnp.inf, jnp.float32))
+  g, _, best, best_loss = run_steps(
+      _qat_step, state, jnp.asarray(images), num_steps=num_steps, plan_fn=plan_fn,
       static=(height, width, backend, qsteps, learning_rate, num_steps), mesh=mesh,
       vectorize=vectorize)
-  return state[0]
+  chosen = []
+  for k in range(count):
+    last, kept = (jax.tree_util.tree_map(lambda x, k=k: x[k], t) for t in (g, best))
+    final_loss = _codec._quantized_loss(last, images[k], qsteps, backend)
+    chosen.append(kept if float(best_loss[k]) <= final_loss else last)
+  return chosen
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
@@ -576,7 +587,7 @@ def encode_batch(images: Sequence, config=None, *, devices=None,
     ValueError / TypeError: as ``encode``, for the first bad image or config.
   """
   from gaussjax import _codec
-  from gaussjax._init import init_random
+  from gaussjax._init import init_slic
   config = _codec.CodecConfig() if config is None else config
   if not isinstance(config, _codec.CodecConfig):
     raise TypeError(f"config must be a CodecConfig, got {type(config).__name__}")
@@ -592,35 +603,47 @@ def encode_batch(images: Sequence, config=None, *, devices=None,
   settings = [_codec._fit_settings(*a.shape, config) for a in arrays]
   fitted: list[Gaussians | None] = [None] * len(arrays)
 
-  # Float fit: one batch per (bucket, N), padded and masked.
-  groups: dict[tuple, list[int]] = {}
-  for i, a in enumerate(arrays):
-    groups.setdefault((*bucket_shape(*a.shape[:2]), a.shape[2], settings[i][0]), []).append(i)
-  for (hb, wb, c, n), members in groups.items():
-    padded, masks = pad_images([arrays[i] for i in members], shape=(hb, wb))
-    g0 = _stack([init_random(jax.random.key(config.seed), n, *arrays[i].shape) for i in members])
-    g = _train_batch(g0, padded, masks, height=hb, width=wb, num_steps=config.fit_steps,
-                     learning_rate=config.learning_rate, qsteps=None, backend=config.backend,
-                     mesh=mesh, vectorize=vectorize)
+  # Float fit as in _codec._fit_float: SLIC, then fit_batch (size buckets,
+  # padding masked out), one call per N.
+  fit_config = _codec_fit_config(config)
+  by_n: dict[int, list[int]] = {}
+  for i, (n, _) in enumerate(settings):
+    by_n.setdefault(n, []).append(i)
+  for n, members in by_n.items():
+    initial = [init_slic(np.asarray(arrays[i]), n, key=jax.random.key(config.seed))
+               for i in members]
+    if fit_config is None:
+      g = _stack(initial)
+    else:
+      g, _ = fit_batch([arrays[i] for i in members], initial, fit_config, devices=mesh,
+                       vectorize=vectorize)
     for k, i in enumerate(members):
       fitted[i] = jax.tree_util.tree_map(lambda x, k=k: x[k], g)
 
   # Quantisation-aware fine-tuning: one batch per (exact size, N, steps).
-  groups = {}
+  groups: dict[tuple, list[int]] = {}
   for i, a in enumerate(arrays):
     groups.setdefault((*a.shape, *settings[i]), []).append(i)
   for (h, w, c, n, qsteps), members in groups.items():
-    stacked = jnp.stack([arrays[i] for i in members])
-    g = _train_batch(_stack([fitted[i] for i in members]), stacked,
-                     jnp.ones(stacked.shape[:3], jnp.float32), height=h, width=w,
-                     num_steps=config.qat_steps, learning_rate=config.learning_rate / 5,
-                     qsteps=qsteps, backend=config.backend, mesh=mesh, vectorize=vectorize)
-    for k, i in enumerate(members):
-      fitted[i] = jax.tree_util.tree_map(lambda x, k=k: x[k], g)
+    chosen = _qat_batch(_stack([fitted[i] for i in members]),
+                        jnp.stack([arrays[i] for i in members]), num_steps=config.qat_steps,
+                        learning_rate=_codec.qat_learning_rate(config), qsteps=qsteps,
+                        backend=config.backend, mesh=mesh, vectorize=vectorize)
+    for i, g in zip(members, chosen):
+      fitted[i] = g
 
   # Quantisation, entropy coding, rate control: per image on the host.
   return [_codec._code(a, g, qsteps, config)
           for a, g, (_, qsteps) in zip(arrays, fitted, settings)]
+
+
+def _codec_fit_config(config):
+  """The ``FitConfig`` of ``_codec._fit_float`` (None: no float fit)."""
+  from gaussjax._fit import FitConfig
+  if config.fit_steps == 0:
+    return None
+  return FitConfig(steps=config.fit_steps, backend=config.backend,
+                   log_every=max(config.fit_steps, 1), replan_every=50)
 
 
 def _stack(trees):

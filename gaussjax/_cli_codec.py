@@ -22,6 +22,8 @@ class CliError(Exception):
 
 
 def _same_file(a: str, b: str) -> bool:
+  if a.startswith("sample:"):
+    return False
   if os.path.exists(a) and os.path.exists(b):
     return os.path.samefile(a, b)
   return os.path.realpath(a) == os.path.realpath(b)
@@ -44,19 +46,8 @@ def write_atomic(path: str, data: bytes) -> None:
 
 
 def _load_image(path: str) -> np.ndarray:
-  try:
-    from gaussjax._io import load_image  # branch `found`
-  except ImportError:
-    load_image = None
-  if load_image is not None:
-    return np.asarray(load_image(path))
-  from PIL import Image, ImageOps
-  with Image.open(path) as im:
-    im = ImageOps.exif_transpose(im)
-    if im.mode not in ("L", "RGB", "RGBA"):
-      im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
-    arr = np.asarray(im, np.float32) / 255.0
-  return arr[:, :, None] if arr.ndim == 2 else arr
+  from gaussjax._cli import read_input_image  # files, and sample:NAME
+  return np.asarray(read_input_image(path))
 
 
 def _png_bytes(image: np.ndarray, path: str) -> bytes:
@@ -127,35 +118,38 @@ def register(subparsers) -> None:
   rate.add_argument("--quality", type=float, help="quality 1..100 (no rate target)")
   p.add_argument("--fit-steps", type=int, default=None, help="float fit steps")
   p.add_argument("--qat-steps", type=int, default=None, help="quantisation-aware steps")
-  p.set_defaults(func=_cmd_encode)
+  p.set_defaults(func=_guarded(_cmd_encode))
 
   p = subparsers.add_parser("decode", help="render a .gjx file to an image")
   p.add_argument("input", help="input .gjx file")
   p.add_argument("-o", "--output", required=True, help="output image (PNG by extension)")
   p.add_argument("--width", type=int, default=None, help="output width (any size)")
   p.add_argument("--height", type=int, default=None, help="output height (any size)")
-  p.set_defaults(func=_cmd_decode)
+  p.set_defaults(func=_guarded(_cmd_decode))
 
   p = subparsers.add_parser("info", help="print a .gjx file's header as JSON")
   p.add_argument("input", help="input .gjx file")
-  p.set_defaults(func=_cmd_info)
+  p.set_defaults(func=_guarded(_cmd_info))
 
 
-def run(args) -> int:
-  """Runs a parsed subcommand, turning expected errors into one-line messages."""
-  from gaussjax._bitstream import DecodeError
-  try:
-    return args.func(args)
-  except (CliError, DecodeError, ValueError, TypeError, OSError) as e:
-    print(f"gaussjax {args.command}: error: {e}", file=sys.stderr)
-    return 1
+def _guarded(fn):
+  """Wraps a subcommand so expected errors print one line and return 1."""
+  def run(args) -> int:
+    from gaussjax._bitstream import DecodeError
+    try:
+      return fn(args)
+    except (CliError, DecodeError, ValueError, TypeError, OSError) as e:
+      print(f"gaussjax {args.command}: error: {e}", file=sys.stderr)
+      return 1
+  return run
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="gaussjax")
   sub = parser.add_subparsers(dest="command", required=True)
   register(sub)
-  return run(parser.parse_args(argv))
+  args = parser.parse_args(argv)
+  return args.func(args)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ Call chain::
   encode(image, config)                       fit → QAT → quantise → code, rate control
     ├─ _fit_float                             float fit (gaussjax.fit when present)
     ├─ _train(..., quantize=True)             quantisation-aware fine-tuning (STE)
-    └─ encode_gaussians(g, H, W, steps)       quantise, Morton order, ANS-code, frame
+    └─ encode_gaussians(g, H, W, steps=)      quantise, Morton order, ANS-code, frame
   decode(data, height=, width=)               decode_gaussians → render at any size
   decode_gaussians(data)                      parse, validate, entropy-decode, dequantise
   info(data)                                  header fields, no decoding
@@ -75,7 +75,7 @@ class CodecConfig:
   fit_steps: int = 1500
   qat_steps: int = 300
   learning_rate: float = 0.01
-  bits_per_gaussian: float = 44.0
+  bits_per_gaussian: float = 46.0
   rate_tolerance: float = 0.05
   backend: str = "auto"
   seed: int = 0
@@ -113,7 +113,7 @@ def _f16(w: Writer, v: float):
   w.raw(struct.pack("<e", v))
 
 
-def encode_gaussians(gaussians: Gaussians, height: int, width: int,
+def encode_gaussians(gaussians: Gaussians, height: int, width: int, *,
                      steps: qz.QuantSteps | None = None) -> bytes:
   """Quantises and entropy-codes Gaussians into a gaussjax file (FORMAT.md).
 
@@ -126,6 +126,14 @@ def encode_gaussians(gaussians: Gaussians, height: int, width: int,
 
   Returns:
     The file's bytes.
+
+  Examples:
+    >>> import jax, gaussjax
+    >>> g = gaussjax.init_random(jax.random.key(0), 100, 32, 48, 3)
+    >>> data = gaussjax.encode_gaussians(g, 32, 48)
+    >>> decoded, size = gaussjax.decode_gaussians(data)
+    >>> decoded.num_gaussians, size, data[:4]
+    (100, (32, 48), b'\x89GJX')
   """
   gaussians = validate(gaussians)
   n, c = gaussians.num_gaussians, gaussians.channels
@@ -351,13 +359,11 @@ def decode(data: bytes, *, height: int | None = None, width: int | None = None,
   Raises:
     DecodeError: the bytes are not a valid gaussjax file.
   """
-  from gaussjax._render import render
   gaussians, (h0, w0) = decode_gaussians(data)
   h, w = _output_size((h0, w0), height, width)
   if gaussians.num_gaussians == 0:
     return jnp.zeros((h, w, gaussians.channels), jnp.float32)
-  image = render(Gaussians(*(jnp.asarray(x) for x in gaussians)), h, w, backend=backend,
-                 source_size=(h0, w0))
+  image = render_safe(gaussians, h, w, backend=backend, source_size=(h0, w0))
   return jnp.clip(image, 0.0, 1.0)
 
 
@@ -433,20 +439,21 @@ def _train(gaussians: Gaussians, image: jax.Array, *, num_steps: int, learning_r
     _STEP_CACHE.clear()
     cache = _STEP_CACHE.setdefault((height, width, backend, steps, learning_rate, num_steps), {})
   done, plan, fresh, boost, planned_at = 0, _STALE, False, 1, -1
+  best, best_loss = g, np.inf
   while done < num_steps:
     if plan is _STALE or (done % replan_every == 0 and planned_at != done):
       view = qz.fake_quantize(g, height, width, steps) if steps is not None else g
       plan = make_plan(view, height, width, backend=backend)
-      plan = _grow_plan(_xla_boundary_safe(plan, view, height, width), boost)
+      plan = _grow_plan(plan, boost)
       fresh, planned_at = True, done
     if plan not in cache:
       cache[plan] = _make_step(height, width, backend, steps, plan, optimizer)
-    g2, s2, _, overflow = cache[plan](g, opt_state, image)
+    g2, s2, loss, overflow = cache[plan](g, opt_state, image)
     if bool(overflow):
       if fresh:
-        # A plan made from these very Gaussians overflowed: the plan's class
-        # counts and the jitted assignment disagree at class boundaries (seen
-        # with the xla backend). Grow the capacities and retry, a few times.
+        # A plan made from these very Gaussians overflowed (a backend whose
+        # host-side counts and jitted assignment disagree; seen once with
+        # an early xla backend): grow the capacities and retry, a few times.
         boost *= 2
         if boost > 16 or not hasattr(plan, "capacities"):
           raise RuntimeError(f"backend {backend!r} overflows plans made for the same Gaussians")
@@ -454,38 +461,24 @@ def _train(gaussians: Gaussians, image: jax.Array, *, num_steps: int, learning_r
         continue
       plan = _STALE
       continue
+    if steps is not None and float(loss) < best_loss:
+      best_loss, best = float(loss), g  # `loss` is that of `g`, before the update
     g, opt_state, fresh = g2, s2, False
     done += 1
-  return g
+  if steps is None:
+    return g
+  # With quantisation the loss is that of the decoded file: keep the best iterate
+  # (the rounding makes the last one no better than any other).
+  return best if best_loss <= _quantized_loss(g, image, steps, backend) else g
 
 
 _STALE = object()
 
 
-def _xla_boundary_safe(plan, gaussians, height, width):
-  """Raises an XLA plan's capacities to the counts its jitted assignment sees.
-
-  ``plan_xla`` counts a Gaussian whose support is exactly a class size in the
-  next class up (one pixel of margin), while the jitted assignment puts it in
-  that class; with many equal-sized Gaussians (e.g. ``init_random``) the
-  smaller class then overflows on every step. Counting both ways fixes it.
-  """
-  if not hasattr(plan, "capacities"):
-    return plan
-  from gaussjax import _xla
-  if not hasattr(_xla, "_needs_numpy"):  # the reworked xla plan counts exactly: nothing to fix
-    return plan
-  needs = _xla._needs_numpy(np.asarray(gaussians.means), np.asarray(gaussians.chol), height, width)
-  needs = needs[needs > 0]
-  sizes = np.asarray(plan.sizes)
-  cls = np.minimum(np.searchsorted(sizes, needs, side="left"), len(sizes) - 1)
-  counts = np.bincount(cls, minlength=len(sizes))
-  caps = []
-  for cap, chunk, count in zip(plan.capacities, plan.chunks, counts):
-    if count > cap:
-      cap = -(-int(math.ceil(count * 1.25)) // chunk) * chunk
-    caps.append(cap)
-  return dataclasses.replace(plan, capacities=tuple(caps))
+def _quantized_loss(g, image, steps, backend) -> float:
+  height, width = image.shape[:2]
+  out = render_safe(qz.fake_quantize(g, height, width, steps), height, width, backend=backend)
+  return float(jnp.mean((out - image) ** 2))
 
 
 def _grow_plan(plan, factor: int):
@@ -498,12 +491,41 @@ _STEP_CACHE = {}
 
 
 def _fit_float(image: jax.Array, n: int, config: CodecConfig) -> Gaussians:
-  """The float fit that the codec starts from."""
-  from gaussjax._init import init_random
-  h, w, c = image.shape
-  g = init_random(jax.random.key(config.seed), n, h, w, c)
-  return _train(g, image, num_steps=config.fit_steps, learning_rate=config.learning_rate,
-                steps=None, backend=config.backend)
+  """The float fit the codec starts from: SLIC initialisation, then ``gaussjax.fit``."""
+  from gaussjax._fit import FitConfig, fit
+  from gaussjax._init import init_slic
+  g = init_slic(np.asarray(image), n, key=jax.random.key(config.seed))
+  if config.fit_steps == 0:
+    return g
+  fit_config = FitConfig(steps=config.fit_steps, backend=config.backend,
+                         log_every=max(config.fit_steps, 1), replan_every=50)
+  g, _ = fit(image, g, fit_config)
+  return g
+
+
+def render_safe(gaussians: Gaussians, height: int, width: int, *, backend: str = "auto",
+                source_size: tuple[int, int] | None = None) -> jax.Array:
+  """``render`` for concrete Gaussians that works around plans that overflow.
+
+  Same result as ``gaussjax.render``; with the XLA backend the plan's class
+  capacities are doubled while the render reports overflow (defensive: a
+  fresh plan should never overflow), so the image is always complete.
+  """
+  from gaussjax._gaussians import scale_gaussians
+  from gaussjax._render import make_plan, rasterize, render, resolve_backend
+  backend = resolve_backend(backend)
+  g = Gaussians(*(jnp.asarray(x, jnp.float32) for x in gaussians))
+  if backend != "xla":
+    return render(g, height, width, backend=backend, source_size=source_size)
+  if source_size is not None and tuple(source_size) != (height, width):
+    g = scale_gaussians(g, height / source_size[0], width / source_size[1])
+  plan = make_plan(g, height, width, backend=backend)
+  for _ in range(5):
+    image, overflow = rasterize(g, height, width, backend=backend, plan=plan)
+    if not bool(overflow):
+      return image
+    plan = _grow_plan(plan, 2)
+  raise RuntimeError(f"the {backend} renderer overflowed every plan for these Gaussians")
 
 
 def _importance(gaussians: Gaussians) -> np.ndarray:
@@ -570,9 +592,14 @@ def encode(image, config: CodecConfig = CodecConfig()) -> bytes:
   image = _as_image(image)
   n, steps = _fit_settings(*image.shape, config)
   g = _fit_float(image, n, config)
-  g = _train(g, image, num_steps=config.qat_steps, learning_rate=config.learning_rate / 5,
+  g = _train(g, image, num_steps=config.qat_steps, learning_rate=qat_learning_rate(config),
              steps=steps, backend=config.backend)
   return _code(image, g, steps, config)
+
+
+def qat_learning_rate(config: CodecConfig) -> float:
+  """Peak learning rate of quantisation-aware fine-tuning."""
+  return config.learning_rate / 20
 
 
 def _fit_settings(h: int, w: int, c: int, config: CodecConfig):
@@ -586,7 +613,7 @@ def _fit_settings(h: int, w: int, c: int, config: CodecConfig):
   target = config.bpp * h * w / 8.0
   steps = qz.default_steps(c)
   if len(encode_gaussians(Gaussians(np.zeros((1, 2), np.float32), np.ones((1, 3), np.float32),
-                                    np.zeros((1, c), np.float32)), h, w, steps)) > \
+                                    np.zeros((1, c), np.float32)), h, w, steps=steps)) > \
       target * (1 + config.rate_tolerance):
     raise ValueError(f"bpp={config.bpp} ({target:.0f} bytes) is below the smallest file "
                      f"for a {h}x{w} image")
@@ -603,7 +630,7 @@ def _code(image: jax.Array, g: Gaussians, steps, config: CodecConfig) -> bytes:
   """
   h, w, _ = image.shape
   if config.bpp is None:
-    return encode_gaussians(g, h, w, steps)
+    return encode_gaussians(g, h, w, steps=steps)
   return _encode_rate(image, config, g, steps)
 
 
@@ -613,7 +640,7 @@ def _encode_rate(image: jax.Array, config: CodecConfig, g: Gaussians, steps) -> 
   tol = config.rate_tolerance
   lo_ok, hi_ok = target * (1 - tol), target * (1 + tol)
   n = g.num_gaussians
-  qat_lr = config.learning_rate / 5
+  qat_lr = qat_learning_rate(config)
   for attempt in range(3):
     if attempt:
       g = _fit_float(image, n, config)
@@ -621,7 +648,7 @@ def _encode_rate(image: jax.Array, config: CodecConfig, g: Gaussians, steps) -> 
                  backend=config.backend)
     data, g_fit, steps_fit = _fit_size(g, h, w, steps, lo_ok, hi_ok)
     if data is None:  # too few Gaussians even with the finest steps: refit with more
-      size = len(encode_gaussians(g, h, w, steps.scaled(0.25)))
+      size = len(encode_gaussians(g, h, w, steps=steps.scaled(0.25)))
       n = int(math.ceil(n * 1.15 * target / max(size, 1)))
       if n > MAX_GAUSSIANS:
         break
@@ -644,7 +671,7 @@ def _fit_size(g, h, w, steps, lo_ok, hi_ok):
   finest steps give a file smaller than ``lo_ok``.
   """
   g = Gaussians(*(np.asarray(x, np.float32) for x in g))
-  data = encode_gaussians(g, h, w, steps)
+  data = encode_gaussians(g, h, w, steps=steps)
   if lo_ok <= len(data) <= hi_ok:
     return data, g, steps
   if len(data) > hi_ok:
@@ -654,7 +681,7 @@ def _fit_size(g, h, w, steps, lo_ok, hi_ok):
     while lo <= hi:
       mid = (lo + hi) // 2
       sub = g.select(np.sort(order[:mid]))
-      d = encode_gaussians(sub, h, w, steps)
+      d = encode_gaussians(sub, h, w, steps=steps)
       if len(d) <= hi_ok:
         best = (d, sub, steps)
         if len(d) >= lo_ok:
@@ -665,11 +692,11 @@ def _fit_size(g, h, w, steps, lo_ok, hi_ok):
     return best if best is not None else (None, g, steps)
   # Too small with every Gaussian: finer steps (bisection on a step factor).
   flo, fhi = 0.25, 1.0  # size(flo) hopefully > target, size(fhi) < target
-  if len(encode_gaussians(g, h, w, steps.scaled(flo))) < lo_ok:
+  if len(encode_gaussians(g, h, w, steps=steps.scaled(flo))) < lo_ok:
     return None, g, steps
   for _ in range(12):
     f = math.sqrt(flo * fhi)
-    d = encode_gaussians(g, h, w, steps.scaled(f))
+    d = encode_gaussians(g, h, w, steps=steps.scaled(f))
     if lo_ok <= len(d) <= hi_ok:
       return d, g, steps.scaled(f)
     if len(d) > hi_ok:

@@ -14,6 +14,7 @@ import gaussjax
 POSITIONAL_DEFAULTS = {
     ("init_random", "channels"),  # init_random(key, n, height, width, channels)
     ("fit", "config"),  # fit(image, gaussians, config)
+    ("encode", "config"),  # encode(image, config)
 }
 
 PRNG_NAMES = {"rng", "prng", "prng_key", "rng_key", "seed_key", "random_key"}

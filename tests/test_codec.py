@@ -53,7 +53,7 @@ class TestQuantizers:
     h, w = 40, 56
     g = _random_gaussians(c=c, h=h, w=w)
     steps = qz.default_steps(c)
-    data = gaussjax.encode_gaussians(g, h, w, steps)
+    data = gaussjax.encode_gaussians(g, h, w, steps=steps)
     actual, size = gaussjax.decode_gaussians(data)
     assert size == (h, w)
     sym, order = qz.quantize(g, h, w, steps)
@@ -78,7 +78,7 @@ class TestQuantizers:
     h, w = 40, 56
     g = _random_gaussians(h=h, w=w)
     steps = qz.default_steps(3)
-    actual, _ = gaussjax.decode_gaussians(gaussjax.encode_gaussians(g, h, w, steps))
+    actual, _ = gaussjax.decode_gaussians(gaussjax.encode_gaussians(g, h, w, steps=steps))
     _, order = qz.quantize(g, h, w, steps)
     fq = qz.fake_quantize(gaussjax.Gaussians(*(np.asarray(x)[order] for x in g)), h, w, steps)
     for a, e in zip(fq, actual):
@@ -158,7 +158,7 @@ class TestEncode:
 
   def test_grey(self):
     img = _crop(16, 24, channels=1)
-    data = gaussjax.encode(img, gaussjax.CodecConfig(bpp=3.0, fit_steps=150, qat_steps=10,
+    data = gaussjax.encode(img, gaussjax.CodecConfig(bpp=6.0, fit_steps=150, qat_steps=10,
                                                      backend="reference"))
     out = np.asarray(gaussjax.decode(data, backend="reference"))
     assert out.shape == (16, 24, 1) and _psnr(out, img) > 22
@@ -228,6 +228,13 @@ class TestFormat:
 
 
 class TestCli:
+
+  def test_main_cli_has_codec_subcommands(self):
+    from gaussjax._cli import build_parser
+    parser = build_parser()
+    for cmd in (["encode", "a.png", "-o", "a.gjx", "--bpp", "0.5"], ["decode", "a.gjx", "-o", "a.png"],
+                ["info", "a.gjx"]):
+      assert parser.parse_args(cmd).command == cmd[0]
 
   def test_encode_info_decode(self, tmp_path, capsys):
     from gaussjax._cli_codec import main

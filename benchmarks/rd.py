@@ -1,0 +1,274 @@
+"""Rate-distortion of the gaussjax codec on Kodak against Pillow's codecs.
+
+Every codec runs in the same process on exactly the same images (same subset,
+same downscale): gaussjax at target rates, JPEG / WebP / JPEG 2000 / AVIF
+swept over their quality parameters. bpp is always 8 · file bytes / pixels.
+Reports PSNR (RGB) and MS-SSIM, BD-rate (Bjøntegaard, cubic fit of log-rate
+against PSNR, per image then averaged) against each classical codec over the
+shared PSNR range, decode time per image, an RD plot and a table.
+
+Usage (the defaults are sized for a 2-core CPU; see --help):
+
+  python benchmarks/rd.py --images 1,15,23 --scale 2 --bpp 0.12,0.25,0.5,1.0
+
+Environment variables GJX_RD_IMAGES, GJX_RD_SCALE, GJX_RD_BPP, GJX_RD_FIT_STEPS
+set the same knobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import time
+
+import numpy as np
+from PIL import Image, features
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _machine  # noqa: E402
+
+import gaussjax  # noqa: E402
+from gaussjax._codec import decode_gaussians, render_safe  # noqa: E402
+
+KODAK = os.environ.get("GJX_KODAK", "/work/shared/data/kodak")
+CLASSIC = {
+    "jpeg": [3, 5, 8, 10, 15, 20, 25, 30, 40, 50, 60, 70, 80, 90],
+    "webp": [0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90],
+    "jpeg2000": [0.08, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 1.0, 1.25, 1.5, 2.0],
+    "avif": [5, 10, 20, 30, 40, 50, 60, 70, 80, 90],
+}
+
+
+def load(index: int, scale: int) -> np.ndarray:
+  im = Image.open(os.path.join(KODAK, f"kodim{index:02d}.png")).convert("RGB")
+  if scale > 1:
+    im = im.resize((im.width // scale, im.height // scale), Image.LANCZOS)
+  return np.asarray(im, np.float32) / 255.0
+
+
+def metrics(out: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+  out = np.clip(np.asarray(out, np.float32), 0, 1)
+  ps = float(gaussjax.psnr(out, ref))
+  try:
+    ms = float(gaussjax.ms_ssim(out, ref))
+  except ValueError:  # image too small for five scales
+    ms = float("nan")
+  return ps, ms
+
+
+def classic_encode(codec: str, param, im: Image.Image) -> bytes:
+  buf = io.BytesIO()
+  if codec == "jpeg":
+    im.save(buf, "JPEG", quality=param, optimize=True)
+  elif codec == "webp":
+    im.save(buf, "WEBP", quality=param, method=6)
+  elif codec == "jpeg2000":
+    # Irreversible 9/7 wavelet with the colour transform (mct=1), one layer at
+    # the compression ratio 24 / bpp; raw J2K codestream (no JP2 boxes).
+    im.save(buf, "JPEG2000", irreversible=True, mct=1, quality_mode="rates",
+            quality_layers=[24.0 / param], no_jp2=True)
+  elif codec == "avif":
+    im.save(buf, "AVIF", quality=param, speed=4)
+  return buf.getvalue()
+
+
+def timed_decode(fn, repeats: int = 3) -> tuple[object, float]:
+  best, out = float("inf"), None
+  for _ in range(repeats):
+    t = time.perf_counter()
+    out = fn()
+    best = min(best, time.perf_counter() - t)
+  return out, best
+
+
+def run_classic(codec, ref, index, rows):
+  im = Image.fromarray(np.rint(ref * 255).astype(np.uint8))
+  h, w = ref.shape[:2]
+  for param in CLASSIC[codec]:
+    data = classic_encode(codec, param, im)
+    out, dec_s = timed_decode(lambda: np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+    ps, ms = metrics(out.astype(np.float32) / 255.0, ref)
+    rows.append(dict(image=index, codec=codec, param=param, bytes=len(data),
+                     bpp=8 * len(data) / (h * w), psnr=ps, msssim=ms, dec_s=dec_s))
+
+
+def run_gaussjax(ref, index, targets, args, rows):
+  h, w = ref.shape[:2]
+  for bpp in targets:
+    cfg = gaussjax.CodecConfig(bpp=bpp, fit_steps=args.fit_steps, qat_steps=args.qat_steps)
+    t = time.perf_counter()
+    data = gaussjax.encode(ref, cfg)
+    enc_s = time.perf_counter() - t
+
+    def dec():
+      g, (h0, w0) = decode_gaussians(data)
+      return np.asarray(np.clip(render_safe(g, h0, w0), 0, 1))
+
+    t = time.perf_counter()
+    dec()  # first call includes compiling the renderer for this plan
+    first_s = time.perf_counter() - t
+    out, dec_s = timed_decode(dec)
+    ps, ms = metrics(out, ref)
+    n = gaussjax._codec.info(data)["num_gaussians"]
+    rows.append(dict(image=index, codec="gaussjax", param=bpp, bytes=len(data),
+                     bpp=8 * len(data) / (h * w), psnr=ps, msssim=ms, dec_s=dec_s,
+                     dec_first_s=first_s, enc_s=enc_s, gaussians=n))
+    print(f"  kodim{index:02d} gaussjax target {bpp}: {rows[-1]['bpp']:.4f} bpp, {ps:.2f} dB, "
+          f"MS-SSIM {ms:.4f}, N={n}, enc {enc_s:.0f}s, dec {dec_s * 1e3:.1f} ms", flush=True)
+
+
+def bd_rate(r1, d1, r2, d2) -> float:
+  """Bjøntegaard delta rate of curve 2 against curve 1 (%, negative = 2 smaller).
+
+  Cubic fits of log(rate) as a function of distortion (PSNR), integrated over
+  the overlap of the two PSNR ranges.
+  """
+  r1, d1, r2, d2 = (np.asarray(x, np.float64) for x in (r1, d1, r2, d2))
+  if len(r1) < 4 or len(r2) < 4:
+    return float("nan")
+  p1 = np.polyfit(d1, np.log(r1), 3)
+  p2 = np.polyfit(d2, np.log(r2), 3)
+  lo, hi = max(d1.min(), d2.min()), min(d1.max(), d2.max())
+  if hi <= lo:
+    return float("nan")
+  i1 = np.polyval(np.polyint(p1), hi) - np.polyval(np.polyint(p1), lo)
+  i2 = np.polyval(np.polyint(p2), hi) - np.polyval(np.polyint(p2), lo)
+  return float((np.exp((i2 - i1) / (hi - lo)) - 1) * 100)
+
+
+def curve(rows, image, codec, lo, hi):
+  pts = sorted((r["bpp"], r["psnr"]) for r in rows
+               if r["image"] == image and r["codec"] == codec and lo <= r["bpp"] <= hi)
+  # Monotone in PSNR for the fit (drop points that do not improve).
+  out = []
+  for b, p in pts:
+    if not out or p > out[-1][1]:
+      out.append((b, p))
+  return [b for b, _ in out], [p for _, p in out]
+
+
+def interp_psnr(rows, image, codec, bpp):
+  b, p = curve(rows, image, codec, 0, 10)
+  if not b or bpp < b[0] or bpp > b[-1]:
+    return float("nan")
+  return float(np.interp(np.log(bpp), np.log(b), p))
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--images", default=os.environ.get("GJX_RD_IMAGES", "1,15,23"),
+                      help="Kodak indices (1..24), comma separated")
+  parser.add_argument("--scale", type=int, default=int(os.environ.get("GJX_RD_SCALE", "2")),
+                      help="downscale factor (1 = full 768x512)")
+  parser.add_argument("--bpp", default=os.environ.get("GJX_RD_BPP", "0.12,0.25,0.5,1.0"))
+  parser.add_argument("--fit-steps", type=int, default=int(os.environ.get("GJX_RD_FIT_STEPS", "400")))
+  parser.add_argument("--qat-steps", type=int, default=100)
+  parser.add_argument("--name", default="rd")
+  args = parser.parse_args(argv)
+  images = [int(x) for x in args.images.split(",")]
+  targets = [float(x) for x in args.bpp.split(",")]
+  codecs = [c for c in CLASSIC if c != "avif" or features.check("avif")]
+  rows = []
+  t0 = time.perf_counter()
+  for index in images:
+    ref = load(index, args.scale)
+    print(f"kodim{index:02d} {ref.shape[1]}x{ref.shape[0]}", flush=True)
+    for codec in codecs:
+      run_classic(codec, ref, index, rows)
+    run_gaussjax(ref, index, targets, args, rows)
+
+  # BD-rate of gaussjax against each codec, per image, over 0.08..1.5 bpp.
+  summary = []
+  for codec in codecs:
+    vals = []
+    for index in images:
+      rg, dg = curve(rows, index, "gaussjax", 0.0, 10.0)
+      rc, dc = curve(rows, index, codec, 0.08, 1.5)
+      vals.append(bd_rate(rc, dc, rg, dg))
+    summary.append(dict(reference=codec, bd_rate_pct=float(np.nanmean(vals)) if
+                        not all(np.isnan(vals)) else float("nan"),
+                        per_image=", ".join(f"{v:+.1f}" for v in vals)))
+  # PSNR at each target rate, averaged over images (classical: interpolated in log-bpp).
+  at_rate = []
+  for bpp in targets:
+    row = {"bpp": bpp}
+    for codec in ["gaussjax"] + codecs:
+      if codec == "gaussjax":
+        vals = [r["psnr"] for r in rows if r["codec"] == codec and r["param"] == bpp]
+        rates = [r["bpp"] for r in rows if r["codec"] == codec and r["param"] == bpp]
+        row["gaussjax_actual_bpp"] = float(np.mean(rates))
+      else:
+        vals = [interp_psnr(rows, i, codec, bpp) for i in images]
+      row[codec] = float(np.mean(vals))
+    at_rate.append(row)
+  dec = {c: float(np.mean([r["dec_s"] for r in rows if r["codec"] == c])) for c in ["gaussjax"] + codecs}
+  total = time.perf_counter() - t0
+
+  print("\nPSNR (dB) at target rate, mean over images")
+  print(_machine.format_table(at_rate))
+  print("BD-rate of gaussjax vs each codec (PSNR; negative = gaussjax smaller)")
+  print(_machine.format_table(summary))
+  print("Mean decode time per image (s, best of 3):", {k: round(v, 4) for k, v in dec.items()})
+
+  h, w = load(images[0], args.scale).shape[:2]
+  meta = {
+      "images": f"kodim {images} at {w}x{h} (Kodak 768x512 downscaled by {args.scale}, Lanczos)",
+      "why_subset": "2-core shared CPU: a fit takes minutes per image and rate",
+      "gaussjax": f"fit_steps={args.fit_steps}, qat_steps={args.qat_steps}, targets {targets}",
+      "jpeg": "Pillow quality sweep, optimize=True, 4:2:0",
+      "webp": "Pillow method=6", "jpeg2000": "Pillow/OpenJPEG irreversible=True mct=1, rates mode",
+      "avif": "Pillow speed=4" if "avif" in codecs else "not available",
+      "bd_rate": "Bjontegaard, cubic log-rate vs PSNR, classical curves restricted to 0.08-1.5 bpp",
+      "decode_time_s": dec, "total_s": total, "psnr_at_rate": at_rate, "bd_rate": summary,
+  }
+  _machine.write_results(args.name, rows, meta)
+  with open(os.path.join(_machine.RESULTS_DIR, f"{args.name}.md"), "a") as f:
+    f.write("\n## PSNR (dB) at target rate, mean over images\n\n" + _machine.format_table(at_rate))
+    f.write("\n## BD-rate of gaussjax against each codec (%)\n\n" + _machine.format_table(summary))
+    f.write("\n## Mean decode time per image (s)\n\n" + _machine.format_table(
+        [{"codec": k, "decode_s": v} for k, v in dec.items()]))
+  plot(rows, codecs, os.path.join(_machine.RESULTS_DIR, f"{args.name}.png"), meta["images"])
+
+
+def plot(rows, codecs, path, title):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
+  images = sorted({r["image"] for r in rows})
+  grid = np.geomspace(0.08, 1.5, 24)
+  for codec in codecs + ["gaussjax"]:
+    if codec == "gaussjax":
+      params = sorted({r["param"] for r in rows if r["codec"] == codec})
+      b = [np.mean([r["bpp"] for r in rows if r["codec"] == codec and r["param"] == p]) for p in params]
+      p_ = [np.mean([r["psnr"] for r in rows if r["codec"] == codec and r["param"] == p]) for p in params]
+      m_ = [np.mean([r["msssim"] for r in rows if r["codec"] == codec and r["param"] == p]) for p in params]
+      ax[0].plot(b, p_, "o-", lw=2.5, label=codec, color="k")
+      ax[1].plot(b, m_, "o-", lw=2.5, label=codec, color="k")
+      continue
+    p_ = [np.nanmean([interp_psnr(rows, i, codec, g) for i in images]) for g in grid]
+    ax[0].plot(grid, p_, ".-", label=codec)
+    ms = []
+    for g in grid:
+      vals = []
+      for i in images:
+        pts = sorted((r["bpp"], r["msssim"]) for r in rows if r["image"] == i and r["codec"] == codec)
+        bb, mm = zip(*pts)
+        vals.append(np.interp(np.log(g), np.log(bb), mm) if bb[0] <= g <= bb[-1] else np.nan)
+      ms.append(np.nanmean(vals))
+    ax[1].plot(grid, ms, ".-", label=codec)
+  for a, name in zip(ax, ("PSNR (dB)", "MS-SSIM")):
+    a.set_xscale("log")
+    a.set_xlabel("bpp (whole file)")
+    a.set_ylabel(name)
+    a.grid(alpha=0.3)
+    a.legend()
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+  main()
