@@ -3,11 +3,8 @@
 from importlib import metadata as _metadata
 
 from gaussjax import constants
-<<<<<<< HEAD
 from gaussjax._batch import encode_batch
 from gaussjax._batch import fit_batch
-=======
->>>>>>> codec
 from gaussjax._bitstream import DecodeError
 from gaussjax._codec import CodecConfig
 from gaussjax._codec import decode
