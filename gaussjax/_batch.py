@@ -605,7 +605,7 @@ def encode_batch(images: Sequence, config=None, *, devices=None,
 
   # Float fit as in _codec._fit_float: SLIC, then fit_batch (size buckets,
   # padding masked out), one call per N.
-  fit_config = _codec_fit_config(config)
+  fit_config = _codec._float_fit_config(config) if config.fit_steps else None
   by_n: dict[int, list[int]] = {}
   for i, (n, _) in enumerate(settings):
     by_n.setdefault(n, []).append(i)
@@ -635,15 +635,6 @@ def encode_batch(images: Sequence, config=None, *, devices=None,
   # Quantisation, entropy coding, rate control: per image on the host.
   return [_codec._code(a, g, qsteps, config)
           for a, g, (_, qsteps) in zip(arrays, fitted, settings)]
-
-
-def _codec_fit_config(config):
-  """The ``FitConfig`` of ``_codec._fit_float`` (None: no float fit)."""
-  from gaussjax._fit import FitConfig
-  if config.fit_steps == 0:
-    return None
-  return FitConfig(steps=config.fit_steps, backend=config.backend,
-                   log_every=max(config.fit_steps, 1), replan_every=50)
 
 
 def _stack(trees):

@@ -492,15 +492,20 @@ _STEP_CACHE = {}
 
 def _fit_float(image: jax.Array, n: int, config: CodecConfig) -> Gaussians:
   """The float fit the codec starts from: SLIC initialisation, then ``gaussjax.fit``."""
-  from gaussjax._fit import FitConfig, fit
+  from gaussjax._fit import fit
   from gaussjax._init import init_slic
   g = init_slic(np.asarray(image), n, key=jax.random.key(config.seed))
   if config.fit_steps == 0:
     return g
-  fit_config = FitConfig(steps=config.fit_steps, backend=config.backend,
-                         log_every=max(config.fit_steps, 1), replan_every=50)
-  g, _ = fit(image, g, fit_config)
+  g, _ = fit(image, g, _float_fit_config(config))
   return g
+
+
+def _float_fit_config(config: CodecConfig):
+  """The ``FitConfig`` of the float fit (also used by ``gaussjax.encode_batch``)."""
+  from gaussjax._fit import FitConfig
+  return FitConfig(steps=config.fit_steps, backend=config.backend,
+                   log_every=max(config.fit_steps, 1), replan_every=50)
 
 
 def render_safe(gaussians: Gaussians, height: int, width: int, *, backend: str = "auto",
@@ -639,6 +644,7 @@ def _encode_rate(image: jax.Array, config: CodecConfig, g: Gaussians, steps) -> 
   target = config.bpp * h * w / 8.0
   tol = config.rate_tolerance
   lo_ok, hi_ok = target * (1 - tol), target * (1 + tol)
+  aim = (target * (1 - tol / 2), target * (1 + tol / 2))
   n = g.num_gaussians
   qat_lr = qat_learning_rate(config)
   for attempt in range(3):
@@ -646,7 +652,10 @@ def _encode_rate(image: jax.Array, config: CodecConfig, g: Gaussians, steps) -> 
       g = _fit_float(image, n, config)
       g = _train(g, image, num_steps=config.qat_steps, learning_rate=qat_lr, steps=steps,
                  backend=config.backend)
-    data, g_fit, steps_fit = _fit_size(g, h, w, steps, lo_ok, hi_ok)
+    # Aim at half the tolerance; accept the full tolerance when that fails.
+    data, g_fit, steps_fit = _fit_size(g, h, w, steps, *aim)
+    if data is None:
+      data, g_fit, steps_fit = _fit_size(g, h, w, steps, lo_ok, hi_ok)
     if data is None:  # too few Gaussians even with the finest steps: refit with more
       size = len(encode_gaussians(g, h, w, steps=steps.scaled(0.25)))
       n = int(math.ceil(n * 1.15 * target / max(size, 1)))
@@ -657,7 +666,7 @@ def _encode_rate(image: jax.Array, config: CodecConfig, g: Gaussians, steps) -> 
       # Fine-tune the pruned set, then fit the size again.
       g2 = _train(g_fit, image, num_steps=max(1, config.qat_steps // 3),
                   learning_rate=qat_lr / 2, steps=steps_fit, backend=config.backend)
-      data2, _, _ = _fit_size(g2, h, w, steps_fit, lo_ok, hi_ok)
+      data2, _, _ = _fit_size(g2, h, w, steps_fit, *aim)
       if data2 is not None:
         return data2
     return data
