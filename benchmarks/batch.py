@@ -2,7 +2,8 @@
 
 The same 256x256 Kodak crops are encoded, in the same run, by a sequential
 loop of ``gaussjax.encode`` and by ``gaussjax.encode_batch`` in batches of K
-(1, 4, 16; more on an accelerator). Each variant makes a first, cold pass
+(1, 4, 16; more on an accelerator), and at the largest K also with the
+other ``vectorize`` setting (``vmap`` on the CPU). Each variant makes a first, cold pass
 over all images (compiling every plan they need; reported too), then a warm
 pass that is timed; the best of ``--repeats`` warm passes counts. Writes
 ``benchmarks/results/batch_<platform>.json`` and ``.md`` with the machine.
@@ -82,14 +83,19 @@ def main(argv=None) -> int:
   def loop():
     return [gaussjax.encode(im, config) for im in images]
 
-  def batched(k):
+  def batched(k, vectorize=None):
     out = []
     for i in range(0, count, k):
-      out += gaussjax.encode_batch(images[i:i + k], config)
+      out += gaussjax.encode_batch(images[i:i + k], config, vectorize=vectorize)
     return out
 
   variants = [("loop of encode", 1, loop)] + [
       ("encode_batch", k, lambda k=k: batched(k)) for k in sizes if count % k == 0]
+  # The other way of running a device's images (vmap on the CPU, a loop on
+  # accelerators), at the largest batch.
+  other = not gaussjax._batch.default_vectorize()
+  variants.append((f"encode_batch, vectorize={other}", variants[-1][1],
+                   lambda k=variants[-1][1]: batched(k, other)))
   rows, outputs = [], {}
   for name, k, fn in variants:
     # The first pass compiles (every plan the images need); the timed passes
@@ -105,7 +111,7 @@ def main(argv=None) -> int:
 
   # Quality check: the batched files decode like the looped ones.
   psnr = lambda x, y: float(-10 * np.log10(np.mean((np.asarray(x) - y) ** 2)))
-  largest = ("encode_batch", max(k for _, k, _ in variants))
+  largest = ("encode_batch", max(k for _, k, _ in variants))  # default vectorize
   quality = [{"batch_psnr": psnr(gaussjax.decode(x), im), "loop_psnr": psnr(gaussjax.decode(y), im),
               "batch_bytes": len(x), "loop_bytes": len(y)}
              for x, y, im in zip(outputs[largest][:4], outputs[("loop of encode", 1)][:4], images)]

@@ -6,8 +6,10 @@ Call chain::
     ├─ bucket_images                          groups of one padded size
     ├─ pad_images                             [B, Hb, Wb, C] + loss mask [B, Hb, Wb]
     ├─ batch_mesh / shard_batch               the batch axis split over devices
-    └─ vmap(fit_step) under jit               one plan for the whole batch,
-                                              re-planned when it overflows
+    └─ run_steps(fit_step)                    under one jit: shard_map over devices,
+                                              vmap (accelerators) or a loop (CPU)
+                                              over each device's images; one plan
+                                              per batch, re-planned on overflow
   encode_batch(images, config) -> [bytes]     the codec's float fit (padded buckets)
                                               and quantisation-aware fine-tuning
                                               (exact sizes), batched the same way;
@@ -203,35 +205,75 @@ def pad_batch(tree, multiple: int):
 
 # --------------------------------------------------------------------------- the batched loop
 
-# Steps per jitted chunk: one ``lax.scan`` runs this many steps of the whole
-# batch between two host round trips (overflow check, re-plan).
+# Steps per jitted chunk: one loop on the device runs up to this many steps of
+# the whole batch between two host round trips (overflow check, re-plan).
 CHUNK_STEPS = 25
 
+# Re-plan from the current Gaussians at least this often (steps); in between,
+# the plan's headroom absorbs their motion, and an overflow re-plans at once.
+# Each new plan compiles the step again, so plans are kept while they fit.
+REPLAN_STEPS = 100
 
-@functools.partial(jax.jit, static_argnames=("step", "num_steps", "plan", "static"))
-def _scan_steps(state, batch, *, step, num_steps, plan, static):
-  """``num_steps`` steps of ``vmap(step)``; returns the state and whether any overflowed."""
-  vstep = jax.vmap(lambda s, example: step(s, example, plan, static))
 
-  def body(carry, _):
-    s, overflowed = carry
-    s, overflow = vstep(s, batch)
-    return (s, overflowed | jnp.any(overflow)), None
+def default_vectorize() -> bool:
+  """Whether images of a batch are ``vmap``-ed (True) or looped (False) per device.
 
-  (state, overflowed), _ = jax.lax.scan(body, (state, jnp.zeros((), bool)), None, length=num_steps)
-  return state, overflowed
+  ``vmap`` turns a batch into wide array operations: what accelerators are
+  built for. On the CPU it is slower per image for the XLA renderer
+  (its per-Gaussian window updates become scatters; measured in
+  ``benchmarks/results/batch_cpu.md``), so there each device loops over its
+  images inside the compiled step (``lax.map``), which still saves the
+  per-image host round trips, plans and compilations.
+  """
+  return jax.default_backend() != "cpu"
+
+
+@functools.partial(jax.jit, static_argnames=("step", "plan", "static", "mesh", "vectorize"))
+def _run_chunk(state, batch, count, *, step, plan, static, mesh, vectorize):
+  """``count`` (traced) steps of ``step`` on every image; the state and whether any overflowed.
+
+  The trip count is a traced value, so one compilation serves every chunk
+  length (a ``while`` loop on the device). With a mesh, each device runs the
+  loop on its own images (``shard_map``): no communication inside a step.
+  """
+  def one(s, example):
+    return step(s, example, plan, static)
+
+  def local(state, batch, count):
+    def body(_, carry):
+      s, overflowed = carry
+      if vectorize:
+        s, overflow = jax.vmap(one)(s, batch)
+      else:
+        s, overflow = jax.lax.map(lambda args: one(*args), (s, batch))
+      return s, overflowed | overflow
+
+    size = jax.tree_util.tree_leaves(batch)[0].shape[0]
+    return jax.lax.fori_loop(0, count, body, (state, jnp.zeros((size,), bool)))
+
+  if mesh is None:
+    state, overflowed = local(state, batch, count)
+  else:
+    spec = PartitionSpec(BATCH_AXIS)
+    state, overflowed = jax.shard_map(
+        local, mesh=mesh, in_specs=(spec, spec, PartitionSpec()), out_specs=(spec, spec),
+        check_vma=False)(state, batch, count)
+  return state, jnp.any(overflowed)
 
 
 def run_steps(step, state, batch, *, num_steps: int, plan_fn, static, mesh: Mesh | None = None,
-              chunk: int = CHUNK_STEPS):
+              chunk: int = CHUNK_STEPS, replan_steps: int = REPLAN_STEPS,
+              vectorize: bool | None = None):
   """Runs ``num_steps`` steps of a one-image ``step`` on a whole batch at once.
 
-  The step is ``vmap``-ed over the batch and ``lax.scan``-ned over ``chunk``
-  steps under one ``jit``; the batch axis is split over ``mesh``'s devices.
-  One rendering plan (``plan_fn``, outside jit, from the concrete batched
-  state) serves the whole batch. When any image overflows the plan, the chunk
-  is discarded and redone one step at a time, re-planning before each step
-  that overflows; a fresh plan that still overflows is an error. So every image
+  The step runs on every image of the batch (``vmap``, or a loop inside the
+  compiled step, see ``vectorize``), looped on the device over chunks of
+  ``chunk`` steps under one ``jit``; the batch axis is split over ``mesh``'s
+  devices (``shard_map``, each device on its own images). One rendering plan (``plan_fn``, outside jit, from the
+  concrete batched state) serves the whole batch; it is remade every
+  ``replan_steps`` steps and whenever it overflows: then the chunk is
+  discarded and redone one step at a time, re-planning before each step that
+  overflows; a fresh plan that still overflows is an error. So every image
   makes exactly ``num_steps`` steps and no contribution is ever dropped.
 
   Args:
@@ -243,7 +285,10 @@ def run_steps(step, state, batch, *, num_steps: int, plan_fn, static, mesh: Mesh
     plan_fn: ``plan_fn(state) -> plan`` (hashable).
     static: hashable extra argument of ``step`` (config, sizes, backend).
     mesh: from ``batch_mesh``; ``None`` runs on the default device.
-    chunk: steps per jitted chunk.
+    chunk: steps per device loop (host round trip).
+    replan_steps: re-plan at least this often.
+    vectorize: ``vmap`` the images (True) or loop over them per device
+      (False); ``None``: ``default_vectorize()``.
 
   Returns:
     The state after ``num_steps`` steps, leaves ``[B, ...]``.
@@ -252,26 +297,30 @@ def run_steps(step, state, batch, *, num_steps: int, plan_fn, static, mesh: Mesh
   if mesh is not None:
     (state, batch), size = pad_batch((state, batch), mesh.devices.size)
     state, batch = shard_batch((state, batch), mesh)
-  done = 0
+
+  vectorize = default_vectorize() if vectorize is None else bool(vectorize)
+
+  def run(state, count, plan):
+    return _run_chunk(state, batch, jnp.asarray(count, jnp.int32), step=step, plan=plan,
+                      static=static, mesh=mesh, vectorize=vectorize)
+
+  done, plan, planned_at = 0, None, 0
   while done < num_steps:
+    if plan is None or done - planned_at >= replan_steps:
+      plan, planned_at = plan_fn(state), done
     count = min(chunk, num_steps - done)
-    plan = plan_fn(state)
-    new_state, overflowed = _scan_steps(state, batch, step=step, num_steps=count, plan=plan,
-                                        static=static)
+    new_state, overflowed = run(state, count, plan)
     if not bool(overflowed):
       state, done = new_state, done + count
       continue
     for _ in range(count):  # slow path: one step at a time, re-plan on overflow
-      new_state, overflowed = _scan_steps(state, batch, step=step, num_steps=1, plan=plan,
-                                          static=static)
+      new_state, overflowed = run(state, 1, plan)
       if bool(overflowed):
-        plan = plan_fn(state)
-        new_state, overflowed = _scan_steps(state, batch, step=step, num_steps=1, plan=plan,
-                                            static=static)
+        plan, planned_at = plan_fn(state), done
+        new_state, overflowed = run(state, 1, plan)
         if bool(overflowed):
           raise RuntimeError(f"a plan made for this batch overflowed on it: {plan!r}")
-      state = new_state
-    done += count
+      state, done = new_state, done + 1
   if size is not None:
     state = jax.tree_util.tree_map(lambda x: x[:size], state)
   return state
@@ -338,12 +387,13 @@ def _as_gaussians(gaussians, count: int) -> list[Gaussians]:
   return gaussians
 
 
-def fit_batch(images, gaussians, config=None, *, devices=None):
-  """Fits many images at once: ``gaussjax.fit`` for a batch, ``vmap``-ed.
+def fit_batch(images, gaussians, config=None, *, devices=None, vectorize: bool | None = None):
+  """Fits many images at once: ``gaussjax.fit`` for a batch.
 
   Each image makes exactly ``config.steps`` steps of ``gaussjax.fit_step``,
-  as ``fit`` would make alone; the whole batch runs under one ``jit`` (``vmap``
-  over images, ``lax.scan`` over chunks of steps) with one rendering plan,
+  as ``fit`` would make alone; the whole batch runs under one ``jit``
+  (``vmap`` over images, or a compiled loop over them on the CPU, see
+  ``vectorize``; a device loop over chunks of steps) with one rendering plan,
   split over ``devices``. Images of different sizes are padded at the bottom
   and right into size buckets (multiples of ``BUCKET_MULTIPLE``) with a loss
   mask, so padding never influences a result; with ``config.ssim_weight > 0``
@@ -363,6 +413,9 @@ def fit_batch(images, gaussians, config=None, *, devices=None):
       stopping rules that a batch cannot follow: they must be None).
     devices: devices or a ``Mesh`` to split the batch over; defaults to every
       local device.
+    vectorize: ``vmap`` the images of a device (True) or loop over them inside
+      the compiled step (False); default: ``vmap`` on accelerators, loop on
+      the CPU (``default_vectorize``).
 
   Returns:
     ``(gaussians, metrics)``: fitted ``Gaussians`` with leaves ``[B, N, ...]``
@@ -410,7 +463,8 @@ def fit_batch(images, gaussians, config=None, *, devices=None):
     state = jax.vmap(lambda g: init_fit_state(g, config))(_stack([initial[i] for i in members]))
     plan_fn = lambda state, hb=hb, wb=wb: make_plan(state.gaussians, hb, wb, backend=backend)
     state = run_steps(_fit_step, state, (images_b, masks_b), num_steps=config.steps,
-                      plan_fn=plan_fn, static=config, mesh=mesh)
+                      plan_fn=plan_fn, static=config, mesh=mesh, replan_steps=config.replan_every,
+                      vectorize=vectorize)
     g = state.gaussians
     group_loss, group_psnr, overflow = _final_metrics(g, images_b, masks_b, config=config,
                                                       plan=plan_fn(state))
@@ -425,56 +479,70 @@ def fit_batch(images, gaussians, config=None, *, devices=None):
 # --------------------------------------------------------------------------- encoding
 
 
-def _train_step(state, example, plan, static):
-  """One Adam step of the codec's training on one image (``vmap``-ed by ``run_steps``)."""
+def _qat_step(state, image, plan, static):
+  """One step of the codec's quantisation-aware fine-tuning on one image.
+
+  As ``gaussjax._codec._train`` with quantiser steps: Adam on the MSE of the
+  fake-quantised rendering, remembering the best iterate (by its loss).
+  """
   from gaussjax import _codec
-  g, opt_state = state
-  image, mask = example
+  g, opt_state, best, best_loss = state
   height, width, backend, qsteps, learning_rate, num_steps = static
   optimizer = _codec._optimizer(learning_rate, num_steps)
-  (_, overflow), grads = jax.value_and_grad(_codec._loss, has_aux=True)(
-      g, image, mask, height=height, width=width, backend=backend, steps=qsteps, plan=plan)
+  (loss, overflow), grads = jax.value_and_grad(_codec._loss, has_aux=True)(
+      g, image, None, height=height, width=width, backend=backend, steps=qsteps, plan=plan)
   updates, opt_state = optimizer.update(grads, opt_state, g)
-  return (optax.apply_updates(g, updates), opt_state), overflow
+  better = loss < best_loss  # `loss` is that of `g`, before the update
+  best = jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), g, best)
+  best_loss = jnp.where(better, loss, best_loss)
+  return (optax.apply_updates(g, updates), opt_state, best, best_loss), overflow
 
 
-def _train_batch(gaussians: Gaussians, images, masks, *, height: int, width: int, num_steps: int,
-                 learning_rate: float, qsteps, backend: str, mesh: Mesh | None) -> Gaussians:
-  """The codec's ``_train`` for a batch: same optimiser, loss and schedule, masked.
+def _qat_batch(gaussians: Gaussians, images, *, num_steps: int, learning_rate: float, qsteps,
+               backend: str, mesh: Mesh | None, vectorize: bool | None) -> list[Gaussians]:
+  """The codec's quantisation-aware ``_train`` for images of one exact size.
 
   Args:
     gaussians: ``Gaussians`` with leaves ``[B, N, ...]``.
-    images: ``[B, Hb, Wb, C]`` (padded).
-    masks: ``[B, Hb, Wb]``, 1 on real pixels.
-    height: true rows of the images (the quantiser grid), when ``qsteps``.
-    width: true columns of the images, when ``qsteps``.
+    images: ``[B, H, W, C]``.
     num_steps: optimiser steps.
     learning_rate: peak learning rate.
-    qsteps: ``QuantSteps`` for quantisation-aware training, or ``None``.
+    qsteps: ``QuantSteps``.
     backend: renderer.
     mesh: device mesh, or ``None``.
+    vectorize: as in ``run_steps``.
+
+  Returns:
+    One ``Gaussians`` per image: the last iterate, or the best one when its
+    loss is lower (as ``_codec._train`` chooses).
   """
   from gaussjax import _codec
-  if num_steps == 0:
-    return gaussians
-  backend = resolve_backend(backend)
+  count = images.shape[0]
   g = Gaussians(*(jnp.asarray(x, jnp.float32) for x in gaussians))
+  if num_steps == 0:
+    return [jax.tree_util.tree_map(lambda x, k=k: x[k], g) for k in range(count)]
+  backend = resolve_backend(backend)
+  height, width = images.shape[1:3]
   opt_state = jax.vmap(_codec._optimizer(learning_rate, num_steps).init)(g)
-  hb, wb = images.shape[1:3]
 
   def plan_fn(state):
     if backend == "reference":  # no binning: no plan
       return None
-    view = state[0]
-    if qsteps is not None:  # plan for what is rendered: the fake-quantised Gaussians
-      view = _fake_quantize_batch(view, height, width, qsteps)
-    return make_plan(view, hb, wb, backend=backend)
+    # Plan for what is rendered: the fake-quantised Gaussians.
+    return make_plan(_fake_quantize_batch(state[0], height, width, qsteps), height, width,
+                     backend=backend)
 
-  state = run_steps(
-      _train_step, (g, opt_state), (jnp.asarray(images), jnp.asarray(masks)),
-      num_steps=num_steps, plan_fn=plan_fn,
-      static=(height, width, backend, qsteps, learning_rate, num_steps), mesh=mesh)
-  return state[0]
+  state = (g, opt_state, g, jnp.full((count,), jnp.inf, jnp.float32))
+  g, _, best, best_loss = run_steps(
+      _qat_step, state, jnp.asarray(images), num_steps=num_steps, plan_fn=plan_fn,
+      static=(height, width, backend, qsteps, learning_rate, num_steps), mesh=mesh,
+      vectorize=vectorize)
+  chosen = []
+  for k in range(count):
+    last, kept = (jax.tree_util.tree_map(lambda x, k=k: x[k], t) for t in (g, best))
+    final_loss = _codec._quantized_loss(last, images[k], qsteps, backend)
+    chosen.append(kept if float(best_loss[k]) <= final_loss else last)
+  return chosen
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
@@ -489,7 +557,8 @@ def _resolve_mesh(devices) -> Mesh:
   return batch_mesh(devices)
 
 
-def encode_batch(images: Sequence, config=None, *, devices=None) -> list[bytes]:
+def encode_batch(images: Sequence, config=None, *, devices=None,
+                 vectorize: bool | None = None) -> list[bytes]:
   """Encodes many images at once; each result decodes like ``encode``'s.
 
   The expensive parts of ``gaussjax.encode`` run batched: the float fit
@@ -509,6 +578,7 @@ def encode_batch(images: Sequence, config=None, *, devices=None) -> list[bytes]:
     config: ``CodecConfig`` (defaults to ``CodecConfig()``).
     devices: devices or a ``Mesh`` to split each batch over; defaults to
       every local device.
+    vectorize: as in ``fit_batch``.
 
   Returns:
     One ``bytes`` per image, in order.
@@ -517,7 +587,7 @@ def encode_batch(images: Sequence, config=None, *, devices=None) -> list[bytes]:
     ValueError / TypeError: as ``encode``, for the first bad image or config.
   """
   from gaussjax import _codec
-  from gaussjax._init import init_random
+  from gaussjax._init import init_slic
   config = _codec.CodecConfig() if config is None else config
   if not isinstance(config, _codec.CodecConfig):
     raise TypeError(f"config must be a CodecConfig, got {type(config).__name__}")
@@ -533,31 +603,34 @@ def encode_batch(images: Sequence, config=None, *, devices=None) -> list[bytes]:
   settings = [_codec._fit_settings(*a.shape, config) for a in arrays]
   fitted: list[Gaussians | None] = [None] * len(arrays)
 
-  # Float fit: one batch per (bucket, N), padded and masked.
-  groups: dict[tuple, list[int]] = {}
-  for i, a in enumerate(arrays):
-    groups.setdefault((*bucket_shape(*a.shape[:2]), a.shape[2], settings[i][0]), []).append(i)
-  for (hb, wb, c, n), members in groups.items():
-    padded, masks = pad_images([arrays[i] for i in members], shape=(hb, wb))
-    g0 = _stack([init_random(jax.random.key(config.seed), n, *arrays[i].shape) for i in members])
-    g = _train_batch(g0, padded, masks, height=hb, width=wb, num_steps=config.fit_steps,
-                     learning_rate=config.learning_rate, qsteps=None, backend=config.backend,
-                     mesh=mesh)
+  # Float fit as in _codec._fit_float: SLIC, then fit_batch (size buckets,
+  # padding masked out), one call per N.
+  fit_config = _codec._float_fit_config(config) if config.fit_steps else None
+  by_n: dict[int, list[int]] = {}
+  for i, (n, _) in enumerate(settings):
+    by_n.setdefault(n, []).append(i)
+  for n, members in by_n.items():
+    initial = [init_slic(np.asarray(arrays[i]), n, key=jax.random.key(config.seed))
+               for i in members]
+    if fit_config is None:
+      g = _stack(initial)
+    else:
+      g, _ = fit_batch([arrays[i] for i in members], initial, fit_config, devices=mesh,
+                       vectorize=vectorize)
     for k, i in enumerate(members):
       fitted[i] = jax.tree_util.tree_map(lambda x, k=k: x[k], g)
 
   # Quantisation-aware fine-tuning: one batch per (exact size, N, steps).
-  groups = {}
+  groups: dict[tuple, list[int]] = {}
   for i, a in enumerate(arrays):
     groups.setdefault((*a.shape, *settings[i]), []).append(i)
   for (h, w, c, n, qsteps), members in groups.items():
-    stacked = jnp.stack([arrays[i] for i in members])
-    g = _train_batch(_stack([fitted[i] for i in members]), stacked,
-                     jnp.ones(stacked.shape[:3], jnp.float32), height=h, width=w,
-                     num_steps=config.qat_steps, learning_rate=_codec._qat_learning_rate(config),
-                     qsteps=qsteps, backend=config.backend, mesh=mesh)
-    for k, i in enumerate(members):
-      fitted[i] = jax.tree_util.tree_map(lambda x, k=k: x[k], g)
+    chosen = _qat_batch(_stack([fitted[i] for i in members]),
+                        jnp.stack([arrays[i] for i in members]), num_steps=config.qat_steps,
+                        learning_rate=_codec.qat_learning_rate(config), qsteps=qsteps,
+                        backend=config.backend, mesh=mesh, vectorize=vectorize)
+    for i, g in zip(members, chosen):
+      fitted[i] = g
 
   # Quantisation, entropy coding, rate control: per image on the host.
   return [_codec._code(a, g, qsteps, config)

@@ -492,15 +492,20 @@ _STEP_CACHE = {}
 
 def _fit_float(image: jax.Array, n: int, config: CodecConfig) -> Gaussians:
   """The float fit the codec starts from: SLIC initialisation, then ``gaussjax.fit``."""
-  from gaussjax._fit import FitConfig, fit
+  from gaussjax._fit import fit
   from gaussjax._init import init_slic
   g = init_slic(np.asarray(image), n, key=jax.random.key(config.seed))
   if config.fit_steps == 0:
     return g
-  fit_config = FitConfig(steps=config.fit_steps, backend=config.backend,
-                         log_every=max(config.fit_steps, 1), replan_every=50)
-  g, _ = fit(image, g, fit_config)
+  g, _ = fit(image, g, _float_fit_config(config))
   return g
+
+
+def _float_fit_config(config: CodecConfig):
+  """The ``FitConfig`` of the float fit (also used by ``gaussjax.encode_batch``)."""
+  from gaussjax._fit import FitConfig
+  return FitConfig(steps=config.fit_steps, backend=config.backend,
+                   log_every=max(config.fit_steps, 1), replan_every=50)
 
 
 def render_safe(gaussians: Gaussians, height: int, width: int, *, backend: str = "auto",
@@ -592,13 +597,13 @@ def encode(image, config: CodecConfig = CodecConfig()) -> bytes:
   image = _as_image(image)
   n, steps = _fit_settings(*image.shape, config)
   g = _fit_float(image, n, config)
-  g = _train(g, image, num_steps=config.qat_steps, learning_rate=_qat_learning_rate(config),
+  g = _train(g, image, num_steps=config.qat_steps, learning_rate=qat_learning_rate(config),
              steps=steps, backend=config.backend)
   return _code(image, g, steps, config)
 
 
-def _qat_learning_rate(config: CodecConfig) -> float:
-  """Learning rate of the quantisation-aware fine-tuning: a twentieth of the fit's."""
+def qat_learning_rate(config: CodecConfig) -> float:
+  """Peak learning rate of quantisation-aware fine-tuning."""
   return config.learning_rate / 20
 
 
@@ -641,7 +646,7 @@ def _encode_rate(image: jax.Array, config: CodecConfig, g: Gaussians, steps) -> 
   lo_ok, hi_ok = target * (1 - tol), target * (1 + tol)
   aim = (target * (1 - tol / 2), target * (1 + tol / 2))
   n = g.num_gaussians
-  qat_lr = _qat_learning_rate(config)
+  qat_lr = qat_learning_rate(config)
   for attempt in range(3):
     if attempt:
       g = _fit_float(image, n, config)

@@ -286,9 +286,17 @@ def fit_step(state: FitState, image: Array, *, config: FitConfig, plan=None,
   """
   (loss, aux), grads = jax.value_and_grad(fit_loss, has_aux=True)(
       state.gaussians, image, config=config, plan=plan, mask=mask)
-  spacing = gaussian_spacing(image.shape[-3], image.shape[-2], state.gaussians.means.shape[-2])
-  optimizer = make_optimizer(config, spacing=spacing)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.gaussians)
+  n = state.gaussians.means.shape[-2]
+  if mask is None:
+    optimizer = make_optimizer(config, spacing=gaussian_spacing(image.shape[-3], image.shape[-2], n))
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.gaussians)
+  else:
+    # The spacing of the pixels that count (padding must not change the step)
+    # is a traced value here; Adam's update is linear in the learning rate, so
+    # the spacing scales the updates of the fields whose rate it multiplies.
+    updates, opt_state = make_optimizer(config).update(grads, state.opt_state, state.gaussians)
+    spacing = jnp.sqrt(jnp.sum(mask) / max(n, 1))
+    updates = Gaussians(updates.means * spacing, updates.chol * spacing, updates.colors)
   gaussians = optax.apply_updates(state.gaussians, updates)
   key, _ = jax.random.split(state.key)
   new_state = FitState(gaussians, opt_state, state.step + 1, key)

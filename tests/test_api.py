@@ -15,8 +15,8 @@ POSITIONAL_DEFAULTS = {
     ("init_random", "channels"),  # init_random(key, n, height, width, channels)
     ("fit", "config"),  # fit(image, gaussians, config)
     ("encode", "config"),  # encode(image, config)
-    ("fit_batch", "config"),  # fit_batch(images, gaussians, config)
-    ("encode_batch", "config"),  # encode_batch(images, config)
+    ("encode_batch", "config"),  # encode_batch(images, config), as encode
+    ("fit_batch", "config"),  # fit_batch(images, gaussians, config), as fit
 }
 
 PRNG_NAMES = {"rng", "prng", "prng_key", "rng_key", "seed_key", "random_key"}

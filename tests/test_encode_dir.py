@@ -176,10 +176,16 @@ CHILD = textwrap.dedent("""
     import test_encode_dir as t
     from gaussjax._encode_dir import encode_dir
 
+    hang_after = int(sys.argv[5])  # images encoded before the job hangs (0: never)
+    encoded = 0
+
     def slow_encode(images):
+      global encoded
+      if hang_after and encoded >= hang_after:
+        time.sleep(600)  # mid-run, until the test kills us
       with open(sys.argv[4], "a") as log:  # which images this run encoded
         log.write("".join(f"{float(image.sum())!r}\\n" for image in images))
-      time.sleep(0.5)  # keeps the job running long enough to be killed mid-way
+      encoded += len(images)
       return t.fake_encode(images)
 
     encode_dir(sys.argv[1], sys.argv[2], encode_fn=slow_encode, decode_fn=t.fake_decode,
@@ -207,10 +213,13 @@ def test_kill_and_resume_encodes_every_image_exactly_once(tmp_path):
   log = tmp_path / "encoded.log"
   command = [sys.executable, "-c", CHILD, str(tmp_path / "in"), str(out),
              str(Path(__file__).parent), str(log)]
-  child = subprocess.Popen(command)
+  # The first run hangs inside the encoder after 3 images, so the kill lands
+  # mid-run however slow the machine is; the test waits for the journal to
+  # show finished images (no fixed sleeps).
+  child = subprocess.Popen(command + ["3"])
   deadline = time.monotonic() + 300  # generous: a loaded machine imports slowly
   try:
-    while len(ok_names(journal)) < 2:
+    while len(ok_names(journal)) < 3:
       assert child.poll() is None, "the job ended before it could be killed"
       assert time.monotonic() < deadline, "the job made no progress"
       time.sleep(0.02)
@@ -220,14 +229,14 @@ def test_kill_and_resume_encodes_every_image_exactly_once(tmp_path):
     if child.poll() is None:
       child.kill()
   done_before = ok_names(journal)
-  assert 2 <= len(done_before) < count, done_before
+  assert len(done_before) == 3, done_before
   # What the kill leaves: only complete outputs, no manifest.csv yet.
   for name in done_before:
     assert fake_decode((out / name.replace(".png", ".gjx")).read_bytes()).shape == (8, 8, 3)
   assert not (out / "manifest.csv").exists()
 
   log.unlink()
-  subprocess.run(command, check=True, timeout=600)
+  subprocess.run(command + ["0"], check=True, timeout=600)
   rerun_sums = log.read_text().split()
   sums_before = {repr(float(read_png(tmp_path / "in" / n).sum())) for n in done_before}
   assert not sums_before & set(rerun_sums), "finished images were encoded again"

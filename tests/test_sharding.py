@@ -30,11 +30,13 @@ CHILD = textwrap.dedent("""
     assert {s.data.shape for s in x.addressable_shards} == {(2, 3)}
 
     # The batched loop: 6 images (padded to 8 for 4 devices) on 4 devices vs 1.
+    # Both ways of running a device's images: vmap and a loop.
     images, gaussians = t.toy_images(6, 12, 12), t.toy_gaussians(6, 8, 12, 12)
-    expected = t.run_toy(images, gaussians, 12, 12, mesh=one)
-    actual = t.run_toy(images, gaussians, 12, 12, mesh=four)
-    for a, e in zip(actual, expected):
-      np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-5, atol=1e-5)
+    for vectorize in (True, False):
+      expected = t.run_toy(images, gaussians, 12, 12, mesh=one, vectorize=vectorize)
+      actual = t.run_toy(images, gaussians, 12, 12, mesh=four, vectorize=vectorize)
+      for a, e in zip(actual, expected):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-5, atol=1e-5)
 
     # fit_batch, the public entry point, on both meshes.
     config = t.tiny_fit_config()
