@@ -135,7 +135,7 @@ def test_save_clips_and_accepts_2d(tmp_path):
 @pytest.mark.parametrize(
     "name, image, kwargs, error, match",
     [
-        ("x.png", np.zeros((4, 4, 2)), {}, ValueError, r"C in \(1, 3, 4\)"),
+        ("x.png", np.zeros((4, 4, 5)), {}, ValueError, r"C in \(1, 2, 3, 4\)"),
         ("x.png", np.zeros((4, 4, 3), np.uint8), {}, TypeError, "floating point"),
         ("x.png", np.full((4, 4, 3), np.nan), {}, ValueError, "NaN"),
         ("x.xyz", np.zeros((4, 4, 3)), {}, ValueError, "unknown image extension '.xyz'"),

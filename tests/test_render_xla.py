@@ -364,7 +364,10 @@ def test_native_threads_are_deterministic():
   # 5000 terms per pixel: float32 rounding relative to the image's size.
   np.testing.assert_allclose(first[0], expected_image, rtol=0,
                              atol=IMAGE_ATOL * float(jnp.abs(expected_image).max()))
-  _assert_grads_close(run(g, cotangent)[1], expected_grads)
+  # 5000 overlapping terms: the float32 reference's own rounding can exceed
+  # the bound, so the float64 truth decides those elements.
+  _assert_grads_close(run(g, cotangent)[1], expected_grads,
+                      lambda: _reference_grads_float64(g, height, width, cotangent))
 
 
 def test_native_build_falls_back_cleanly(monkeypatch, tmp_path):
