@@ -13,18 +13,15 @@ import gaussjax
 from gaussjax import _quantize as qz
 from gaussjax._codec import MAGIC, info
 
-KODAK = "/work/shared/data/kodak/kodim23.png"
+from conftest import kodak_path
+
 DATA = os.path.join(os.path.dirname(__file__), "data")
 FAST = dict(fit_steps=150, qat_steps=40, backend="reference")
 
 
 def _crop(h=32, w=48, channels=3):
-  if os.path.exists(KODAK):
-    img = np.asarray(Image.open(KODAK).convert("RGB"), np.float32)[200:200 + h, 300:300 + w] / 255
-  else:  # a smooth synthetic picture when the Kodak set is absent
-    y, x = np.mgrid[0:h, 0:w] / max(h, w)
-    img = np.stack([0.5 + 0.4 * np.sin(6 * x), 0.5 + 0.4 * np.cos(5 * y), 0.3 + 0.5 * x * y], -1)
-    img = img.astype(np.float32)
+  img = np.asarray(Image.open(kodak_path(23)).convert("RGB"), np.float32)[200:200 + h, 300:300 + w]
+  img = img / 255
   return img[:, :, :1] if channels == 1 else img
 
 
