@@ -5,6 +5,8 @@ import os
 import numpy as np
 import pytest
 
+from gaussjax import constants as _constants
+
 KODAK = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "kodak")
 KODAK_DIRS = (KODAK, "/work/shared/data/kodak")
 
@@ -35,3 +37,18 @@ def random_gaussians_np(rng: np.random.Generator, n: int, height: int, width: in
   chol = np.stack([l11, l21, l22], -1)
   colors = rng.uniform(-0.5, 1.0, (n, channels))
   return means, chol, colors
+
+
+def render_float64(gaussians, height, width):
+  """The model of ``gaussjax.constants`` in float64 numpy: ground truth."""
+  means, chol, colors = (np.asarray(x, np.float64) for x in gaussians)
+  l11, l21, l22 = chol.T
+  sxx = l11 * l11 + _constants.COV_FLOOR
+  sxy = l11 * l21
+  syy = l21 * l21 + l22 * l22 + _constants.COV_FLOOR
+  det = sxx * syy - sxy * sxy
+  dx = np.arange(width)[None, :, None] + 0.5 - means[:, 0]
+  dy = np.arange(height)[:, None, None] + 0.5 - means[:, 1]
+  q = (syy * dx * dx - 2 * sxy * dx * dy + sxx * dy * dy) / det
+  w = np.maximum(np.exp(-0.5 * q) - _constants.WEIGHT_CUTOFF, 0) * _constants.WEIGHT_SCALE
+  return np.einsum("hwn,nc->hwc", w, colors)

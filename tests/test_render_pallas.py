@@ -14,6 +14,8 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import render_float64
+
 import gaussjax
 from gaussjax import _pallas
 from gaussjax import constants
@@ -61,21 +63,6 @@ def _ill_conditioned(seed, height, width, channels):
   sign = np.where(np.arange(12) % 2, 1.0, -1.0)
   chol = np.stack([length, 0.95 * sign * length, np.full(12, 0.01)], -1)
   return gaussjax.Gaussians(means, jnp.asarray(chol, jnp.float32), colors)
-
-
-def _render_float64(gaussians, height, width):
-  """The model of ``gaussjax.constants`` in float64 numpy: ground truth."""
-  means, chol, colors = (np.asarray(x, np.float64) for x in gaussians)
-  l11, l21, l22 = chol.T
-  sxx = l11 * l11 + constants.COV_FLOOR
-  sxy = l11 * l21
-  syy = l21 * l21 + l22 * l22 + constants.COV_FLOOR
-  det = sxx * syy - sxy * sxy
-  dx = np.arange(width)[None, :, None] + 0.5 - means[:, 0]
-  dy = np.arange(height)[:, None, None] + 0.5 - means[:, 1]
-  q = (syy * dx * dx - 2 * sxy * dx * dy + sxx * dy * dy) / det
-  w = np.maximum(np.exp(-0.5 * q) - constants.WEIGHT_CUTOFF, 0) * constants.WEIGHT_SCALE
-  return np.einsum("hwn,nc->hwc", w, colors)
 
 
 def _clustered(seed, height, width, channels):
@@ -142,7 +129,7 @@ def test_ill_conditioned_as_accurate_as_reference():
   # to the float64 truth as the float32 reference is.
   height, width = 37, 61
   g = _ill_conditioned(6, height, width, 3)
-  truth = _render_float64(g, height, width)
+  truth = render_float64(g, height, width)
   actual = np.asarray(_pallas.rasterize_pallas(g, height, width)[0], np.float64)
   expected = np.asarray(jax.jit(lambda g: render_reference(g, height, width))(g), np.float64)
   reference_error = np.max(np.abs(expected - truth))

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import render_float64
+
 import gaussjax
 from gaussjax import _native
 from gaussjax import _render
@@ -86,21 +88,6 @@ def _ill_conditioned(seed, height, width, channels):
   return gaussjax.Gaussians(base.means, chol, base.colors)
 
 
-def _render_float64(gaussians, height, width):
-  """The model of ``gaussjax.constants`` in float64 numpy: ground truth."""
-  means, chol, colors = (np.asarray(x, np.float64) for x in gaussians)
-  l11, l21, l22 = chol.T
-  sxx = l11 * l11 + constants.COV_FLOOR
-  sxy = l11 * l21
-  syy = l21 * l21 + l22 * l22 + constants.COV_FLOOR
-  det = sxx * syy - sxy * sxy
-  dx = np.arange(width)[None, :, None] + 0.5 - means[:, 0]
-  dy = np.arange(height)[:, None, None] + 0.5 - means[:, 1]
-  q = (syy * dx * dx - 2 * sxy * dx * dy + sxx * dy * dy) / det
-  w = np.maximum(np.exp(-0.5 * q) - constants.WEIGHT_CUTOFF, 0) * constants.WEIGHT_SCALE
-  return np.einsum("hwn,nc->hwc", w, colors)
-
-
 SCENES = {
     "rgb_37x61": (lambda: _scene(0, 150, 37, 61, 3), 37, 61),
     "grey_48x48": (lambda: _scene(1, 120, 48, 48, 1), 48, 48),
@@ -158,7 +145,7 @@ def _assert_image_close(actual, expected, gaussians):
   error = float(jnp.max(jnp.abs(actual - expected)))
   if error > IMAGE_ATOL:
     height, width = actual.shape[:2]
-    truth = _render_float64(gaussians, height, width)
+    truth = render_float64(gaussians, height, width)
     reference_error = np.max(np.abs(np.asarray(expected, np.float64) - truth))
     assert np.max(np.abs(np.asarray(actual, np.float64) - truth)) <= reference_error + IMAGE_ATOL
 
@@ -207,7 +194,7 @@ def test_ill_conditioned_as_accurate_as_reference(impl):
   # close to the float64 truth as the float32 reference is.
   height, width = 37, 61
   g = _ill_conditioned(6, height, width, 3)
-  truth = _render_float64(g, height, width)
+  truth = render_float64(g, height, width)
   actual = np.asarray(gaussjax.render(g, height, width, backend="xla"), np.float64)
   expected = np.asarray(jax.jit(lambda g: render_reference(g, height, width))(g), np.float64)
   reference_error = np.max(np.abs(expected - truth))
