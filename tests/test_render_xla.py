@@ -1,0 +1,320 @@
+"""The XLA backend against the reference renderer.
+
+The scenes are those of the Pallas backend's tests: sizes that are not
+multiples of 8, 1/3/4 channels, Gaussians off the image, empty regions,
+sub-pixel, image-wide, very thin and degenerate Gaussians.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gaussjax
+from gaussjax import _render
+from gaussjax import _xla
+from gaussjax import constants
+from gaussjax._render import render_reference
+
+# float32 images: each pixel sums ≤ 200 terms of size ≤ ~2 in a different
+# order than the reference einsum, so agreement is a few ulps of the sum.
+IMAGE_ATOL = 1e-5
+# Gradients are sums over up to H·W pixels of products of float32 terms; the
+# hand-written VJP and autodiff of the reference group them differently.
+# Errors are measured relative to the largest entry of each field.
+GRAD_RTOL = 1e-4
+
+
+def _scene(seed, n, height, width, channels, *, margin=0.0, scale=(0.7, 6.0)):
+  """Random anisotropic Gaussians; ``margin`` (fraction) places some off-image."""
+  k_mean, k_diag, k_off, k_col = jax.random.split(jax.random.key(seed), 4)
+  size = jnp.asarray([width, height], jnp.float32)
+  means = (jax.random.uniform(k_mean, (n, 2)) * (1 + 2 * margin) - margin) * size
+  diag = jnp.exp(jax.random.uniform(k_diag, (n, 2), minval=np.log(scale[0]),
+                                    maxval=np.log(scale[1])))
+  off = jax.random.normal(k_off, (n,)) * 0.5 * diag[:, 0]
+  chol = jnp.stack([diag[:, 0], off, diag[:, 1]], -1)
+  colors = jax.random.normal(k_col, (n, channels)) * 0.5
+  return gaussjax.Gaussians(means, chol, colors)
+
+
+def _large_and_thin(seed, height, width, channels):
+  """Very large, very thin and degenerate Gaussians among ordinary ones."""
+  base = _scene(seed, 40, height, width, channels)
+  chol = base.chol
+  chol = chol.at[0:4].set(jnp.asarray([[200.0, 30.0, 150.0], [80.0, -60.0, 40.0],
+                                       [500.0, 0.0, 500.0], [60.0, 0.0, 60.0]]))
+  chol = chol.at[4:10].set(jnp.asarray([[25.0, 0.0, 0.02], [0.01, 0.0, 30.0],
+                                        [0.0, 0.0, 0.0], [12.0, 0.0, 1e-3],
+                                        [1.5, 1.0, 0.05], [0.0, 40.0, 0.01]]))
+  return gaussjax.Gaussians(base.means, chol, base.colors)
+
+
+def _every_size(seed, height, width, channels):
+  """Log-uniform sizes from sub-pixel (σ 0.05) to wider than the image (σ 100)."""
+  base = _scene(seed, 80, height, width, channels, margin=0.3, scale=(0.05, 100.0))
+  return base
+
+
+def _ill_conditioned(seed, height, width, channels):
+  """Long, thin, diagonal Gaussians: ``q`` cancels in float32 along their length."""
+  base = _scene(seed, 12, height, width, channels)
+  length = jnp.linspace(8.0, 30.0, 12)
+  chol = jnp.stack([length, -0.95 * length * jnp.sign(jnp.arange(12) % 2 - 0.5),
+                    jnp.full((12,), 0.01)], -1)
+  return gaussjax.Gaussians(base.means, chol, base.colors)
+
+
+def _render_float64(gaussians, height, width):
+  """The model of ``gaussjax.constants`` in float64 numpy: ground truth."""
+  means, chol, colors = (np.asarray(x, np.float64) for x in gaussians)
+  l11, l21, l22 = chol.T
+  sxx = l11 * l11 + constants.COV_FLOOR
+  sxy = l11 * l21
+  syy = l21 * l21 + l22 * l22 + constants.COV_FLOOR
+  det = sxx * syy - sxy * sxy
+  dx = np.arange(width)[None, :, None] + 0.5 - means[:, 0]
+  dy = np.arange(height)[:, None, None] + 0.5 - means[:, 1]
+  q = (syy * dx * dx - 2 * sxy * dx * dy + sxx * dy * dy) / det
+  w = np.maximum(np.exp(-0.5 * q) - constants.WEIGHT_CUTOFF, 0) * constants.WEIGHT_SCALE
+  return np.einsum("hwn,nc->hwc", w, colors)
+
+
+SCENES = {
+    "rgb_37x61": (lambda: _scene(0, 150, 37, 61, 3), 37, 61),
+    "grey_48x48": (lambda: _scene(1, 120, 48, 48, 1), 48, 48),
+    "rgba_37x61": (lambda: _scene(2, 100, 37, 61, 4), 37, 61),
+    "off_image": (lambda: _scene(3, 160, 37, 61, 3, margin=0.6), 37, 61),
+    "empty_regions": (lambda: _scene(4, 60, 20, 24, 3, scale=(0.5, 2.0)), 64, 80),
+    "large_and_thin": (lambda: _large_and_thin(5, 37, 61, 3), 37, 61),
+    "every_size_29x83": (lambda: _every_size(6, 29, 83, 3), 29, 83),
+}
+
+
+def _image_and_vjp(render_fn):
+  """jit of ``g, cotangent -> (render_fn(g), vjp(cotangent))``: one compilation."""
+
+  @jax.jit
+  def run(gaussians, cotangent):
+    image, vjp = jax.vjp(render_fn, gaussians)
+    return image, vjp(cotangent)[0]
+
+  return run
+
+
+def _assert_grads_close(actual, expected, truth=None):
+  """Within GRAD_RTOL of the reference, or (given ``truth``) at least as close to it.
+
+  ``truth``: a callable giving the float64 reference gradients, used only
+  where the float32 reference itself is off (ill-conditioned Gaussians).
+  """
+  for i, (name, a, e) in enumerate(zip(gaussjax.Gaussians._fields, actual, expected)):
+    scale = float(jnp.max(jnp.abs(e)))
+    if truth is not None and float(jnp.max(jnp.abs(a - e))) > GRAD_RTOL * scale:
+      t = np.asarray(truth()[i])
+      reference_error = np.max(np.abs(np.asarray(e, np.float64) - t))
+      assert np.max(np.abs(np.asarray(a, np.float64) - t)) <= reference_error + GRAD_RTOL * scale, name
+    else:
+      np.testing.assert_allclose(a, e, rtol=GRAD_RTOL, atol=GRAD_RTOL * scale, err_msg=name)
+
+
+def _reference_grads_float64(gaussians, height, width, cotangent):
+  with jax.enable_x64(True):
+    g64, ct64 = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), (gaussians, cotangent))
+    return jax.vjp(lambda g: render_reference(g, height, width), g64)[1](ct64)[0]
+
+
+def _assert_image_close(actual, expected, gaussians):
+  """Within IMAGE_ATOL of the reference, or at least as close to the float64 truth.
+
+  For long thin tilted Gaussians the reference's conic form cancels in float32
+  (errors ~1e-4, see test_ill_conditioned_as_accurate_as_reference); the XLA
+  backend's cancellation-free form is closer to the truth there, so it may
+  differ from the reference by the reference's own error.
+  """
+  error = float(jnp.max(jnp.abs(actual - expected)))
+  if error > IMAGE_ATOL:
+    height, width = actual.shape[:2]
+    truth = _render_float64(gaussians, height, width)
+    reference_error = np.max(np.abs(np.asarray(expected, np.float64) - truth))
+    assert np.max(np.abs(np.asarray(actual, np.float64) - truth)) <= reference_error + IMAGE_ATOL
+
+
+def _xla_image(height, width, plan):
+  def image(g):
+    image, overflow = _xla.rasterize_xla(g, height, width, plan)
+    return jnp.where(overflow, jnp.nan, image)
+
+  return image
+
+
+@pytest.mark.parametrize("scene", sorted(SCENES))
+def test_matches_reference(scene):
+  make, height, width = SCENES[scene]
+  gaussians = make()
+  channels = gaussians.channels
+  plan = _xla.plan_xla(gaussians, height, width)
+  cotangent = jax.random.normal(jax.random.key(7), (height, width, channels))
+  actual_image, actual_grads = _image_and_vjp(_xla_image(height, width, plan))(
+      gaussians, cotangent)
+  expected_image, expected_grads = _image_and_vjp(
+      lambda g: render_reference(g, height, width))(gaussians, cotangent)
+  assert actual_image.shape == (height, width, channels)
+  assert float(jnp.max(jnp.abs(expected_image))) > 0.1  # the scene is not blank
+  _assert_image_close(actual_image, expected_image, gaussians)
+  _assert_grads_close(actual_grads, expected_grads,
+                      lambda: _reference_grads_float64(gaussians, height, width, cotangent))
+
+
+def test_scenes_cover_the_cases():
+  # Every size: sub-pixel, image-wide and wholly off-image Gaussians all occur.
+  g, height, width = SCENES["every_size_29x83"][0](), 29, 83
+  side, _ = _xla._needs(g.means, g.chol, height, width)
+  assert float(jnp.abs(g.chol).min()) < 0.1 and int(side.max()) == width
+  assert int(jnp.sum(side == 0)) >= 3
+  # Empty regions: the bottom-right of the 64x80 image has no Gaussian.
+  image = render_reference(SCENES["empty_regions"][0](), 64, 80)
+  assert float(jnp.abs(image[40:, 50:]).max()) == 0.0
+
+
+def test_ill_conditioned_as_accurate_as_reference():
+  # For long thin diagonal Gaussians q cancels, so one ulp of the conic moves
+  # the float32 image by ~1e-4 in any implementation (the reference included).
+  # The XLA backend computes q without cancellation: it must be at least as
+  # close to the float64 truth as the float32 reference is.
+  height, width = 37, 61
+  g = _ill_conditioned(6, height, width, 3)
+  truth = _render_float64(g, height, width)
+  actual = np.asarray(gaussjax.render(g, height, width, backend="xla"), np.float64)
+  expected = np.asarray(jax.jit(lambda g: render_reference(g, height, width))(g), np.float64)
+  reference_error = np.max(np.abs(expected - truth))
+  assert np.max(np.abs(actual - truth)) <= reference_error + IMAGE_ATOL
+
+
+def test_render_dispatches_and_auto_is_xla_on_cpu():
+  make, height, width = SCENES["rgb_37x61"]
+  gaussians = make()
+  actual = gaussjax.render(gaussians, height, width, backend="xla")
+  expected = render_reference(gaussians, height, width)
+  np.testing.assert_allclose(actual, expected, rtol=0, atol=IMAGE_ATOL)
+  if jax.default_backend() in ("cpu", "tpu"):
+    assert _render.resolve_backend("auto") == "xla"
+
+
+def test_default_plan_under_jit_and_grad():
+  # Under jit the values are unknown: render uses default_plan.
+  make, height, width = SCENES["off_image"]
+  gaussians = make()
+  cotangent = jax.random.normal(jax.random.key(8), (height, width, 3))
+  actual_image, actual_grads = _image_and_vjp(
+      lambda g: gaussjax.render(g, height, width, backend="xla"))(gaussians, cotangent)
+  expected_image, expected_grads = _image_and_vjp(
+      lambda g: render_reference(g, height, width))(gaussians, cotangent)
+  np.testing.assert_allclose(actual_image, expected_image, rtol=0, atol=IMAGE_ATOL)
+  _assert_grads_close(actual_grads, expected_grads)
+
+
+def test_too_small_plan_overflows_and_render_gives_nan():
+  height, width = 64, 64
+  g = _scene(9, 1100, height, width, 1, scale=(40.0, 60.0))  # all image-wide
+  small = _xla.plan_xla(_scene(9, 1100, height, width, 1, scale=(0.5, 1.0)), height, width)
+  _, overflow = _xla.rasterize_xla(g, height, width, small)
+  assert bool(overflow)
+  # The default plan holds 1 image-wide Gaussian per 4M window pixels, 1024
+  # here: render under jit says so with NaN instead of a partial image.
+  jitted = jax.jit(lambda g: gaussjax.render(g, height, width, backend="xla"))(g)
+  assert bool(jnp.isnan(jitted).all())
+  # Concrete render plans from the values: exact. Pixels sum 1100 terms of
+  # up to ~3 here, so float32 rounding is relative to that size.
+  expected = render_reference(g, height, width)
+  np.testing.assert_allclose(gaussjax.render(g, height, width, backend="xla"), expected, rtol=0,
+                             atol=IMAGE_ATOL * float(jnp.abs(expected).max()))
+
+
+def test_over_capacity_overflows():
+  make, height, width = SCENES["rgb_37x61"]
+  g = make()
+  plan = _xla.plan_xla(g, height, width)
+  shrunk = _xla.XlaPlan(plan.sizes, tuple(1 for _ in plan.sizes), tuple(1 for _ in plan.sizes))
+  assert bool(_xla.rasterize_xla(g, height, width, shrunk)[1])
+  assert not bool(_xla.rasterize_xla(g, height, width, plan)[1])
+
+
+def test_plan_has_headroom_and_is_hashable():
+  make, height, width = SCENES["rgb_37x61"]
+  g = make()
+  plan = _xla.plan_xla(g, height, width)
+  assert plan == _xla.plan_xla(g, height, width) and hash(plan) == hash(_xla.plan_xla(g, height, width))
+  # A few fitting steps' worth of change does not overflow.
+  nudged = gaussjax.Gaussians(g.means + 0.3, g.chol * 1.05, g.colors)
+  assert not bool(_xla.rasterize_xla(nudged, height, width, plan)[1])
+
+
+def test_batched_plan_and_vmap_match_a_loop():
+  height, width = 37, 61
+  batch = [_scene(10 + i, 60, height, width, 3, scale=(0.5, 3.0 + 6 * i)) for i in range(3)]
+  stacked = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *batch)
+  plan = _xla.plan_xla(stacked, height, width)
+  for g in batch:  # the batch plan fits every element
+    assert not bool(_xla.rasterize_xla(g, height, width, plan)[1])
+  images, overflow = jax.vmap(lambda g: _xla.rasterize_xla(g, height, width, plan))(stacked)
+  assert not bool(overflow.any())
+  rendered = jax.vmap(lambda g: gaussjax.render(g, height, width, backend="xla"))(stacked)
+  for i, g in enumerate(batch):
+    expected = render_reference(g, height, width)
+    np.testing.assert_allclose(images[i], expected, rtol=0, atol=IMAGE_ATOL)
+    np.testing.assert_allclose(rendered[i], expected, rtol=0, atol=IMAGE_ATOL)
+
+
+def test_deterministic():
+  make, height, width = SCENES["large_and_thin"]
+  g = make()
+  plan = _xla.plan_xla(g, height, width)
+  cotangent = jax.random.normal(jax.random.key(11), (height, width, 3))
+  run = _image_and_vjp(_xla_image(height, width, plan))
+  first = jax.tree_util.tree_leaves(run(g, cotangent))
+  second = jax.tree_util.tree_leaves(run(g, cotangent))
+  for a, b in zip(first, second):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_jitted_step_does_not_recompile():
+  height, width = 37, 61
+  g = _scene(12, 80, height, width, 3)
+  target = jnp.zeros((height, width, 3))
+  plan = _xla.plan_xla(g, height, width)
+
+  @jax.jit
+  def step(g):
+    def loss(g):
+      image, overflow = _xla.rasterize_xla(g, height, width, plan)
+      return jnp.mean((image - target) ** 2), overflow
+
+    (value, overflow), grads = jax.value_and_grad(loss, has_aux=True)(g)
+    return jax.tree_util.tree_map(lambda p, d: p - 10.0 * d, g, grads), value, overflow
+
+  g, _, _ = step(g)
+  g, _, overflow = step(g)
+  assert not bool(overflow)
+  assert step._cache_size() == 1
+
+
+def test_empty_and_off_image_gaussians():
+  height, width = 16, 24
+  off = gaussjax.Gaussians(jnp.asarray([[-50.0, 5.0], [10.0, 90.0]]), jnp.ones((2, 3)),
+                           jnp.ones((2, 3)))
+  image, overflow = _xla.rasterize_xla(off, height, width, _xla.plan_xla(off, height, width))
+  assert not bool(overflow) and float(jnp.abs(image).max()) == 0.0
+  none = gaussjax.Gaussians(jnp.zeros((0, 2)), jnp.zeros((0, 3)), jnp.zeros((0, 1)))
+  image = gaussjax.render(none, height, width, backend="xla")
+  assert image.shape == (height, width, 1) and float(jnp.abs(image).max()) == 0.0
+
+
+def test_bad_plan_is_a_clear_error():
+  g = _scene(0, 4, 8, 8, 3)
+  with pytest.raises(TypeError, match="XlaPlan"):
+    _xla.rasterize_xla(g, 8, 8, plan=(8, 16))
+  with pytest.raises(ValueError, match="increasing"):
+    _xla.XlaPlan((16, 8), (8, 8), (8, 8))
