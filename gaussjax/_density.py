@@ -156,23 +156,30 @@ def split_gaussians(gaussians: Gaussians, index: np.ndarray, *, shrink: float = 
 
 
 def reset_rows(tree, index: np.ndarray, n: int):
-  """Zeroes rows ``index`` of every ``[n, ...]`` array leaf (optimiser moments)."""
+  """Resets rows ``index`` of every ``[n, ...]`` array leaf (optimiser moments).
+
+  First moments (and anything else) become 0. Adam's second moments (leaves
+  under a ``nu`` field) become the median of the other rows: zero would let
+  the next updates of a fresh Gaussian be about ``1/sqrt(1 - b2)`` (3x) too
+  large, since Adam's bias correction is shared by all rows.
+  """
   index = np.asarray(index, np.int64)
   if index.size == 0:
     return tree
 
-  def reset(x):
-    if hasattr(x, "ndim") and x.ndim >= 1 and x.shape[0] == n:
-      return x.at[index].set(0) if isinstance(x, jax.Array) else _np_set(x, index)
-    return x
+  def reset(path, x):
+    if not (hasattr(x, "ndim") and x.ndim >= 1 and x.shape[0] == n):
+      return x
+    value = 0.0
+    if any(getattr(key, "name", None) == "nu" for key in path) and index.size < n:
+      keep = np.ones(n, bool)
+      keep[index] = False
+      value = np.median(np.asarray(x)[keep], axis=0)
+    x = np.array(x)
+    x[index] = value
+    return jax.numpy.asarray(x)
 
-  return jax.tree_util.tree_map(reset, tree)
-
-
-def _np_set(x, index):
-  x = np.array(x)
-  x[index] = 0
-  return x
+  return jax.tree_util.tree_map_with_path(reset, tree)
 
 
 def write_rows(gaussians: Gaussians, index: np.ndarray, new: Gaussians) -> Gaussians:
