@@ -1,27 +1,79 @@
-"""The machine a benchmark ran on: CPU, cores, GPU, jax version."""
+"""Tiny helpers shared by the benchmarks: the machine, and writing results.
 
+Every benchmark writes ``benchmarks/results/<name>.json`` and ``.md`` with the
+machine it ran on (CPU model, cores, GPU name if any, jax/jaxlib versions).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
 import os
 import platform
+import sys
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-def machine_info() -> dict:
-  """CPU model, core count, accelerator names, Python and jax versions."""
-  import jax
-  cpu = platform.processor() or platform.machine()
+def _cpu_model() -> str:
   try:
     with open("/proc/cpuinfo") as f:
       for line in f:
         if line.startswith("model name"):
-          cpu = line.split(":", 1)[1].strip()
-          break
+          return line.split(":", 1)[1].strip()
   except OSError:
     pass
-  devices = jax.devices()
-  return {
-      "cpu": cpu,
+  return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+  """CPU model, cores, accelerator, jax/jaxlib and Python versions."""
+  import jax
+  import jaxlib
+
+  info = {
+      "cpu": _cpu_model(),
       "cores": os.cpu_count(),
       "platform": jax.default_backend(),
-      "devices": [d.device_kind for d in devices],
+      "gpu": None,
+      "devices": [d.device_kind for d in jax.devices()],
       "jax": jax.__version__,
-      "python": platform.python_version(),
+      "jaxlib": jaxlib.__version__,
+      "python": sys.version.split()[0],
+      "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
   }
+  gpus = [d.device_kind for d in jax.devices() if d.platform == "gpu"]
+  if gpus:
+    info["gpu"] = f"{gpus[0]} x{len(gpus)}"
+  return info
+
+
+def format_table(rows: list[dict]) -> str:
+  """A Markdown table of ``rows`` (dicts with the same keys); floats to 2 decimals."""
+  if not rows:
+    return "(no rows)\n"
+  keys = list(rows[0])
+
+  def cell(v):
+    return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+  lines = ["| " + " | ".join(keys) + " |", "|" + "|".join("---" for _ in keys) + "|"]
+  lines += ["| " + " | ".join(cell(r.get(k, "")) for k in keys) + " |" for r in rows]
+  return "\n".join(lines) + "\n"
+
+
+def write_results(name: str, rows: list[dict], meta: dict | None = None) -> tuple[str, str]:
+  """Writes ``results/<name>.json`` and ``results/<name>.md``; returns their paths."""
+  os.makedirs(RESULTS_DIR, exist_ok=True)
+  machine = machine_info()
+  meta = dict(meta or {})
+  json_path = os.path.join(RESULTS_DIR, f"{name}.json")
+  md_path = os.path.join(RESULTS_DIR, f"{name}.md")
+  with open(json_path, "w") as f:
+    json.dump({"name": name, "machine": machine, "meta": meta, "rows": rows}, f, indent=2)
+    f.write("\n")
+  machine_line = ", ".join(f"{k}: {v}" for k, v in machine.items() if v is not None)
+  meta_lines = "".join(f"- {k}: {v}\n" for k, v in meta.items())
+  with open(md_path, "w") as f:
+    f.write(f"# {name}\n\nMachine: {machine_line}\n\n{meta_lines}\n{format_table(rows)}")
+  return json_path, md_path

@@ -75,7 +75,7 @@ class ProgressBar:
     if not self.enabled:
       return
     frac = min(max(step / self.total, 0.0), 1.0)
-    filled = int(round(frac * self.width))
+    filled = round(frac * self.width)
     bar = "#" * filled + "." * (self.width - filled)
     self.stream.write(f"\r[{bar}] {step}/{self.total} {text}")
     self.stream.flush()

@@ -89,7 +89,11 @@ def conics(chol: Array) -> Array:
   sxx = l11 * l11 + constants.COV_FLOOR
   sxy = l11 * l21
   syy = l21 * l21 + l22 * l22 + constants.COV_FLOOR
-  det = sxx * syy - sxy * sxy
+  # det = sxx·syy - sxy², expanded so that no terms cancel: for thin Gaussians
+  # the difference form loses most digits, and how many depends on whether the
+  # compiler fuses it into an FMA, so backends would disagree.
+  f = constants.COV_FLOOR
+  det = (l11 * l22) ** 2 + f * (l11 * l11 + l21 * l21 + l22 * l22) + f * f
   inv = 1.0 / det
   return jnp.stack([syy * inv, -sxy * inv, sxx * inv], -1)
 

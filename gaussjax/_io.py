@@ -36,8 +36,9 @@ def load_image(path, *, max_pixels: int = constants.MAX_PIXELS) -> np.ndarray:
 
   Grey (and bilevel) files give C = 1, colour files C = 3, files with an alpha
   channel or palette transparency C = 4 (grey + alpha becomes RGBA). 16-bit
-  files keep their precision (divided by 65535). The EXIF orientation tag is
-  applied, so the array is upright as a viewer shows it.
+  grey files keep their precision (divided by 65535); 16-bit colour PNGs are
+  read by Pillow at 8 bits per channel (a Pillow limitation). The EXIF
+  orientation tag is applied, so the array is upright as a viewer shows it.
 
   Args:
     path: file path (``str`` or ``os.PathLike``).

@@ -62,7 +62,7 @@ def psnr(a: Array, b: Array) -> Array:
   return -10.0 * jnp.log10(mse)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _filter_taps(size: int, sigma: float) -> tuple[float, ...]:
   # The window of dm_pix.ssim, written out so that the separable filter below
   # computes exactly dm-pix's default (tested in tests/test_metrics.py).

@@ -141,7 +141,13 @@ def resolve_backend(backend: str) -> str:
 
 
 def _is_concrete(tree) -> bool:
-  return not any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(tree))
+  """True when every leaf has a value (not traced by jit, grad or vmap)."""
+  try:
+    for leaf in jax.tree_util.tree_leaves(tree):
+      np.asarray(leaf)
+  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    return False
+  return True
 
 
 def _check_size(height, width):

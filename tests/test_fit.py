@@ -67,7 +67,7 @@ def test_fit_step_is_pure_and_compiles_once(kodak_crop):
   image = jnp.asarray(kodak_crop)
   a, metrics_a = step(state, image, config=config, plan=None)
   compiled = step._cache_size()  # the cache is shared by every jit of fit_step
-  b, metrics_b = step(state, image, config=config, plan=None)
+  b, _ = step(state, image, config=config, plan=None)
   assert step._cache_size() == compiled
   for x, y in zip(_leaves(a), _leaves(b)):
     np.testing.assert_array_equal(x, y)
@@ -89,7 +89,7 @@ def test_loss_weights(kodak_crop):
        0.5 * np.mean(np.abs(diff)) + 2.0 * np.mean(diff**2) + 0.3 * (1 - float(gaussjax.ssim(render, kodak_crop)))),
   ]:
     config = dataclasses.replace(CONFIG, **weights)
-    loss, aux = gaussjax.fit_loss(g, jnp.asarray(kodak_crop), config=config)
+    loss, _ = gaussjax.fit_loss(g, jnp.asarray(kodak_crop), config=config)
     np.testing.assert_allclose(float(loss), expected, rtol=1e-4)
 
 
@@ -134,7 +134,7 @@ class _FakeTiledBackend:
 
   def make_plan(self, gaussians, height, width, *, backend="auto"):
     extent = float(np.max(np.asarray(gaussjax.extents(gaussians.chol))))
-    plan = float(np.ceil(extent / 2.0 + 1e-6) * 2.0)  # up to 2 px of headroom
+    plan = float(np.ceil(extent / 8.0 + 1e-6) * 8.0)  # up to 8 px of headroom
     self.plans.append(plan)
     return plan
 
@@ -145,20 +145,23 @@ class _FakeTiledBackend:
 
 
 def test_overflowed_steps_are_never_accepted(kodak_crop, monkeypatch):
-  g = gaussjax.init_random(jax.random.key(0), 40, 64, 64, 3)
-  config = dataclasses.replace(CONFIG, steps=30, log_every=10, replan_every=1000, lr_chol=0.2)
-  expected, expected_history = gaussjax.fit(kodak_crop, g, config)
+  image = kodak_crop[:32, :32]
+  g = gaussjax.init_random(jax.random.key(0), 20, 32, 32, 3)
+  config = dataclasses.replace(CONFIG, steps=16, log_every=8, replan_every=1000, lr_chol=0.1)
+  expected, expected_history = gaussjax.fit(image, g, config)
 
   fake = _FakeTiledBackend()
   monkeypatch.setattr(_fit, "make_plan", fake.make_plan)
   monkeypatch.setattr(_fit, "rasterize", fake.rasterize)
-  actual, history = gaussjax.fit(kodak_crop, g, config)
+  actual, history = gaussjax.fit(image, g, config)
   assert history.overflows >= 1, fake.plans
   assert history.replans == history.overflows + 1
   assert len(set(fake.plans)) > 1
   # Had any incomplete (all-zero) render been accepted, the result would differ.
   for a, b in zip(actual, expected):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    # Tolerance: the two runs compile different programs (float32 rounding, then
+    # 16 Adam steps); an accepted all-zero render moves a colour by ~lr = 0.02.
+    np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3)
   np.testing.assert_allclose(history.psnr[-1], expected_history.psnr[-1], atol=1e-3)
 
 
@@ -210,3 +213,9 @@ def test_fit_rejects_bad_input(kodak_crop):
   batch = jax.tree_util.tree_map(lambda x: x[None], g)
   with pytest.raises(ValueError, match=r"means \[N, 2\]"):
     gaussjax.fit(kodak_crop, batch, CONFIG)
+
+
+def test_fit_refuses_traced_input():
+  g = gaussjax.init_random(jax.random.key(0), 3, 4, 4, 3)
+  with pytest.raises(TypeError, match="use fit_step under jit"):
+    jax.jit(lambda x: gaussjax.fit(x, g, CONFIG)[1].psnr)(np.zeros((4, 4, 3), np.float32))

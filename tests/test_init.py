@@ -113,3 +113,8 @@ def test_init_slic_rejects_bad_input(image, n, kwargs, error, match):
 def test_init_random_rejects_bad_sizes(n, height, width):
   with pytest.raises(ValueError, match="must be a positive int"):
     gaussjax.init_random(jax.random.key(0), n, height, width)
+
+
+def test_init_slic_refuses_traced_input():
+  with pytest.raises(TypeError, match="outside jit"):
+    jax.jit(lambda x: gaussjax.init_slic(x, 3))(np.zeros((4, 4, 3), np.float32))

@@ -4,11 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import random_gaussians_np
 from jax.test_util import check_grads
 
 import gaussjax
 from gaussjax import constants
-from conftest import random_gaussians_np
 
 
 def render_numpy(means, chol, colors, height, width):
