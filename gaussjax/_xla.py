@@ -4,6 +4,10 @@ Call chain::
 
   plan_xla(gaussians, H, W)            host, numpy: window classes and capacities
   rasterize_xla(gaussians, H, W, plan) -> (image, overflow)
+    ├─ _native.splat  on CPU, where the native kernel builds (``_splat.cc``
+    │                 through jax.ffi): each Gaussian on its own support, no
+    │                 plan needed, never overflows; otherwise (TPU, GPU, no
+    │                 compiler, GAUSSJAX_NATIVE=0) the pure-XLA path:
     ├─ _assign        per Gaussian: clipped pixel box, class, window origin;
     │                 a stable argsort by class gives each class its slots
     └─ _splat         jax.custom_vjp
@@ -20,6 +24,10 @@ faster; large fresh temporaries are page-fault bound, so the work is chunked,
 and the backward is written by hand (autodiff through chunked loops would
 stack residuals); the image is kept channels-first so reductions run over
 contiguous pixels; each size class is its own static loop.
+
+Both paths compute ``q = (α dx)² + (β (dy - r dx))²`` from ``_shapes``, the
+same function as ``render_reference`` but without its float32 cancellation
+for long thin tilted Gaussians.
 
 Exactness: a Gaussian's weight is zero outside the exact bounding box of its
 support (``gaussjax.extents``). The box is clipped to the image, and the
@@ -40,11 +48,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gaussjax import _native
 from gaussjax import constants
 from gaussjax._gaussians import Gaussians, extents
 from gaussjax._render import gaussian_weight
-
-Array = jax.Array
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 # Start indices of dynamic slices: one integer type, also under jax_enable_x64.
@@ -211,10 +218,16 @@ def default_plan(n: int, height: int, width: int) -> XlaPlan:
 
 
 def _needs(means, chol, height, width):
-  """Clipped support box of each Gaussian: its side ``[N]`` (0 when empty) and first pixel ``[N, 2]``."""
+  """Clipped support box of each Gaussian.
+
+  Returns:
+    ``(side [N], first pixel [N, 2])``: the larger side of the box in pixels
+    (0 when the support misses the image) and its first column and row.
+  """
   radii = extents(chol)
   lo = jnp.maximum(jnp.ceil(means - radii - 0.5), 0.0)
-  hi = jnp.minimum(jnp.floor(means + radii - 0.5), jnp.asarray([width - 1, height - 1], means.dtype))
+  last = jnp.asarray([width - 1, height - 1], means.dtype)
+  hi = jnp.minimum(jnp.floor(means + radii - 0.5), last)
   n = hi - lo + 1
   finite = jnp.isfinite(n).all(-1)
   nonempty = finite & (n > 0).all(-1)
@@ -257,7 +270,7 @@ def _shapes(chol):
   From the Cholesky factor ``[[1/α, 0], [r/α, 1/β]]`` of the rendered
   covariance ``Σ = L Lᵀ + COV_FLOOR·I``; ``det Σ`` is expanded as a sum of
   positive terms. For long thin tilted Gaussians this is more accurate than
-  the shape form ``a dx² + 2b dx dy + c dy²``, which cancels in float32.
+  the conic form ``a dx² + 2b dx dy + c dy²``, which cancels in float32.
 
   Args:
     chol: ``[N, 3]`` Cholesky factors.
@@ -322,7 +335,7 @@ def _forward(means, shape, colors, slots, height, width, plan):
 
 
 def _backward(means, shape, colors, slots, height, width, plan, cotangent):
-  """Gradients wrt means, shapes (``_shapes``) and colours from the image cotangent ``[C, H, W]``."""
+  """Gradients wrt means, ``_shapes`` and colours from the image cotangent ``[C, H, W]``."""
   n, channels = colors.shape
   dtype = colors.dtype
   grads, indices = [], []
@@ -346,7 +359,8 @@ def _backward(means, shape, colors, slots, height, width, plan, cotangent):
       g = g.reshape(k, channels, sy * sx)
       # Reductions as batched matrix products: XLA:CPU runs these far faster
       # than the equivalent fused multiply-and-sum.
-      d_col = jnp.where(valid[:, None], jnp.einsum("kcp,kp->kc", g, w.reshape(k, -1), precision=_HIGHEST), 0.0)
+      d_col = jnp.einsum("kcp,kp->kc", g, w.reshape(k, -1), precision=_HIGHEST)
+      d_col = jnp.where(valid[:, None], d_col, 0.0)
       d_w = jnp.einsum("kc,kcp->kp", col, g, precision=_HIGHEST).reshape(k, sy, sx)
       d_q = jnp.where(e > constants.WEIGHT_CUTOFF, d_w * e * (-0.5 * constants.WEIGHT_SCALE), 0.0)
       # Moments Σ d_q dyⁱ dxʲ for i + j ≤ 2 from powers [1, d, d²] of each axis.
@@ -362,7 +376,8 @@ def _backward(means, shape, colors, slots, height, width, plan, cotangent):
       s_tx = s_xy - r * s_xx
       s_tt = s_yy - 2.0 * r * s_xy + r * r * s_xx
       beta2 = beta * beta
-      d_mean = jnp.stack([-2.0 * alpha * alpha * s_x + 2.0 * beta2 * r * s_t, -2.0 * beta2 * s_t], -1)
+      d_mean_x = -2.0 * alpha * alpha * s_x + 2.0 * beta2 * r * s_t
+      d_mean = jnp.stack([d_mean_x, -2.0 * beta2 * s_t], -1)
       d_shape = jnp.stack([2.0 * alpha * s_xx, -2.0 * beta2 * s_tx, 2.0 * beta * s_tt], -1)
       return jnp.concatenate([d_mean, d_shape, d_col], -1)  # [K, 5 + C]
 
@@ -386,8 +401,8 @@ def _splat_fwd(means, shape, colors, slots, height, width, plan):
 
 def _splat_bwd(height, width, plan, residuals, cotangent):
   means, shape, colors, slots = residuals
-  d_means, d_shape, d_colors = _backward(means, shape, colors, slots, height, width, plan, cotangent)
-  return d_means, d_shape, d_colors, jax.tree_util.tree_map(lambda _: None, slots)
+  grads = _backward(means, shape, colors, slots, height, width, plan, cotangent)
+  return (*grads, jax.tree_util.tree_map(lambda _: None, slots))
 
 
 _splat.defvjp(_splat_fwd, _splat_bwd)
@@ -412,16 +427,21 @@ def rasterize_xla(gaussians: Gaussians, height: int, width: int, plan: XlaPlan |
   """
   means, chol, colors = gaussians
   if means.ndim != 2:
-    raise ValueError(f"rasterize_xla takes means [N, 2], got {means.shape}; use jax.vmap for a batch")
+    raise ValueError(
+        f"rasterize_xla takes means [N, 2], got {means.shape}; use jax.vmap for a batch")
   dtype = jnp.result_type(means, chol, colors)
   means, chol, colors = (jnp.asarray(x, dtype) for x in (means, chol, colors))
   if plan is None:
     plan = default_plan(means.shape[0], height, width)
   elif not isinstance(plan, XlaPlan):
     raise TypeError(f"plan must be an XlaPlan from plan_xla, got {type(plan).__name__}")
-  slots, overflow = _assign(jax.lax.stop_gradient(means), jax.lax.stop_gradient(chol), height, width,
-                            plan)
-  image = _splat(means, _shapes(chol), colors, slots, height, width, plan)
   finite = jnp.isfinite(means).all() & jnp.isfinite(chol).all() & jnp.isfinite(colors).all()
+  if _native.usable(dtype, colors.shape[-1]):
+    # The native kernel visits each Gaussian's own support box: nothing to plan.
+    image = _native.splat(means, _shapes(chol), colors, height, width)
+    return jnp.where(finite, image, jnp.nan), jnp.zeros((), bool)
+  slots, overflow = _assign(
+      jax.lax.stop_gradient(means), jax.lax.stop_gradient(chol), height, width, plan)
+  image = _splat(means, _shapes(chol), colors, slots, height, width, plan)
   image = jnp.where(finite, jnp.transpose(image, (1, 2, 0)), jnp.nan)
   return image, overflow

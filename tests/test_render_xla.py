@@ -2,7 +2,10 @@
 
 The scenes are those of the Pallas backend's tests: sizes that are not
 multiples of 8, 1/3/4 channels, Gaussians off the image, empty regions,
-sub-pixel, image-wide, very thin and degenerate Gaussians.
+sub-pixel, image-wide, very thin and degenerate Gaussians. Tests that take
+the ``impl`` fixture run twice: on the pure-XLA size classes and on the
+native CPU kernel (skipped where it cannot be built); plan and overflow tests
+run on the pure-XLA path, the only one with capacities.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import numpy as np
 import pytest
 
 import gaussjax
+from gaussjax import _native
 from gaussjax import _render
 from gaussjax import _xla
 from gaussjax import constants
@@ -25,6 +29,21 @@ IMAGE_ATOL = 1e-5
 # hand-written VJP and autodiff of the reference group them differently.
 # Errors are measured relative to the largest entry of each field.
 GRAD_RTOL = 1e-4
+
+
+@pytest.fixture(params=["pure", "native"])
+def impl(request, monkeypatch):
+  if request.param == "native":
+    if not _native.available():
+      pytest.skip("the native kernel cannot be built here")
+  else:
+    monkeypatch.setattr(_native, "usable", lambda *args: False)
+  return request.param
+
+
+@pytest.fixture
+def pure(monkeypatch):
+  monkeypatch.setattr(_native, "usable", lambda *args: False)
 
 
 def _scene(seed, n, height, width, channels, *, margin=0.0, scale=(0.7, 6.0)):
@@ -115,14 +134,16 @@ def _assert_grads_close(actual, expected, truth=None):
     if truth is not None and float(jnp.max(jnp.abs(a - e))) > GRAD_RTOL * scale:
       t = np.asarray(truth()[i])
       reference_error = np.max(np.abs(np.asarray(e, np.float64) - t))
-      assert np.max(np.abs(np.asarray(a, np.float64) - t)) <= reference_error + GRAD_RTOL * scale, name
+      actual_error = np.max(np.abs(np.asarray(a, np.float64) - t))
+      assert actual_error <= reference_error + GRAD_RTOL * scale, name
     else:
       np.testing.assert_allclose(a, e, rtol=GRAD_RTOL, atol=GRAD_RTOL * scale, err_msg=name)
 
 
 def _reference_grads_float64(gaussians, height, width, cotangent):
   with jax.enable_x64(True):
-    g64, ct64 = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), (gaussians, cotangent))
+    g64, ct64 = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64),
+                                       (gaussians, cotangent))
     return jax.vjp(lambda g: render_reference(g, height, width), g64)[1](ct64)[0]
 
 
@@ -151,7 +172,7 @@ def _xla_image(height, width, plan):
 
 
 @pytest.mark.parametrize("scene", sorted(SCENES))
-def test_matches_reference(scene):
+def test_matches_reference(scene, impl):
   make, height, width = SCENES[scene]
   gaussians = make()
   channels = gaussians.channels
@@ -168,7 +189,7 @@ def test_matches_reference(scene):
                       lambda: _reference_grads_float64(gaussians, height, width, cotangent))
 
 
-def test_scenes_cover_the_cases():
+def test_scenes_cover_the_cases(pure):
   # Every size: sub-pixel, image-wide and wholly off-image Gaussians all occur.
   g, height, width = SCENES["every_size_29x83"][0](), 29, 83
   side, _ = _xla._needs(g.means, g.chol, height, width)
@@ -179,7 +200,7 @@ def test_scenes_cover_the_cases():
   assert float(jnp.abs(image[40:, 50:]).max()) == 0.0
 
 
-def test_ill_conditioned_as_accurate_as_reference():
+def test_ill_conditioned_as_accurate_as_reference(impl):
   # For long thin diagonal Gaussians q cancels, so one ulp of the conic moves
   # the float32 image by ~1e-4 in any implementation (the reference included).
   # The XLA backend computes q without cancellation: it must be at least as
@@ -193,7 +214,7 @@ def test_ill_conditioned_as_accurate_as_reference():
   assert np.max(np.abs(actual - truth)) <= reference_error + IMAGE_ATOL
 
 
-def test_render_dispatches_and_auto_is_xla_on_cpu():
+def test_render_dispatches_and_auto_is_xla_on_cpu(impl):
   make, height, width = SCENES["rgb_37x61"]
   gaussians = make()
   actual = gaussjax.render(gaussians, height, width, backend="xla")
@@ -203,7 +224,7 @@ def test_render_dispatches_and_auto_is_xla_on_cpu():
     assert _render.resolve_backend("auto") == "xla"
 
 
-def test_default_plan_under_jit_and_grad():
+def test_default_plan_under_jit_and_grad(impl):
   # Under jit the values are unknown: render uses default_plan.
   make, height, width = SCENES["off_image"]
   gaussians = make()
@@ -216,24 +237,24 @@ def test_default_plan_under_jit_and_grad():
   _assert_grads_close(actual_grads, expected_grads)
 
 
-def test_too_small_plan_overflows_and_render_gives_nan():
-  height, width = 64, 64
-  g = _scene(9, 1100, height, width, 1, scale=(40.0, 60.0))  # all image-wide
-  small = _xla.plan_xla(_scene(9, 1100, height, width, 1, scale=(0.5, 1.0)), height, width)
+def test_too_small_plan_overflows_and_render_gives_nan(pure, monkeypatch):
+  height, width = 48, 48
+  g = _scene(9, 20, height, width, 3, scale=(40.0, 60.0))  # all image-wide
+  small = _xla.plan_xla(_scene(9, 20, height, width, 3, scale=(0.5, 1.0)), height, width)
   _, overflow = _xla.rasterize_xla(g, height, width, small)
   assert bool(overflow)
-  # The default plan holds 1 image-wide Gaussian per 4M window pixels, 1024
-  # here: render under jit says so with NaN instead of a partial image.
+  # A default plan with room for 2 image-wide Gaussians: render under jit
+  # says so with NaN instead of returning a partial image.
+  monkeypatch.setattr(_xla, "_DEFAULT_PIXELS", 2 * height * width)
+  assert _xla.default_plan(20, height, width).capacities[-1] < 20
   jitted = jax.jit(lambda g: gaussjax.render(g, height, width, backend="xla"))(g)
   assert bool(jnp.isnan(jitted).all())
-  # Concrete render plans from the values: exact. Pixels sum 1100 terms of
-  # up to ~3 here, so float32 rounding is relative to that size.
-  expected = render_reference(g, height, width)
-  np.testing.assert_allclose(gaussjax.render(g, height, width, backend="xla"), expected, rtol=0,
-                             atol=IMAGE_ATOL * float(jnp.abs(expected).max()))
+  # Concrete render plans from the values: exact.
+  np.testing.assert_allclose(gaussjax.render(g, height, width, backend="xla"),
+                             render_reference(g, height, width), rtol=0, atol=IMAGE_ATOL)
 
 
-def test_over_capacity_overflows():
+def test_over_capacity_overflows(pure):
   make, height, width = SCENES["rgb_37x61"]
   g = make()
   plan = _xla.plan_xla(g, height, width)
@@ -242,19 +263,20 @@ def test_over_capacity_overflows():
   assert not bool(_xla.rasterize_xla(g, height, width, plan)[1])
 
 
-def test_plan_has_headroom_and_is_hashable():
+def test_plan_has_headroom_and_is_hashable(pure):
   make, height, width = SCENES["rgb_37x61"]
   g = make()
   plan = _xla.plan_xla(g, height, width)
-  assert plan == _xla.plan_xla(g, height, width) and hash(plan) == hash(_xla.plan_xla(g, height, width))
+  again = _xla.plan_xla(g, height, width)
+  assert plan == again and hash(plan) == hash(again)
   # A few fitting steps' worth of change does not overflow.
   nudged = gaussjax.Gaussians(g.means + 0.3, g.chol * 1.05, g.colors)
   assert not bool(_xla.rasterize_xla(nudged, height, width, plan)[1])
 
 
-def test_batched_plan_and_vmap_match_a_loop():
+def test_batched_plan_and_vmap_match_a_loop(impl):
   height, width = 37, 61
-  batch = [_scene(10 + i, 60, height, width, 3, scale=(0.5, 3.0 + 6 * i)) for i in range(3)]
+  batch = [_scene(10 + i, 40, height, width, 3, scale=(0.5, 3.0 + 9 * i)) for i in range(2)]
   stacked = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *batch)
   plan = _xla.plan_xla(stacked, height, width)
   for g in batch:  # the batch plan fits every element
@@ -268,7 +290,7 @@ def test_batched_plan_and_vmap_match_a_loop():
     np.testing.assert_allclose(rendered[i], expected, rtol=0, atol=IMAGE_ATOL)
 
 
-def test_deterministic():
+def test_deterministic(impl):
   make, height, width = SCENES["large_and_thin"]
   g = make()
   plan = _xla.plan_xla(g, height, width)
@@ -280,7 +302,7 @@ def test_deterministic():
     np.testing.assert_array_equal(a, b)
 
 
-def test_jitted_step_does_not_recompile():
+def test_jitted_step_does_not_recompile(impl):
   height, width = 37, 61
   g = _scene(12, 80, height, width, 3)
   target = jnp.zeros((height, width, 3))
@@ -301,7 +323,7 @@ def test_jitted_step_does_not_recompile():
   assert step._cache_size() == 1
 
 
-def test_empty_and_off_image_gaussians():
+def test_empty_and_off_image_gaussians(impl):
   height, width = 16, 24
   off = gaussjax.Gaussians(jnp.asarray([[-50.0, 5.0], [10.0, 90.0]]), jnp.ones((2, 3)),
                            jnp.ones((2, 3)))
@@ -312,9 +334,35 @@ def test_empty_and_off_image_gaussians():
   assert image.shape == (height, width, 1) and float(jnp.abs(image).max()) == 0.0
 
 
-def test_bad_plan_is_a_clear_error():
+def test_bad_plan_is_a_clear_error(pure):
   g = _scene(0, 4, 8, 8, 3)
   with pytest.raises(TypeError, match="XlaPlan"):
     _xla.rasterize_xla(g, 8, 8, plan=(8, 16))
   with pytest.raises(ValueError, match="increasing"):
     _xla.XlaPlan((16, 8), (8, 8), (8, 8))
+
+
+def test_native_threads_are_deterministic():
+  # 5000 Gaussians: the native kernel splits the work over threads.
+  if not _native.available():
+    pytest.skip("the native kernel cannot be built here")
+  height, width = 40, 72
+  g = _scene(13, 5000, height, width, 3, scale=(0.3, 4.0))
+  cotangent = jax.random.normal(jax.random.key(14), (height, width, 3))
+  run = _image_and_vjp(lambda g: _xla.rasterize_xla(g, height, width)[0])
+  first = jax.tree_util.tree_leaves(run(g, cotangent))
+  second = jax.tree_util.tree_leaves(run(g, cotangent))
+  for a, b in zip(first, second):
+    np.testing.assert_array_equal(a, b)
+  expected_image, expected_grads = _image_and_vjp(
+      lambda g: render_reference(g, height, width))(g, cotangent)
+  # 5000 terms per pixel: float32 rounding relative to the image's size.
+  np.testing.assert_allclose(first[0], expected_image, rtol=0,
+                             atol=IMAGE_ATOL * float(jnp.abs(expected_image).max()))
+  _assert_grads_close(run(g, cotangent)[1], expected_grads)
+
+
+def test_native_build_falls_back_cleanly(monkeypatch, tmp_path):
+  monkeypatch.setenv("GAUSSJAX_CACHE", str(tmp_path))
+  monkeypatch.setattr(_native.shutil, "which", lambda name: None)
+  assert _native._build() is None

@@ -1,0 +1,282 @@
+// Native CPU kernels of the XLA backend, called through jax.ffi.
+//
+// The same function as gaussjax._xla (and gaussjax.constants): each Gaussian
+// is given by its mean (x, y) and its shape (alpha, r, beta), with radius²
+//   q = (alpha dx)² + (beta (dy - r dx))²,  dx = px - mx, dy = py - my,
+// and weight w = max(exp(-q / 2) - cutoff, 0) * scale at pixel centres
+// (j + 0.5, i + 0.5); images are channels-first [C, H, W]. Every Gaussian is visited on the exact bounding box of
+// its support, row by row on the exact span of the ellipse q <= cutoff_q
+// (plus one pixel against rounding), clipped to the image.
+// Deterministic for any number of threads: the forward splits the image into
+// bands of rows and adds Gaussians to each pixel in index order; the backward
+// computes each Gaussian's gradient on its own.
+//
+// Built by gaussjax/_native.py with the jax.ffi headers (jax.ffi.include_dir()).
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// Colour channels a Gaussian may have (gaussjax._native.MAX_CHANNELS).
+constexpr int64_t kMaxChannels = 16;
+
+// exp(x) for x <= 0 to about 2 ulp, written so that the compiler vectorises
+// it (libm's expf is a scalar call): round to nearest by truncating y - 1/2
+// (y <= 0; no add-and-subtract trick, which reassociation would remove),
+// Cody-Waite reduction, degree-7 Taylor polynomial on |r| <= ln2/2, and the
+// exponent put in with integer arithmetic. Below -87 it returns ~0 (1e-38).
+inline float ExpNonPositive(float x) {
+  x = std::max(x, -87.0f);
+  const int32_t k = int32_t(x * 1.44269504f - 0.5f);
+  const float n = float(k);
+  const float r = (x - n * 0.693145752f) - n * 1.42860677e-6f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = (k + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+// Pixels per row segment (the stack buffers of one row).
+constexpr int64_t kRow = 1024;
+
+struct Params {
+  const float* means;   // [N, 2]
+  const float* shapes;  // [N, 3] (alpha, r, beta)
+  const float* colors;  // [N, C]
+  int64_t n, channels, height, width;
+  float cutoff, scale, cutoff_q;
+};
+
+Params MakeParams(ffi::Buffer<ffi::F32>& means, ffi::Buffer<ffi::F32>& shapes,
+                  ffi::Buffer<ffi::F32>& colors, ffi::Buffer<ffi::F32>& constants,
+                  int64_t height, int64_t width) {
+  const float* k = constants.typed_data();
+  return Params{means.typed_data(), shapes.typed_data(), colors.typed_data(),
+                int64_t(means.dimensions()[0]), int64_t(colors.dimensions()[1]), height, width,
+                k[0], k[1], k[2]};
+}
+
+// Rows [y0, y1] of the support box; y0 > y1 when empty or non-finite.
+void RowRange(const Params& p, float my, float alpha, float r, float beta, int64_t* y0,
+              int64_t* y1) {
+  // Syy = (r / alpha)² + 1 / beta²; one pixel of margin against rounding.
+  const double syy = double(r) * r / (double(alpha) * alpha) + 1.0 / (double(beta) * beta);
+  const double ry = std::sqrt(p.cutoff_q * syy) + 1.0;
+  if (!(std::isfinite(ry) && std::isfinite(my))) {
+    *y0 = 0;
+    *y1 = -1;
+    return;
+  }
+  *y0 = int64_t(std::max(std::ceil(my - ry - 0.5), 0.0));
+  *y1 = int64_t(std::min(std::floor(my + ry - 0.5), double(p.height - 1)));
+}
+
+// Columns [x0, x1] of row dy where q <= cutoff_q (plus one pixel of margin):
+// q = alpha² dx² + beta² (dy - r dx)² is a quadratic in dx.
+void ColumnRange(const Params& p, float mx, float dy, float alpha, float r, float beta,
+                 int64_t* x0, int64_t* x1) {
+  const double b2 = double(beta) * beta;
+  const double qa = double(alpha) * alpha + b2 * r * r;
+  const double qb = -2.0 * b2 * r * dy;
+  const double qc = b2 * dy * dy - p.cutoff_q;
+  const double disc = qb * qb - 4.0 * qa * qc;
+  *x0 = 0;
+  *x1 = -1;
+  if (!(disc >= 0.0) || !std::isfinite(mx)) return;
+  const double root = std::sqrt(disc);
+  const double lo = mx + (-qb - root) / (2.0 * qa) - 1.0;
+  const double hi = mx + (-qb + root) / (2.0 * qa) + 1.0;
+  if (!(std::isfinite(lo) && std::isfinite(hi))) return;
+  *x0 = int64_t(std::max(std::ceil(lo - 0.5), 0.0));
+  *x1 = int64_t(std::min(std::floor(hi - 0.5), double(p.width - 1)));
+}
+
+// Adds Gaussians in index order to rows [band0, band1) of out [C, H, W].
+void ForwardBand(const Params& p, int64_t band0, int64_t band1, float* out) {
+  float row_w[kRow];
+  for (int64_t k = 0; k < p.n; ++k) {
+    const float mx = p.means[2 * k], my = p.means[2 * k + 1];
+    const float alpha = p.shapes[3 * k], r = p.shapes[3 * k + 1], beta = p.shapes[3 * k + 2];
+    const float* c = p.colors + k * p.channels;
+    int64_t y0, y1;
+    RowRange(p, my, alpha, r, beta, &y0, &y1);
+    y0 = std::max(y0, band0);
+    y1 = std::min(y1, band1 - 1);
+    for (int64_t y = y0; y <= y1; ++y) {
+      const float dy = (float(y) + 0.5f) - my;
+      int64_t x0, x1;
+      ColumnRange(p, mx, dy, alpha, r, beta, &x0, &x1);
+      for (; x0 <= x1; x0 += kRow) {
+        const int32_t len = int32_t(std::min(x1 - x0 + 1, kRow));
+        const float dx0 = (float(x0) + 0.5f) - mx;
+        for (int32_t i = 0; i < len; ++i) {
+          const float dx = dx0 + float(i);
+          const float u = alpha * dx;
+          const float v = beta * (dy - r * dx);
+          const float e = ExpNonPositive(-0.5f * (u * u + v * v));
+          row_w[i] = std::max(e - p.cutoff, 0.0f) * p.scale;
+        }
+        for (int64_t ch = 0; ch < p.channels; ++ch) {
+          float* px = out + (ch * p.height + y) * p.width + x0;
+          const float cc = c[ch];
+          for (int32_t i = 0; i < len; ++i) px[i] += row_w[i] * cc;
+        }
+      }
+    }
+  }
+}
+
+// Gradients of Gaussians k = first, first + stride, ... from g [C, H, W].
+void BackwardSome(const Params& p, int64_t first, int64_t stride, const float* g, float* dm,
+                  float* ds, float* dc) {
+  float row_w[kRow], row_e[kRow], row_g[kRow];
+  for (int64_t k = first; k < p.n; k += stride) {
+    const float mx = p.means[2 * k], my = p.means[2 * k + 1];
+    const float alpha = p.shapes[3 * k], r = p.shapes[3 * k + 1], beta = p.shapes[3 * k + 2];
+    const float* c = p.colors + k * p.channels;
+    double acc_c[kMaxChannels] = {0};
+    double s_x = 0, s_t = 0, s_xx = 0, s_tx = 0, s_tt = 0;
+    int64_t y0, y1;
+    RowRange(p, my, alpha, r, beta, &y0, &y1);
+    for (int64_t y = y0; y <= y1; ++y) {
+      const float dy = (float(y) + 0.5f) - my;
+      int64_t x0, x1;
+      ColumnRange(p, mx, dy, alpha, r, beta, &x0, &x1);
+      for (; x0 <= x1; x0 += kRow) {
+        const int32_t len = int32_t(std::min(x1 - x0 + 1, kRow));
+        const float dx0 = (float(x0) + 0.5f) - mx;
+        // Weights, dw/dq and d(loss)/dw of one row; each loop vectorises.
+        for (int32_t i = 0; i < len; ++i) {
+          const float dx = dx0 + float(i);
+          const float t = dy - r * dx;
+          const float u = alpha * dx;
+          const float v = beta * t;
+          const float e = ExpNonPositive(-0.5f * (u * u + v * v));
+          const bool inside = e > p.cutoff;
+          row_w[i] = inside ? (e - p.cutoff) * p.scale : 0.0f;
+          row_e[i] = inside ? e * (-0.5f * p.scale) : 0.0f;
+          row_g[i] = 0.0f;
+        }
+        for (int64_t ch = 0; ch < p.channels; ++ch) {
+          const float* gp = g + (ch * p.height + y) * p.width + x0;
+          const float cc = c[ch];
+          float acc = 0.0f;
+          for (int32_t i = 0; i < len; ++i) {
+            acc += row_w[i] * gp[i];
+            row_g[i] += cc * gp[i];
+          }
+          acc_c[ch] += acc;
+        }
+        float r_x = 0, r_t = 0, r_xx = 0, r_tx = 0, r_tt = 0;
+        for (int32_t i = 0; i < len; ++i) {
+          const float dx = dx0 + float(i);
+          const float t = dy - r * dx;
+          const float d_q = row_g[i] * row_e[i];
+          r_x += d_q * dx;
+          r_t += d_q * t;
+          r_xx += d_q * dx * dx;
+          r_tx += d_q * t * dx;
+          r_tt += d_q * t * t;
+        }
+        s_x += r_x;
+        s_t += r_t;
+        s_xx += r_xx;
+        s_tx += r_tx;
+        s_tt += r_tt;
+      }
+    }
+    const double beta2 = double(beta) * beta;
+    dm[2 * k] = float(-2.0 * alpha * alpha * s_x + 2.0 * beta2 * r * s_t);
+    dm[2 * k + 1] = float(-2.0 * beta2 * s_t);
+    ds[3 * k] = float(2.0 * alpha * s_xx);
+    ds[3 * k + 1] = float(-2.0 * beta2 * s_tx);
+    ds[3 * k + 2] = float(2.0 * beta * s_tt);
+    for (int64_t ch = 0; ch < p.channels; ++ch) dc[k * p.channels + ch] = float(acc_c[ch]);
+  }
+}
+
+// Threads for a call: the machine's cores, at most 8 (and 1 for small work).
+int64_t NumThreads(int64_t work) {
+  const int64_t cores = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  return work < 4096 ? 1 : std::min<int64_t>(cores, 8);
+}
+
+template <typename F>
+void RunThreads(int64_t count, F&& fn) {
+  std::vector<std::thread> threads;
+  for (int64_t t = 1; t < count; ++t) threads.emplace_back(fn, t);
+  fn(0);
+  for (auto& thread : threads) thread.join();
+}
+
+ffi::Error SplatForward(ffi::Buffer<ffi::F32> means, ffi::Buffer<ffi::F32> shapes,
+                        ffi::Buffer<ffi::F32> colors, ffi::Buffer<ffi::F32> constants,
+                        ffi::ResultBuffer<ffi::F32> image) {
+  const auto dims = image->dimensions();
+  const Params p = MakeParams(means, shapes, colors, constants, dims[1], dims[2]);
+  if (p.channels > kMaxChannels) return ffi::Error::InvalidArgument("too many channels");
+  float* out = image->typed_data();
+  std::fill(out, out + p.channels * p.height * p.width, 0.0f);
+  // Bands of rows per thread: every pixel still sums its Gaussians in index
+  // order, so the image does not depend on the number of threads.
+  const int64_t threads = std::min(NumThreads(p.n), p.height);
+  RunThreads(threads, [&](int64_t t) {
+    ForwardBand(p, p.height * t / threads, p.height * (t + 1) / threads, out);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error SplatBackward(ffi::Buffer<ffi::F32> means, ffi::Buffer<ffi::F32> shapes,
+                         ffi::Buffer<ffi::F32> colors, ffi::Buffer<ffi::F32> constants,
+                         ffi::Buffer<ffi::F32> cotangent, ffi::ResultBuffer<ffi::F32> d_means,
+                         ffi::ResultBuffer<ffi::F32> d_shapes,
+                         ffi::ResultBuffer<ffi::F32> d_colors) {
+  const auto dims = cotangent.dimensions();
+  const Params p = MakeParams(means, shapes, colors, constants, dims[1], dims[2]);
+  if (p.channels > kMaxChannels) return ffi::Error::InvalidArgument("too many channels");
+  // Each Gaussian's gradient is computed by one thread on its own.
+  const int64_t threads = NumThreads(p.n);
+  RunThreads(threads, [&](int64_t t) {
+    BackwardSome(p, t, threads, cotangent.typed_data(), d_means->typed_data(),
+                 d_shapes->typed_data(), d_colors->typed_data());
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GaussjaxSplatForward, SplatForward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GaussjaxSplatBackward, SplatBackward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
