@@ -354,7 +354,10 @@ def _choose_plan(gaussians, height, width, backend, plan):
   """
   if backend != "xla":
     return make_plan(gaussians, height, width, backend=backend), 1
+  from gaussjax import _native
   from gaussjax._xla import XlaPlan, _round_capacity, plan_xla
+  if plan is not None and _native.usable(jnp.float32, gaussians.colors.shape[-1]):
+    return plan, 0  # the native kernel ignores plans: a new one would only recompile
   fresh = plan_xla(gaussians, height, width, headroom=_FIT_HEADROOM)
   # Gaussians grow into the next class while fitting: each class also gets
   # room for _MIGRATE of the previous class's capacity.
