@@ -79,7 +79,11 @@ def main_part(args, machine) -> list[dict]:
         if mode == "steps":
           config = gaussjax.FitConfig(steps=args.steps, backend=args.backend, log_every=args.log_every)
         else:
-          config = gaussjax.FitConfig(steps=args.budget_steps, backend=args.backend,
+          # The schedule's horizon: the steps that fit in the budget at the
+          # step rate of the fixed-step run just before (same image and N),
+          # so the learning rate has decayed when the budget runs out.
+          horizon = args.budget_steps or int(0.9 * args.budget * rows[-1]["steps"] / rows[-1]["fit_s"])
+          config = gaussjax.FitConfig(steps=max(horizon, 10), backend=args.backend,
                                       log_every=args.log_every, time_budget_s=args.budget)
         row = measure(image, lambda im: gaussjax.init_slic(im, n), config)
         row.update(image=f"kodim{index:02d}", mode=mode, target_n=n)
@@ -100,7 +104,10 @@ def ablation_variants(n: int, steps: int) -> dict:
       "slic 50% + growth + prune": ("slic", 0.5, dict(densify_every=every, prune_fraction=0.02)),
       "slic 50% + growth + prune + split": (
           "slic", 0.5, dict(densify_every=every, prune_fraction=0.02, split_fraction=0.3)),
+      "random + prune+re-add 5%": ("random", 1.0, dict(densify_every=every, prune_fraction=0.05)),
       "slic, plain, constant lr": ("slic", 1.0, dict(final_lr_fraction=1.0)),
+      "slic, plain, old rates (0.15/0.03/0.02, decay to 0.05)": (
+          "slic", 1.0, dict(lr_means=0.15, lr_chol=0.03, lr_colors=0.02, final_lr_fraction=0.05)),
   }
 
 
@@ -193,7 +200,8 @@ def main():
   parser.add_argument("--n", default="5000,10000")
   parser.add_argument("--steps", type=int, default=60, help="fixed step count (main)")
   parser.add_argument("--budget", type=float, default=120.0, help="time budget s (main)")
-  parser.add_argument("--budget-steps", type=int, default=2000, help="schedule horizon of budget runs")
+  parser.add_argument("--budget-steps", type=int, default=0,
+                      help="schedule horizon of budget runs (0: calibrated from the fixed-step run)")
   parser.add_argument("--backend", default="auto")
   parser.add_argument("--log-every", type=int, default=10)
   parser.add_argument("--ablation-scale", type=int, default=4)
