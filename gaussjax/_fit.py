@@ -16,9 +16,18 @@ reads the step counter at the end of each chunk of steps (up to the next log
 or re-plan point), so the device is never synchronised inside a chunk; the
 steps lost to an overflow are at most one chunk.
 
-The loop is written as phases of jitted steps on a fixed N, so that a later
-adaptive density control (add/prune Gaussians between phases) can change N
-and rebuild the optimiser state there.
+Adaptive density control (``gaussjax._density``, off by default) runs on the
+host between chunks: ``fit`` keeps a buffer of exactly ``num_gaussians``
+slots, unused ones parked off the image, so the compiled step never changes
+shape; an event prunes, splits and adds Gaussians where the error is
+largest, and resets the optimiser moments of the slots it wrote. If ``fit``
+stops early while growing, the free slots are filled before returning, so
+the count is always exactly N.
+
+Plans (xla backend): each new plan is a new compiled step, so ``fit`` keeps
+its plan while it still holds the Gaussians (checked on the host), gives new
+plans room for Gaussians that grow into larger classes, and never re-plans
+when the native kernel (which ignores plans) renders.
 """
 
 from __future__ import annotations

@@ -118,3 +118,23 @@ def test_stopping_early_still_returns_n(kodak_crop):
 def test_bad_density_config(field, value):
   with pytest.raises(ValueError, match=field):
     gaussjax.FitConfig(**{field: value})
+
+
+def test_fit_keeps_an_xla_plan_that_still_holds(kodak_crop, monkeypatch):
+  # Every new plan is a new compiled step: an unchanged set of Gaussians
+  # keeps its plan, and a plan too small for them is replaced (pure-XLA
+  # path; the native kernel ignores plans, so fit never re-plans for it).
+  from gaussjax import _fit, _native
+  monkeypatch.setattr(_native, "usable", lambda dtype, channels: False)
+  g = gaussjax.init_slic(kodak_crop, N)
+  plan, made = _fit._choose_plan(g, 64, 64, "xla", None)
+  assert made == 1
+  again, made = _fit._choose_plan(g, 64, 64, "xla", plan)
+  assert made == 0 and again == plan
+  assert _fit._xla_holds(plan, g, 64, 64)
+  # One window class of 8 px with room for 4: SLIC Gaussians at this N are
+  # larger than 8 px, and more than 4.
+  tiny = type(plan)(sizes=(8,), capacities=(4,), chunks=(4,))
+  assert not _fit._xla_holds(tiny, g, 64, 64)
+  replaced, made = _fit._choose_plan(g, 64, 64, "xla", tiny)
+  assert replaced != tiny and _fit._xla_holds(replaced, g, 64, 64)
