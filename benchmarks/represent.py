@@ -22,7 +22,6 @@ Fit times include compilation (every new plan is a new compiled step).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys

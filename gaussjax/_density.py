@@ -134,7 +134,8 @@ def sample_from_error(
   return Gaussians(means.astype(np.float32), chol.astype(np.float32), colors.astype(np.float32))
 
 
-def split_gaussians(gaussians: Gaussians, index: np.ndarray, *, shrink: float = 1.6) -> tuple[Gaussians, Gaussians]:
+def split_gaussians(
+    gaussians: Gaussians, index: np.ndarray, *, shrink: float = 1.6) -> tuple[Gaussians, Gaussians]:
   """Splits each Gaussian at ``index`` into two along its major axis.
 
   The halves sit at ``±σ_major`` from the old centre, their factors divided by
@@ -262,8 +263,8 @@ def densify(
     live = np.flatnonzero(active)
     grads = np.asarray(mean_grads)[live]
     pool = live[np.argsort(-grads)[: max(split, len(live) // 4)]]
-    size = contributions(Gaussians(*(np.asarray(x)[pool] for x in
-                                     (gaussians.means, gaussians.chol, np.ones_like(gaussians.colors)))))
+    unit = Gaussians(gaussians.means, gaussians.chol, np.ones_like(gaussians.colors))
+    size = contributions(Gaussians(*(np.asarray(x)[pool] for x in unit)))  # area, colour 1
     chosen = pool[np.argsort(-size)[:split]]
     first, second = split_gaussians(gaussians, chosen)
     slots = free[:len(chosen)]
@@ -292,7 +293,8 @@ def to_buffer(gaussians: Gaussians, n: int) -> Gaussians:
     channels = gaussians.colors.shape[-1]
     extra = park(Gaussians(np.zeros((n - m, 2), np.float32), np.zeros((n - m, 3), np.float32),
                            np.zeros((n - m, channels), np.float32)), slice(None))
-    return Gaussians(*(np.concatenate([np.asarray(a, np.float32), b]) for a, b in zip(gaussians, extra)))
+    return Gaussians(*(np.concatenate([np.asarray(a, np.float32), b])
+                       for a, b in zip(gaussians, extra)))
   return gaussians
 
 
@@ -325,7 +327,8 @@ class Schedule:
     events = ()
     if config.densify_every:
       last = int(config.densify_until * config.steps)
-      events = tuple(range(config.densify_every, min(last, config.steps - 1) + 1, config.densify_every))
+      every = config.densify_every
+      events = tuple(range(every, min(last, config.steps - 1) + 1, every))
     growing = [e for e in events if e <= config.grow_until * config.steps] or list(events[:1])
     grow_end = growing[-1] if growing else 0
     if initial < target and not events:
