@@ -167,15 +167,15 @@ def write(results, machine, args):
     json.dump(old, f, indent=2)
   lines = [f"# Representation benchmark (Kodak)", "",
            "Machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()), ""]
-  if "main" in old:
-    lines += [f"## Full size 768x512: {old['main']['config']}", "",
+  for key in sorted(k for k in old if k.startswith("main")):
+    lines += [f"## Full size 768x512 ({key}): {old[key]['config']}", "",
               "| N | mode | images | steps | PSNR dB | MS-SSIM | fit s (incl. compile) | init+fit s |",
               "|---|---|---|---|---|---|---|---|"]
-    for e in old["main"]["summary"]:
+    for e in old[key]["summary"]:
       lines.append(f"| {e['target_n']} | {e['mode']} | {e['images']} | {e['steps']:.0f} | {e['psnr']:.2f} | "
                    f"{e.get('ms_ssim', float('nan')):.4f} | {e['fit_s']:.1f} | {e['total_s']:.1f} |")
     lines += ["", "Per image:", "", "| image | N | mode | steps | PSNR dB | MS-SSIM | fit s |", "|---|---|---|---|---|---|---|"]
-    for r in old["main"]["rows"]:
+    for r in old[key]["rows"]:
       lines.append(f"| {r['image']} | {r['target_n']} | {r['mode']} | {r['steps']} | {r['psnr']:.2f} | "
                    f"{r.get('ms_ssim', float('nan')):.4f} | {r['fit_s']:.1f} |")
     lines.append("")
@@ -220,6 +220,7 @@ def main():
   parser.add_argument("--ablation-scale", type=int, default=4)
   parser.add_argument("--ablation-n", type=int, default=10000, help="N at full size; scaled by pixels")
   parser.add_argument("--ablation-steps", type=int, default=300)
+  parser.add_argument("--tag", default="", help="store the main part under main_<tag>")
   parser.add_argument("--write-only", action="store_true", help="rewrite the .md from the .json")
   parser.add_argument("--variants", default="", help="ablation variants to run (names, ';'-separated)")
   args = parser.parse_args()
@@ -241,7 +242,7 @@ def main():
     write(results, machine, args)
   if args.part in ("main", "both"):
     rows = main_part(args, machine)
-    results["main"] = {"config": {"images": args.images, "steps": args.steps, "budget_s": args.budget,
+    results["main" + (f"_{args.tag}" if args.tag else "")] = {"config": {"images": args.images, "steps": args.steps, "budget_s": args.budget,
                                   "budget_schedule_steps": args.budget_steps},
                        "rows": rows, "summary": summarise(rows, ("target_n", "mode"))}
     write(results, machine, args)
