@@ -171,6 +171,8 @@ def write(results, machine, args):
     lines += [f"## Full size 768x512 ({key}): {old[key]['config']}", "",
               "| N | mode | images | steps | PSNR dB | MS-SSIM | fit s (incl. compile) | init+fit s |",
               "|---|---|---|---|---|---|---|---|"]
+    if old[key].get("note"):
+      lines += [old[key]["note"], ""]
     for e in old[key]["summary"]:
       lines.append(f"| {e['target_n']} | {e['mode']} | {e['images']} | {e['steps']:.0f} | {e['psnr']:.2f} | "
                    f"{e.get('ms_ssim', float('nan')):.4f} | {e['fit_s']:.1f} | {e['total_s']:.1f} |")
