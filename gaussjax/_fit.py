@@ -94,6 +94,8 @@ class FitConfig:
     time_budget_s: stop after this many seconds (checked every
       ``log_every`` steps), or None.
     target_psnr: stop once the PSNR reaches this (dB), or None.
+    plateau_db: stop once the PSNR gained less than this (dB) over the last
+      ``log_every`` steps (a plateau), or None.
     num_gaussians: the number of Gaussians ``fit`` returns, exactly; None
       keeps the number it is given. With fewer initial Gaussians the rest
       are added where the error is largest (progressively when
@@ -132,6 +134,7 @@ class FitConfig:
   log_every: int = 100
   time_budget_s: float | None = None
   target_psnr: float | None = None
+  plateau_db: float | None = None
   num_gaussians: int | None = None
   densify_every: int = 0
   densify_until: float = 0.5
@@ -164,6 +167,9 @@ class FitConfig:
       value = getattr(self, name)
       if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
         raise ValueError(f"FitConfig.{name}={value!r} must be a number in [0, 1]")
+    if self.plateau_db is not None and not (
+        isinstance(self.plateau_db, (int, float)) and math.isfinite(self.plateau_db)):
+      raise ValueError(f"FitConfig.plateau_db={self.plateau_db!r} must be a finite number or None")
     if self.time_budget_s is not None and not self.time_budget_s > 0:
       raise ValueError(f"FitConfig.time_budget_s={self.time_budget_s!r} must be positive or None")
 
@@ -327,7 +333,8 @@ def fit_step(state: FitState, image: Array, *, config: FitConfig, plan=None) -> 
 
 # FitConfig fields read only by fit's host loop, with their defaults.
 _HOST_OPTIONS = {name: FitConfig.__dataclass_fields__[name].default for name in (
-    "replan_every", "log_every", "time_budget_s", "target_psnr", "num_gaussians", "densify_every",
+    "replan_every", "log_every", "time_budget_s", "target_psnr", "plateau_db", "num_gaussians",
+    "densify_every",
     "densify_until", "grow_until", "prune_fraction", "split_fraction")}
 
 _jit_step = jax.jit(fit_step, static_argnames=("config", "plan"))
@@ -462,7 +469,7 @@ def fit(
   Runs jitted ``fit_step`` calls in chunks, re-planning the renderer's binning
   every ``config.replan_every`` steps and after any overflow (an overflowed
   step is never accepted). Stops after ``config.steps`` steps, or earlier at
-  ``config.time_budget_s`` or ``config.target_psnr``. Deterministic for a
+  ``config.time_budget_s``, ``config.target_psnr`` or ``config.plateau_db``. Deterministic for a
   given input and backend (no randomness in the plain loss; ``key`` seeds the
   state's PRNG for stochastic extensions).
 
@@ -559,6 +566,9 @@ def fit(
     done = new_done
     if config.target_psnr is not None and psnrs and psnrs[-1] >= config.target_psnr:
       break
+    if config.plateau_db is not None and len(psnrs) >= 2 and steps[-1] - steps[-2] == config.log_every:
+      if psnrs[-1] - psnrs[-2] < config.plateau_db:
+        break
     if config.time_budget_s is not None and time.perf_counter() - start >= config.time_budget_s:
       break
 

@@ -112,8 +112,17 @@ def test_stopping_early_still_returns_n(kodak_crop):
   assert history.step[-1] <= 5 and fitted.num_gaussians == N
 
 
+def test_plateau_stops_early(kodak_crop):
+  g = gaussjax.init_slic(kodak_crop, N)
+  config = dataclasses.replace(CONFIG, steps=400, log_every=20, plateau_db=0.5)
+  _, history = gaussjax.fit(kodak_crop, g, config)
+  assert history.step[-1] < 400, history.step
+  gains = np.diff(history.psnr[:-1])
+  assert gains[-1] < 0.5 and np.all(gains[:-1] >= 0.5), history.psnr
+
+
 @pytest.mark.parametrize("field, value", [
-    ("num_gaussians", 0), ("densify_every", -1), ("prune_fraction", 1.5), ("split_fraction", -0.1),
+    ("plateau_db", float("nan")), ("num_gaussians", 0), ("densify_every", -1), ("prune_fraction", 1.5), ("split_fraction", -0.1),
     ("grow_until", 2.0)])
 def test_bad_density_config(field, value):
   with pytest.raises(ValueError, match=field):
