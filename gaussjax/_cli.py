@@ -117,7 +117,7 @@ def _run_fit(args) -> int:
   log_every = max(1, args.steps // 100)
   config = gaussjax.FitConfig(
       steps=args.steps, backend=args.backend, log_every=log_every,
-      replan_every=max(log_every, 50), time_budget_s=args.time_budget)
+      replan_every=max(log_every, 50), time_budget_s=args.time_budget, target_psnr=args.target_psnr)
   bar = ProgressBar(args.steps, enabled=not args.quiet)
   if not args.quiet:
     backend = gaussjax.default_backend() if args.backend == "auto" else args.backend
@@ -152,6 +152,7 @@ def register(subparsers) -> None:
                  help="renderer (auto: pallas on GPU, xla elsewhere)")
   p.add_argument("--seed", type=int, default=0, help="PRNG seed (0)")
   p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
+  p.add_argument("--target-psnr", type=float, default=None, help="stop once the PSNR reaches this (dB)")
   p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
   p.set_defaults(func=_run_fit)
 

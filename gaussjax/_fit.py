@@ -16,9 +16,18 @@ reads the step counter at the end of each chunk of steps (up to the next log
 or re-plan point), so the device is never synchronised inside a chunk; the
 steps lost to an overflow are at most one chunk.
 
-The loop is written as phases of jitted steps on a fixed N, so that a later
-adaptive density control (add/prune Gaussians between phases) can change N
-and rebuild the optimiser state there.
+Adaptive density control (``gaussjax._density``, off by default) runs on the
+host between chunks: ``fit`` keeps a buffer of exactly ``num_gaussians``
+slots, unused ones parked off the image, so the compiled step never changes
+shape; an event prunes, splits and adds Gaussians where the error is
+largest, and resets the optimiser moments of the slots it wrote. If ``fit``
+stops early while growing, the free slots are filled before returning, so
+the count is always exactly N.
+
+Plans (xla backend): each new plan is a new compiled step, so ``fit`` keeps
+its plan while it still holds the Gaussians (checked on the host), gives new
+plans room for Gaussians that grow into larger classes, and never re-plans
+when the native kernel (which ignores plans) renders.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gaussjax import _density
 from gaussjax._gaussians import Gaussians, validate
 from gaussjax._metrics import psnr as _psnr
 from gaussjax._metrics import ssim as _ssim
@@ -56,6 +66,15 @@ class FitConfig:
   linear warmup then a cosine decay to ``lr · final_lr_fraction`` at
   ``steps``.
 
+  Defaults (measured, ``benchmarks/represent.py`` ablation: Kodak 03 and 23
+  at 1/4 size with 625 Gaussians, the density of 10k at full size, 300
+  steps, SLIC init): twice the earlier rates (0.15, 0.03, 0.02) and a decay
+  to 0.2 instead of 0.05 of the peak gain 0.46 dB (32.49 -> 32.95 dB); rates
+  x3 gain less (32.63), colour rate x2 alone nothing (32.44). Density
+  control is off by default: at these step counts it measured within
+  ±0.4 dB of plain fitting from SLIC at N (see the ablation table), while
+  it pays off when many Gaussians are wasted (e.g. random or poor inits).
+
   Attributes:
     steps: optimisation steps (the schedule's horizon).
     lr_means: Adam learning rate of the means (in units of the spacing).
@@ -75,6 +94,24 @@ class FitConfig:
     time_budget_s: stop after this many seconds (checked every
       ``log_every`` steps), or None.
     target_psnr: stop once the PSNR reaches this (dB), or None.
+    plateau_db: stop once the PSNR gained less than this (dB) over the last
+      ``log_every`` steps (a plateau), or None.
+    num_gaussians: the number of Gaussians ``fit`` returns, exactly; None
+      keeps the number it is given. With fewer initial Gaussians the rest
+      are added where the error is largest (progressively when
+      ``densify_every > 0``, else all at step 0); with more, the least
+      contributing are pruned at step 0.
+    densify_every: steps between density-control events (0: none). Each
+      event prunes, splits and adds Gaussians (``gaussjax._density``).
+    densify_until: no events after this fraction of ``steps``.
+    grow_until: the count grows linearly from the initial number to
+      ``num_gaussians`` over the events up to this fraction of ``steps``.
+    prune_fraction: at each event, this fraction of ``num_gaussians`` with
+      the least contribution is pruned and re-added where the error is
+      largest (the count is unchanged).
+    split_fraction: of the Gaussians added at an event, this fraction
+      comes from splitting large Gaussians with large positional gradients,
+      the rest from error-guided sampling.
   """
 
   steps: int = 2000
@@ -84,11 +121,11 @@ class FitConfig:
   # Checked at half size, N = 1000, 200 steps, xla backend (kodim05, kodim23):
   # 22.46 / 29.39 dB; doubling lr_means and lr_chol +0.05-0.09 dB, halving them
   # -0.1-0.2 dB, halving lr_colors -0.03-0.1 dB.
-  lr_means: float = 0.15
-  lr_chol: float = 0.03
-  lr_colors: float = 0.02
+  lr_means: float = 0.3
+  lr_chol: float = 0.06
+  lr_colors: float = 0.04
   warmup_steps: int = 20
-  final_lr_fraction: float = 0.05
+  final_lr_fraction: float = 0.2
   l1_weight: float = 0.0
   l2_weight: float = 1.0
   ssim_weight: float = 0.0
@@ -97,6 +134,13 @@ class FitConfig:
   log_every: int = 100
   time_budget_s: float | None = None
   target_psnr: float | None = None
+  plateau_db: float | None = None
+  num_gaussians: int | None = None
+  densify_every: int = 0
+  densify_until: float = 0.5
+  grow_until: float = 0.3
+  prune_fraction: float = 0.0
+  split_fraction: float = 0.0
 
   def __post_init__(self):
     for name in ("steps", "replan_every", "log_every"):
@@ -113,6 +157,19 @@ class FitConfig:
     if self.l1_weight + self.l2_weight + self.ssim_weight <= 0:
       raise ValueError("FitConfig: at least one of l1_weight, l2_weight, ssim_weight must be positive")
     resolve_backend(self.backend)
+    if self.num_gaussians is not None and (
+        isinstance(self.num_gaussians, bool) or not isinstance(self.num_gaussians, int)
+        or self.num_gaussians <= 0):
+      raise ValueError(f"FitConfig.num_gaussians={self.num_gaussians!r} must be a positive int or None")
+    if isinstance(self.densify_every, bool) or not isinstance(self.densify_every, int) or self.densify_every < 0:
+      raise ValueError(f"FitConfig.densify_every={self.densify_every!r} must be a non-negative int")
+    for name in ("densify_until", "grow_until", "prune_fraction", "split_fraction"):
+      value = getattr(self, name)
+      if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+        raise ValueError(f"FitConfig.{name}={value!r} must be a number in [0, 1]")
+    if self.plateau_db is not None and not (
+        isinstance(self.plateau_db, (int, float)) and math.isfinite(self.plateau_db)):
+      raise ValueError(f"FitConfig.plateau_db={self.plateau_db!r} must be a finite number or None")
     if self.time_budget_s is not None and not self.time_budget_s > 0:
       raise ValueError(f"FitConfig.time_budget_s={self.time_budget_s!r} must be positive or None")
 
@@ -306,8 +363,112 @@ def fit_step(state: FitState, image: Array, *, config: FitConfig, plan=None,
   return new_state, {"loss": loss, "psnr": aux["psnr"], "overflow": overflow}
 
 
+# FitConfig fields read only by fit's host loop, with their defaults.
+_HOST_OPTIONS = {name: FitConfig.__dataclass_fields__[name].default for name in (
+    "replan_every", "log_every", "time_budget_s", "target_psnr", "plateau_db", "num_gaussians",
+    "densify_every",
+    "densify_until", "grow_until", "prune_fraction", "split_fraction")}
+
 _jit_step = jax.jit(fit_step, static_argnames=("config", "plan"))
 _jit_loss = jax.jit(fit_loss, static_argnames=("config", "plan"))
+_jit_rasterize = jax.jit(rasterize, static_argnames=("height", "width", "backend", "plan"))
+
+
+# Plans of the xla backend while fitting. Every new plan is a new compiled
+# step (seconds to tens of seconds on a loaded 2-core CPU), so fit keeps its
+# plan while that still holds the Gaussians with _KEEP_MARGIN spare capacity
+# and a fresh plan would not save more than 1 - _KEEP_COST of the window
+# pixels; new plans get _FIT_HEADROOM spare capacity (Gaussians grow while
+# fitting). Measured on kodim03 at 192x128, N = 625, from random: 6 compiles
+# in 40 steps with always-fresh plans of 25 % headroom.
+_KEEP_MARGIN = 0.05
+_KEEP_COST = 0.6
+_FIT_HEADROOM = 0.6
+_MIGRATE = 0.5
+
+
+def _xla_cost(plan) -> int:
+  return sum(cap * size * size for size, cap in zip(plan.sizes, plan.capacities))
+
+
+def _xla_holds(plan, gaussians, height, width) -> bool:
+  """Whether an ``XlaPlan`` holds these Gaussians with ``_KEEP_MARGIN`` to spare (host check)."""
+  from gaussjax._xla import _needs_jit
+  side, _ = _needs_jit(jnp.asarray(gaussians.means, jnp.float32), jnp.asarray(gaussians.chol, jnp.float32),
+                       height, width)
+  side = np.asarray(side)
+  side = side[side > 0]
+  if side.size and side.max() > plan.sizes[-1]:
+    return False
+  counts = np.bincount(np.searchsorted(np.asarray(plan.sizes), side, side="left"), minlength=len(plan.sizes))
+  return bool(np.all(counts <= (1.0 - _KEEP_MARGIN) * np.asarray(plan.capacities)))
+
+
+def _choose_plan(gaussians, height, width, backend, plan):
+  """The plan for the next chunk: ``(plan, 1 if a new one was made else 0)``.
+
+  ``plan`` is the current one, or None to force a new plan (after overflow).
+  """
+  if backend != "xla":
+    return make_plan(gaussians, height, width, backend=backend), 1
+  from gaussjax import _native
+  from gaussjax._xla import XlaPlan, _round_capacity, plan_xla
+  if plan is not None and _native.usable(jnp.float32, gaussians.colors.shape[-1]):
+    return plan, 0  # the native kernel ignores plans: a new one would only recompile
+  fresh = plan_xla(gaussians, height, width, headroom=_FIT_HEADROOM)
+  # Gaussians grow into the next class while fitting: each class also gets
+  # room for _MIGRATE of the previous class's capacity.
+  caps, chunks = [fresh.capacities[0]], [fresh.chunks[0]]
+  for k in range(1, len(fresh.sizes)):
+    cap, chunk = _round_capacity(fresh.capacities[k] + _MIGRATE * fresh.capacities[k - 1], fresh.chunks[k])
+    caps.append(cap)
+    chunks.append(chunk)
+  fresh = XlaPlan(fresh.sizes, tuple(caps), tuple(chunks))
+  if isinstance(plan, XlaPlan) and _xla_holds(plan, gaussians, height, width):
+    if _xla_cost(fresh) >= _KEEP_COST * _xla_cost(plan):
+      return plan, 0
+  return fresh, 1
+
+
+def _render_fresh(gaussians, height, width, backend, plan):
+  """Renders with ``plan``, re-planning if it is None or overflows: ``(image, plan, plans made)``."""
+  made = 0
+  if plan is None:
+    plan, made = _choose_plan(gaussians, height, width, backend, None)
+  render, overflow = _jit_rasterize(gaussians, height=height, width=width, backend=backend, plan=plan)
+  if bool(overflow):
+    plan, more = _choose_plan(gaussians, height, width, backend, None)
+    made += more
+    render, overflow = _jit_rasterize(gaussians, height=height, width=width, backend=backend, plan=plan)
+  return render, plan, made
+
+
+def _mean_grad_rms(opt_state, n: int) -> np.ndarray | None:
+  """``[N]`` RMS of the recent gradients at the means (Adam's second moment)."""
+  try:
+    nu = opt_state.inner_states["means"].inner_state[0].nu.means
+  except (AttributeError, KeyError, IndexError, TypeError):  # a user's own optimiser
+    return None
+  nu = np.asarray(nu)
+  return np.sqrt(nu.sum(-1)) if nu.shape == (n, 2) else None
+
+
+def _density_event(state: FitState, image, config: FitConfig, plan, rng, *, target, prune, split):
+  """One density-control event on ``state`` (host side): ``(state, plan, plans made)``."""
+  height, width = image.shape[0], image.shape[1]
+  n = state.gaussians.means.shape[0]
+  render, plan, made = _render_fresh(state.gaussians, height, width, config.backend, plan)
+  residual = np.asarray(image) - np.clip(np.asarray(render), 0.0, 1.0)
+  grads = _mean_grad_rms(state.opt_state, n) if split else None
+  gaussians, written = _density.densify(
+      rng, state.gaussians, residual, target=target, prune=prune, split=split if grads is not None else 0,
+      mean_grads=grads)
+  gaussians = Gaussians(*(jnp.asarray(x) for x in gaussians))
+  opt_state = _density.reset_rows(state.opt_state, written, n)
+  state = state._replace(gaussians=gaussians, opt_state=opt_state)
+  # Make sure the plan holds the new Gaussians before the next chunk.
+  _, plan, made_after = _render_fresh(state.gaussians, height, width, config.backend, plan)
+  return state, plan, made + made_after
 
 
 def _check_image(image) -> Array:
@@ -340,7 +501,7 @@ def fit(
   Runs jitted ``fit_step`` calls in chunks, re-planning the renderer's binning
   every ``config.replan_every`` steps and after any overflow (an overflowed
   step is never accepted). Stops after ``config.steps`` steps, or earlier at
-  ``config.time_budget_s`` or ``config.target_psnr``. Deterministic for a
+  ``config.time_budget_s``, ``config.target_psnr`` or ``config.plateau_db``. Deterministic for a
   given input and backend (no randomness in the plain loss; ``key`` seeds the
   state's PRNG for stochastic extensions).
 
@@ -378,12 +539,20 @@ def fit(
   height, width = image.shape[0], image.shape[1]
   backend = resolve_backend(config.backend)
   config = dataclasses.replace(config, backend=backend)  # one compiled step per backend
+  # The step does not read the host-loop options: leaving them out of its
+  # static config lets fits that differ only in those share compiled steps.
+  step_config = dataclasses.replace(config, **_HOST_OPTIONS)
 
   start = time.perf_counter()
+  schedule = _density.Schedule.make(gaussians.num_gaussians, config)
+  # A fixed buffer of N slots: parked slots wait to be filled (see _density).
+  gaussians = _density.to_buffer(gaussians, schedule.target)
   state = init_fit_state(gaussians, config, key=key)
+  rng = np.random.default_rng(np.asarray(jax.random.key_data(state.key)).astype(np.uint32).ravel().tolist())
   steps, losses, psnrs, times = [], [], [], []
   replans = overflows = 0
   plan = None
+  last_event = -1
   need_plan = True
   last_plan_step = 0
   done = 0
@@ -397,18 +566,27 @@ def fit(
       callback(step, {"loss": losses[-1], "psnr": psnrs[-1], "wall_time": wall})
 
   while done < config.steps:
+    if done in schedule.events and done != last_event:
+      last_event = done
+      target, prune, split = schedule.event(done)
+      state, plan, made = _density_event(
+          state, image, config, plan, rng, target=target, prune=prune, split=split)
+      replans += made
+      need_plan = False
+      if made:
+        last_plan_step = done
     chunk_start = time.perf_counter() - start  # the state at step `done` exists now
     if need_plan or done - last_plan_step >= config.replan_every:
-      plan = make_plan(state.gaussians, height, width, backend=backend)
+      plan, made = _choose_plan(state.gaussians, height, width, backend, None if need_plan else plan)
       need_plan = False
-      replans += 1
+      replans += made
       last_plan_step = done
     # A chunk runs without synchronising, up to the next log or re-plan point.
     next_log = (done // config.log_every + 1) * config.log_every
-    end = min(next_log, last_plan_step + config.replan_every, config.steps)
+    end = min(next_log, last_plan_step + config.replan_every, config.steps, schedule.next_event(done))
     first_metrics = None
     for i in range(end - done):
-      state, metrics = _jit_step(state, image, config=config, plan=plan)
+      state, metrics = _jit_step(state, image, config=step_config, plan=plan)
       if i == 0:
         first_metrics = metrics  # metrics of the Gaussians at step `done`
     new_done = int(state.step)  # synchronises once per chunk
@@ -420,16 +598,30 @@ def fit(
     done = new_done
     if config.target_psnr is not None and psnrs and psnrs[-1] >= config.target_psnr:
       break
+    if config.plateau_db is not None and len(psnrs) >= 2 and steps[-1] - steps[-2] == config.log_every:
+      if psnrs[-1] - psnrs[-2] < config.plateau_db:
+        break
     if config.time_budget_s is not None and time.perf_counter() - start >= config.time_budget_s:
       break
 
-  # Final entry: the fitted Gaussians themselves.
+  if not _density.is_active(state.gaussians).all():  # stopped while growing: fill the rest
+    state, _, _ = _density_event(state, image, config, plan, rng, target=schedule.target, prune=0, split=0)
+  # Final entry: the fitted Gaussians themselves, through the compiled step
+  # (its metrics are those of the Gaussians before the update).
   end_time = time.perf_counter() - start
-  final_plan = make_plan(state.gaussians, height, width, backend=backend)
-  loss, aux = _jit_loss(state.gaussians, image, config=config, plan=final_plan)
-  if bool(aux["overflow"]):  # pragma: no cover (a fresh plan never overflows)
-    raise RuntimeError("the renderer overflowed a fresh plan")
-  log(done, loss, aux["psnr"], end_time)
+  if backend == "xla":
+    plan, made = _choose_plan(state.gaussians, height, width, backend, plan)
+    replans += made
+  else:
+    plan = make_plan(state.gaussians, height, width, backend=backend)
+  _, metrics = _jit_step(state, image, config=step_config, plan=plan)
+  if bool(metrics["overflow"]):
+    plan = make_plan(state.gaussians, height, width, backend=backend)
+    replans += 1
+    _, metrics = _jit_step(state, image, config=step_config, plan=plan)
+    if bool(metrics["overflow"]):  # pragma: no cover (a fresh plan never overflows)
+      raise RuntimeError("the renderer overflowed a fresh plan")
+  log(done, metrics["loss"], metrics["psnr"], end_time)
   history = FitHistory(
       np.asarray(steps, np.int64), np.asarray(losses, np.float64), np.asarray(psnrs, np.float64),
       np.asarray(times, np.float64), replans, overflows)
