@@ -9,7 +9,7 @@
    as ellipses. The numbers go to ``benchmarks/results/fit_progression.json|md``
    (with the machine) and the titles are read back from there.
 2. ``docs/images/rd_kodak.png``: rate (bpp) against PSNR from the RD results
-   of ``benchmarks/rd.py`` (``benchmarks/results/rd*.json``, rows with a codec
+   of ``benchmarks/rd.py`` (``benchmarks/results/rd.json``, or ``--rd-results``, rows with a codec
    name, ``bpp`` and ``psnr``, optionally ``image`` and a parameter ``param``),
    averaged per codec and parameter over images. ``rd.py`` measures the
    classical codecs on the same images; only when a results file has none are
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import glob
 import io
 import json
 import os
@@ -194,9 +193,10 @@ def _average_curves(rows, codec_keys, param_keys):
 
 
 def rd_plot(args) -> None:
-  files = sorted(glob.glob(os.path.join(RESULTS, "rd*.json")))
+  names = getattr(args, "rd_results", "rd.json").split(",")
+  files = [os.path.join(RESULTS, name) for name in names if os.path.exists(os.path.join(RESULTS, name))]
   if not files:
-    print("rd_kodak.png skipped: no benchmarks/results/rd*.json (run benchmarks/rd.py first)")
+    print(f"rd_kodak.png skipped: no {names} in benchmarks/results (run benchmarks/rd.py first)")
     return
   import matplotlib
   matplotlib.use("Agg")
@@ -266,6 +266,8 @@ def main(argv=None) -> int:
   parser.add_argument("--backend", default="auto")
   parser.add_argument("--classic", default=CLASSIC_CSV, help="classical codecs CSV (kodak_classic.csv)")
   parser.add_argument("--classic-codecs", default="jpeg,webp,jpeg2000,avif")
+  parser.add_argument("--rd-results", default="rd.json",
+                      help="rd.py results files in benchmarks/results to plot, comma-separated")
   parser.add_argument("--max-bpp", type=float, default=2.0)
   parser.add_argument("--dpi", type=int, default=110)
   parser.add_argument("--max-kb", type=int, default=280, help="PNG size limit before palette quantisation")
