@@ -12,27 +12,16 @@ import os
 import sys
 import time
 
-import jax
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _machine  # noqa: E402
 
-import gaussjax  # noqa: E402
-from gaussjax._fuzz import fuzz  # noqa: E402
+from gaussjax._fuzz import fuzz, seed_files  # noqa: E402
 
 
 def seeds():
-  out = []
-  for n, c, (h, w) in ((2000, 3, (256, 384)), (200, 3, (40, 56)), (60, 1, (17, 33)),
-                       (30, 4, (64, 20)), (5, 2, (3, 900))):
-    g = gaussjax.init_random(jax.random.key(n), n, h, w, c)
-    chol = g.chol * jax.random.uniform(jax.random.key(c), (n, 3), minval=-1.5, maxval=1.5)
-    out.append(gaussjax.encode_gaussians(gaussjax.Gaussians(g.means, chol, g.colors), h, w))
-  empty = gaussjax.Gaussians(np.zeros((0, 2), np.float32), np.zeros((0, 3), np.float32),
-                             np.zeros((0, 3), np.float32))
-  out.append(gaussjax.encode_gaussians(empty, 9, 9))
-  return out
+  return seed_files(((2000, 3, (256, 384)), (200, 3, (40, 56)), (60, 1, (17, 33)),
+                     (30, 4, (64, 20)), (5, 2, (3, 900))))
 
 
 def main():

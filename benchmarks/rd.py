@@ -220,7 +220,7 @@ def main(argv=None):
       "jpeg": "Pillow quality sweep, optimize=True, 4:2:0",
       "webp": "Pillow method=6", "jpeg2000": "Pillow/OpenJPEG irreversible=True mct=1, rates mode",
       "avif": "Pillow speed=4" if "avif" in codecs else "not available",
-      "bd_rate": "Bjontegaard, cubic log-rate vs PSNR, classical curves restricted to 0.08-1.5 bpp",
+      "bd_rate_method": "Bjontegaard, cubic log-rate vs PSNR, classical curves restricted to 0.08-1.5 bpp",
       "decode_time_s": dec, "total_s": total, "psnr_at_rate": at_rate, "bd_rate": summary,
   }
   _machine.write_results(args.name, rows, meta)

@@ -165,7 +165,7 @@ def write(results, machine, args):
   old["machine"] = machine
   with open(path, "w") as f:
     json.dump(old, f, indent=2)
-  lines = [f"# Representation benchmark (Kodak)", "",
+  lines = ["# Representation benchmark (Kodak)", "",
            "Machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()), ""]
   for key in sorted(k for k in old if k.startswith("main")):
     lines += [f"## Full size 768x512 ({key}): {old[key]['config']}", "",

@@ -86,3 +86,26 @@ def fuzz(seeds: list[bytes], count: int, *, seed: int = 0, decode=None) -> dict:
         assert np.all(np.isfinite(arr)), f"mutant {k} decoded to non-finite values"
     slowest = max(slowest, time.perf_counter() - t)
   return {"accepted": accepted, "rejected": rejected, "slowest_s": slowest}
+
+
+def seed_files(cases) -> list[bytes]:
+  """Valid ``.gjx`` files to mutate: one per ``(n, channels, (height, width))``, plus an empty one.
+
+  Random Gaussians with Cholesky factors of both signs, so every field of the
+  format takes varied values.
+  """
+  import jax
+
+  from gaussjax._codec import encode_gaussians
+  from gaussjax._gaussians import Gaussians
+  from gaussjax._init import init_random
+
+  out = []
+  for n, c, (h, w) in cases:
+    g = init_random(jax.random.key(n), n, h, w, c)
+    chol = g.chol * jax.random.uniform(jax.random.key(c), (n, 3), minval=-1.5, maxval=1.5)
+    out.append(encode_gaussians(Gaussians(g.means, chol, g.colors), h, w))
+  empty = Gaussians(np.zeros((0, 2), np.float32), np.zeros((0, 3), np.float32),
+                    np.zeros((0, 3), np.float32))
+  out.append(encode_gaussians(empty, 9, 9))
+  return out

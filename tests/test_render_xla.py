@@ -21,7 +21,6 @@ import gaussjax
 from gaussjax import _native
 from gaussjax import _render
 from gaussjax import _xla
-from gaussjax import constants
 from gaussjax._render import render_reference
 
 # float32 images: each pixel sums ≤ 200 terms of size ≤ ~2 in a different
