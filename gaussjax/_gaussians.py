@@ -70,6 +70,27 @@ def covariances(chol: Array) -> Array:
   return jnp.stack([jnp.stack([sxx, sxy], -1), jnp.stack([sxy, syy], -1)], -2)
 
 
+def rendered_covariance(chol: Array) -> tuple[Array, Array, Array, Array]:
+  """``(Σxx, Σxy, Σyy, det Σ)`` of ``Σ = L Lᵀ + COV_FLOOR·I``, each ``[...]``.
+
+  The one place the rendered covariance is written: ``conics``, ``extents``
+  and the fast backends derive their forms from it.
+
+  Args:
+    chol: ``[..., 3]`` Cholesky factors.
+  """
+  l11, l21, l22 = chol[..., 0], chol[..., 1], chol[..., 2]
+  f = constants.COV_FLOOR
+  sxx = l11 * l11 + f
+  sxy = l11 * l21
+  syy = l21 * l21 + l22 * l22 + f
+  # det = sxx·syy - sxy², expanded so that no terms cancel: for thin Gaussians
+  # the difference form loses most digits, and how many depends on whether the
+  # compiler fuses it into an FMA, so backends would disagree.
+  det = (l11 * l22) ** 2 + f * (l11 * l11 + l21 * l21 + l22 * l22) + f * f
+  return sxx, sxy, syy, det
+
+
 def conics(chol: Array) -> Array:
   """Inverse covariances of the rendered Gaussians, as ``(a, b, c)``.
 
@@ -82,15 +103,7 @@ def conics(chol: Array) -> Array:
   Returns:
     ``[..., 3]`` conic coefficients ``(a, b, c)``.
   """
-  l11, l21, l22 = chol[..., 0], chol[..., 1], chol[..., 2]
-  sxx = l11 * l11 + constants.COV_FLOOR
-  sxy = l11 * l21
-  syy = l21 * l21 + l22 * l22 + constants.COV_FLOOR
-  # det = sxx·syy - sxy², expanded so that no terms cancel: for thin Gaussians
-  # the difference form loses most digits, and how many depends on whether the
-  # compiler fuses it into an FMA, so backends would disagree.
-  f = constants.COV_FLOOR
-  det = (l11 * l22) ** 2 + f * (l11 * l11 + l21 * l21 + l22 * l22) + f * f
+  sxx, sxy, syy, det = rendered_covariance(chol)
   inv = 1.0 / det
   return jnp.stack([syy * inv, -sxy * inv, sxx * inv], -1)
 
@@ -107,9 +120,7 @@ def extents(chol: Array) -> Array:
   Returns:
     ``[..., 2]`` half-widths.
   """
-  l11, l21, l22 = chol[..., 0], chol[..., 1], chol[..., 2]
-  sxx = l11 * l11 + constants.COV_FLOOR
-  syy = l21 * l21 + l22 * l22 + constants.COV_FLOOR
+  sxx, _, syy, _ = rendered_covariance(chol)
   return jnp.sqrt(constants.CUTOFF_Q * jnp.stack([sxx, syy], -1))
 
 

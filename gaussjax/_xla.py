@@ -50,7 +50,7 @@ import numpy as np
 
 from gaussjax import _native
 from gaussjax import constants
-from gaussjax._gaussians import Gaussians, extents
+from gaussjax._gaussians import Gaussians, extents, rendered_covariance
 from gaussjax._render import gaussian_weight
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -278,11 +278,8 @@ def _shapes(chol):
   Returns:
     ``[N, 3]``.
   """
-  l11, l21, l22 = chol[:, 0], chol[:, 1], chol[:, 2]
-  floor = constants.COV_FLOOR
-  sxx = l11 * l11 + floor
-  det = (l11 * l22) ** 2 + floor * (l11 * l11 + l21 * l21 + l22 * l22) + floor * floor
-  return jnp.stack([jax.lax.rsqrt(sxx), l11 * l21 / sxx, jnp.sqrt(sxx / det)], -1)
+  sxx, sxy, _, det = rendered_covariance(chol)
+  return jnp.stack([jax.lax.rsqrt(sxx), sxy / sxx, jnp.sqrt(sxx / det)], -1)
 
 
 def _window_q(mean, shape, origin, sy, sx):
