@@ -15,6 +15,7 @@ from gaussjax._fit import FitConfig
 from gaussjax._fit import FitHistory
 from gaussjax._fit import FitState
 from gaussjax._fit import fit
+from gaussjax._fit import fit_image
 from gaussjax._fit import fit_loss
 from gaussjax._fit import fit_step
 from gaussjax._fit import init_fit_state
@@ -67,6 +68,7 @@ __all__ = (
     "extents",
     "fit",
     "fit_batch",
+    "fit_image",
     "fit_loss",
     "fit_step",
     "init_fit_state",

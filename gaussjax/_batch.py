@@ -431,7 +431,8 @@ def fit_batch(images, gaussians, config=None, *, devices=None, vectorize: bool |
     >>> fitted.means.shape, metrics["psnr"].shape
     ((2, 20, 2), (2,))
   """
-  from gaussjax._fit import FitConfig, init_fit_state
+  from gaussjax import _density
+  from gaussjax._fit import FitConfig, density_event, host_rng, init_fit_state
   config = FitConfig() if config is None else config
   if not isinstance(config, FitConfig):
     raise TypeError(f"config must be a gaussjax.FitConfig, got {type(config).__name__}")
@@ -460,11 +461,24 @@ def fit_batch(images, gaussians, config=None, *, devices=None, vectorize: bool |
   for (hb, wb, _), members in groups.items():
     padded, masks = pad_images([arrays[i] for i in members], shape=(hb, wb))
     images_b, masks_b = jnp.asarray(padded), jnp.asarray(masks)
-    state = jax.vmap(lambda g: init_fit_state(g, config))(_stack([initial[i] for i in members]))
+    # Density control as in fit: the same events, run per image on the host
+    # between the compiled stretches of steps (buffers of N slots keep shapes).
+    schedule = _density.Schedule.make(initial[members[0]].num_gaussians, config)
+    state = jax.vmap(lambda g: init_fit_state(g, config))(
+        _stack([_density.to_buffer(initial[i], schedule.target) for i in members]))
+    rngs = [host_rng(key) for key in state.key]
     plan_fn = lambda state, hb=hb, wb=wb: make_plan(state.gaussians, hb, wb, backend=backend)
-    state = run_steps(_fit_step, state, (images_b, masks_b), num_steps=config.steps,
-                      plan_fn=plan_fn, static=config, mesh=mesh, replan_steps=config.replan_every,
-                      vectorize=vectorize)
+    done = 0
+    for event in (*schedule.events, config.steps):
+      if event > done:
+        state = run_steps(_fit_step, state, (images_b, masks_b), num_steps=event - done,
+                          plan_fn=plan_fn, static=config, mesh=mesh,
+                          replan_steps=config.replan_every, vectorize=vectorize)
+        done = event
+      if event < config.steps:
+        state = _stack([density_event(jax.tree_util.tree_map(lambda x, k=k: x[k], state),
+                                      arrays[i], config, schedule, event, rngs[k])
+                        for k, i in enumerate(members)])
     g = state.gaussians
     group_loss, group_psnr, overflow = _final_metrics(g, images_b, masks_b, config=config,
                                                       plan=plan_fn(state))
@@ -587,6 +601,7 @@ def encode_batch(images: Sequence, config=None, *, devices=None,
     ValueError / TypeError: as ``encode``, for the first bad image or config.
   """
   from gaussjax import _codec
+  from gaussjax._fit import initial_count
   from gaussjax._init import init_slic
   config = _codec.CodecConfig() if config is None else config
   if not isinstance(config, _codec.CodecConfig):
@@ -605,12 +620,13 @@ def encode_batch(images: Sequence, config=None, *, devices=None,
 
   # Float fit as in _codec._fit_float: SLIC, then fit_batch (size buckets,
   # padding masked out), one call per N.
-  fit_config = _codec._float_fit_config(config) if config.fit_steps else None
   by_n: dict[int, list[int]] = {}
   for i, (n, _) in enumerate(settings):
     by_n.setdefault(n, []).append(i)
   for n, members in by_n.items():
-    initial = [init_slic(np.asarray(arrays[i]), n, key=jax.random.key(config.seed))
+    fit_config = _codec._float_fit_config(config, n) if config.fit_steps else None
+    count = initial_count(n, fit_config) if fit_config is not None else n
+    initial = [init_slic(np.asarray(arrays[i]), count, key=jax.random.key(config.seed))
                for i in members]
     if fit_config is None:
       g = _stack(initial)

@@ -100,6 +100,7 @@ def _run_fit(args) -> int:
   import jax
 
   import gaussjax
+  from gaussjax._fit import initial_count
   from gaussjax._io import save_image
 
   if is_same_file(args.image, args.out):
@@ -110,21 +111,23 @@ def _run_fit(args) -> int:
     raise CliError(f"--gaussians {args.gaussians} is more than the {height}x{width} pixels of the image")
   key = jax.random.key(args.seed)
   start = time.perf_counter()
-  if args.init == "slic":
-    gaussians = gaussjax.init_slic(image, args.gaussians, key=key)
-  else:
-    gaussians = gaussjax.init_random(key, args.gaussians, height, width, channels)
   log_every = max(1, args.steps // 100)
   config = gaussjax.FitConfig(
-      steps=args.steps, backend=args.backend, log_every=log_every,
+      steps=args.steps, backend=args.backend, log_every=log_every, num_gaussians=args.gaussians,
       replan_every=max(log_every, 50), time_budget_s=args.time_budget, target_psnr=args.target_psnr)
+  # SLIC starts from part of N and fit grows the rest where the error is
+  # largest (gaussjax.fit_image); random init starts from all N.
+  if args.init == "slic":
+    gaussians = gaussjax.init_slic(image, initial_count(args.gaussians, config), key=key)
+  else:
+    gaussians = gaussjax.init_random(key, args.gaussians, height, width, channels)
   bar = ProgressBar(args.steps, enabled=not args.quiet)
   if not args.quiet:
     backend = gaussjax.default_backend() if args.backend == "auto" else args.backend
     print(f"fitting {args.gaussians} Gaussians to {height}x{width}x{channels} "
           f"({args.init} init, {backend} backend)", file=sys.stderr)
   fitted, history = gaussjax.fit(
-      image, gaussians, config,
+      image, gaussians, config, key=key,
       callback=lambda step, m: bar.update(step, f"PSNR {m['psnr']:.2f} dB {m['wall_time']:.1f} s"))
   bar.close()
   elapsed = time.perf_counter() - start

@@ -492,20 +492,21 @@ _STEP_CACHE = {}
 
 def _fit_float(image: jax.Array, n: int, config: CodecConfig) -> Gaussians:
   """The float fit the codec starts from: SLIC initialisation, then ``gaussjax.fit``."""
-  from gaussjax._fit import fit
+  from gaussjax._fit import fit, initial_count
   from gaussjax._init import init_slic
-  g = init_slic(np.asarray(image), n, key=jax.random.key(config.seed))
   if config.fit_steps == 0:
-    return g
-  g, _ = fit(image, g, _float_fit_config(config))
+    return init_slic(np.asarray(image), n, key=jax.random.key(config.seed))
+  fit_config = _float_fit_config(config, n)
+  g = init_slic(np.asarray(image), initial_count(n, fit_config), key=jax.random.key(config.seed))
+  g, _ = fit(image, g, fit_config)
   return g
 
 
-def _float_fit_config(config: CodecConfig):
-  """The ``FitConfig`` of the float fit (also used by ``gaussjax.encode_batch``)."""
+def _float_fit_config(config: CodecConfig, n: int):
+  """The ``FitConfig`` of the float fit to ``n`` Gaussians (also used by ``gaussjax.encode_batch``)."""
   from gaussjax._fit import FitConfig
   return FitConfig(steps=config.fit_steps, backend=config.backend,
-                   log_every=max(config.fit_steps, 1), replan_every=50)
+                   log_every=max(config.fit_steps, 1), replan_every=50, num_gaussians=n)
 
 
 def render_safe(gaussians: Gaussians, height: int, width: int, *, backend: str = "auto",

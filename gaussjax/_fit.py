@@ -70,10 +70,15 @@ class FitConfig:
   at 1/4 size with 625 Gaussians, the density of 10k at full size, 300
   steps, SLIC init): twice the earlier rates (0.15, 0.03, 0.02) and a decay
   to 0.2 instead of 0.05 of the peak gain 0.46 dB (32.49 -> 32.95 dB); rates
-  x3 gain less (32.63), colour rate x2 alone nothing (32.44). Density
-  control is off by default: at these step counts it measured within
-  ±0.4 dB of plain fitting from SLIC at N (see the ablation table), while
-  it pays off when many Gaussians are wasted (e.g. random or poor inits).
+  x3 gain less (32.63), colour rate x2 alone nothing (32.44).
+
+  Density control is on by default: every ``densify_every`` steps up to
+  ``densify_until`` of the run, the 5% of Gaussians that contribute least
+  are moved to where the error is largest, and when ``fit`` is given fewer
+  Gaussians than ``num_gaussians`` (as ``fit_image`` does: SLIC at half of
+  N) the count grows to N over the first ``grow_until`` of the run. The
+  ``represent.py`` ablation table measures what each part adds (set
+  ``densify_every=0`` for plain fitting).
 
   Attributes:
     steps: optimisation steps (the schedule's horizon).
@@ -136,10 +141,10 @@ class FitConfig:
   target_psnr: float | None = None
   plateau_db: float | None = None
   num_gaussians: int | None = None
-  densify_every: int = 0
-  densify_until: float = 0.5
+  densify_every: int = 30
+  densify_until: float = 0.6
   grow_until: float = 0.3
-  prune_fraction: float = 0.0
+  prune_fraction: float = 0.05
   split_fraction: float = 0.0
 
   def __post_init__(self):
@@ -471,6 +476,23 @@ def _density_event(state: FitState, image, config: FitConfig, plan, rng, *, targ
   return state, plan, made + made_after
 
 
+def host_rng(key: Array) -> np.random.Generator:
+  """The NumPy generator of the host-side density events of a fit whose state holds ``key``."""
+  return np.random.default_rng(np.asarray(jax.random.key_data(key)).astype(np.uint32).ravel().tolist())
+
+
+def density_event(state: FitState, image, config: FitConfig, schedule, step: int, rng) -> FitState:
+  """The density-control event of ``schedule`` at ``step`` on one image's ``state`` (host side).
+
+  ``gaussjax.fit_batch`` calls this per image, so a batch makes the same
+  events as ``fit``.
+  """
+  target, prune, split = schedule.event(step)
+  state, _, _ = _density_event(state, image, config, None, rng, target=target, prune=prune,
+                               split=split)
+  return state
+
+
 def _check_image(image) -> Array:
   if not _is_concrete(image):
     raise TypeError("fit runs a host loop; call it on concrete arrays (use fit_step under jit)")
@@ -548,7 +570,7 @@ def fit(
   # A fixed buffer of N slots: parked slots wait to be filled (see _density).
   gaussians = _density.to_buffer(gaussians, schedule.target)
   state = init_fit_state(gaussians, config, key=key)
-  rng = np.random.default_rng(np.asarray(jax.random.key_data(state.key)).astype(np.uint32).ravel().tolist())
+  rng = host_rng(state.key)
   steps, losses, psnrs, times = [], [], [], []
   replans = overflows = 0
   plan = None
@@ -626,3 +648,67 @@ def fit(
       np.asarray(steps, np.int64), np.asarray(losses, np.float64), np.asarray(psnrs, np.float64),
       np.asarray(times, np.float64), replans, overflows)
   return state.gaussians, history
+
+
+GROW_FROM = 0.5
+"""Fraction of N that ``fit_image`` initialises with SLIC; ``fit`` grows the rest."""
+
+
+def initial_count(num_gaussians: int, config: FitConfig) -> int:
+  """How many Gaussians ``fit_image`` initialises for a fit to ``num_gaussians``.
+
+  ``GROW_FROM`` of N when ``config`` has density control (``fit`` adds the
+  rest where the error is largest), else N.
+  """
+  if num_gaussians <= 0:
+    raise ValueError(f"num_gaussians={num_gaussians} must be positive")
+  if not config.densify_every:
+    return num_gaussians
+  return max(1, int(math.ceil(GROW_FROM * num_gaussians)))
+
+
+def fit_image(
+    image,
+    num_gaussians: int,
+    config: FitConfig = FitConfig(),
+    *,
+    key: Array | None = None,
+    callback: Callable[[int, dict], None] | None = None,
+) -> tuple[Gaussians, FitHistory]:
+  """Represents ``image`` with exactly ``num_gaussians`` Gaussians: init and fit in one call.
+
+  SLIC-initialises ``initial_count(num_gaussians, config)`` Gaussians
+  (``gaussjax.init_slic``), then ``fit`` grows them to ``num_gaussians``
+  while fitting (``config.num_gaussians`` is set to it). The recommended way
+  to fit an image; use ``init_slic`` and ``fit`` directly for other
+  initialisations.
+
+  Args:
+    image: ``[H, W, C]`` float image in [0, 1] (``[H, W]`` for grey).
+    num_gaussians: N, the number of Gaussians returned.
+    config: ``FitConfig``; its ``num_gaussians`` is replaced by N.
+    key: PRNG key of the initialisation and the fit state
+      (``jax.random.key(0)`` when None).
+    callback: as in ``fit``.
+
+  Returns:
+    ``(fitted Gaussians with N rows, FitHistory)``.
+
+  Examples:
+    >>> import numpy as np, gaussjax
+    >>> image = np.random.default_rng(0).random((24, 24, 3), np.float32)
+    >>> config = gaussjax.FitConfig(steps=30, log_every=10)
+    >>> fitted, history = gaussjax.fit_image(image, 40, config)
+    >>> fitted.means.shape
+    (40, 2)
+  """
+  from gaussjax._init import init_slic
+  if not isinstance(config, FitConfig):
+    raise TypeError(f"config must be a gaussjax.FitConfig, got {type(config).__name__}")
+  if isinstance(num_gaussians, bool) or not isinstance(num_gaussians, (int, np.integer)):
+    raise TypeError(f"num_gaussians must be an int, got {num_gaussians!r}")
+  image = _check_image(image)
+  key = jax.random.key(0) if key is None else key
+  gaussians = init_slic(np.asarray(image), initial_count(int(num_gaussians), config), key=key)
+  config = dataclasses.replace(config, num_gaussians=int(num_gaussians))
+  return fit(image, gaussians, config, key=key, callback=callback)

@@ -258,6 +258,23 @@ def test_fit_batch_matches_fit_one_at_a_time_and_padding_changes_nothing(vectori
     assert history.psnr[-1] > history.psnr[0] + 3  # the fit did something
 
 
+def test_fit_batch_runs_the_density_events_of_fit():
+  # Growth from 8 to 12 Gaussians and prune/re-add events at steps 5, 10, 15
+  # (host side, per image): the batch makes the same events as fit alone.
+  images = toy_images(2, 16, 20)
+  initial = [gaussjax.init_slic(im, 8) for im in images]
+  config = tiny_fit_config(num_gaussians=12, densify_every=5, densify_until=0.6, grow_until=0.3,
+                           prune_fraction=0.1)
+  actual, metrics = gaussjax.fit_batch(images, initial, config)
+  assert actual.means.shape == (2, 12, 2)
+  for i, (image, g) in enumerate(zip(images, initial)):
+    expected, history = gaussjax.fit(image, g, config)
+    assert history.replans > 1  # the events ran
+    for a, e in zip(actual, expected):
+      np.testing.assert_allclose(a[i], e, rtol=1e-4, atol=1e-4)
+    assert metrics["psnr"][i] == pytest.approx(history.psnr[-1], abs=1e-3)
+
+
 def test_fit_batch_accepts_an_array_batch_and_batched_gaussians():
   images = np.stack(toy_images(2, 8, 8))
   initial = stack([gaussjax.init_random(jax.random.key(i), 6, 8, 8) for i in range(2)])

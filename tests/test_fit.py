@@ -48,7 +48,9 @@ def test_history_layout(fitted_random):
   assert np.all(np.diff(history.wall_time) >= 0)
   assert np.all(np.isfinite(history.loss)) and np.all(history.loss > 0)
   assert history.loss[-1] < history.loss[0]
-  assert history.overflows == 0 and history.replans == 1  # replan_every=100 >= steps
+  # replan_every=100 >= steps: one plan, plus two for each of the density
+  # events at steps 30 and 60 (the render that guides it and the new Gaussians).
+  assert history.overflows == 0 and history.replans == 1 + 2 * 2, history.replans
 
 
 def test_fit_is_reproducible(kodak_crop, fitted_random):
@@ -219,3 +221,17 @@ def test_fit_refuses_traced_input():
   g = gaussjax.init_random(jax.random.key(0), 3, 4, 4, 3)
   with pytest.raises(TypeError, match="use fit_step under jit"):
     jax.jit(lambda x: gaussjax.fit(x, g, CONFIG)[1].psnr)(np.zeros((4, 4, 3), np.float32))
+
+
+def test_fit_image_grows_slic_to_exactly_n(kodak_crop):
+  config = gaussjax.FitConfig(steps=60, log_every=20, backend="reference")
+  assert gaussjax._fit.initial_count(100, config) == 50
+  assert gaussjax._fit.initial_count(100, dataclasses.replace(config, densify_every=0)) == 100
+  fitted, history = gaussjax.fit_image(kodak_crop, 100, config)
+  assert fitted.num_gaussians == 100
+  assert bool(np.all(np.isfinite(np.asarray(fitted.colors))))
+  assert history.psnr[-1] > history.psnr[0] + 3.0, history.psnr
+  with pytest.raises(ValueError, match="num_gaussians"):
+    gaussjax.fit_image(kodak_crop, 0, config)
+  with pytest.raises(TypeError, match="num_gaussians"):
+    gaussjax.fit_image(kodak_crop, 2.5, config)
