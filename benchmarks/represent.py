@@ -34,6 +34,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(__file__))
 import gaussjax  # noqa: E402
 from _machine import machine_info  # noqa: E402
+from gaussjax._fit import initial_count  # noqa: E402
 
 KODAK = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "kodak")
 if not os.path.isdir(KODAK):
@@ -76,37 +77,47 @@ def main_part(args, machine) -> list[dict]:
       image = load(index)
       for mode in ("steps", "budget"):
         if mode == "steps":
-          config = gaussjax.FitConfig(steps=args.steps, backend=args.backend, log_every=args.log_every)
+          config = gaussjax.FitConfig(steps=args.steps, backend=args.backend, log_every=args.log_every,
+                                      num_gaussians=n)
         else:
           # The schedule's horizon: the steps that fit in the budget at the
           # step rate of the fixed-step run just before (same image and N),
           # so the learning rate has decayed when the budget runs out.
           horizon = args.budget_steps or int(0.9 * args.budget * rows[-1]["steps"] / rows[-1]["fit_s"])
           config = gaussjax.FitConfig(steps=max(horizon, 10), backend=args.backend,
-                                      log_every=args.log_every, time_budget_s=args.budget)
-        row = measure(image, lambda im: gaussjax.init_slic(im, n), config)
+                                      log_every=args.log_every, time_budget_s=args.budget,
+                                      num_gaussians=n)
+        # As gaussjax.fit_image: SLIC at part of N, fit grows the rest.
+        m = initial_count(n, config)
+        row = measure(image, lambda im, m=m: gaussjax.init_slic(im, m), config)
         row.update(image=f"kodim{index:02d}", mode=mode, target_n=n, load_avg=os.getloadavg()[0])
         print(json.dumps(row), flush=True)
         rows.append(row)
   return rows
 
 
+PLAIN = "slic N, plain (no density control)"
+
+
 def ablation_variants(n: int, steps: int) -> dict:
-  """name -> (initial count fraction or init name, FitConfig overrides)."""
-  every = max(steps // 10, 1)
+  """name -> (init name, initial count fraction, FitConfig overrides)."""
+  plain = dict(densify_every=0)
   return {
-      "slic, plain": ("slic", 1.0, {}),
-      "random, plain": ("random", 1.0, {}),
-      "error-guided init, plain": ("error", 0.0, {}),
-      "slic, prune+re-add 2%": ("slic", 1.0, dict(densify_every=every, prune_fraction=0.02)),
-      "slic 50% + growth": ("slic", 0.5, dict(densify_every=every)),
-      "slic 50% + growth + prune": ("slic", 0.5, dict(densify_every=every, prune_fraction=0.02)),
-      "slic 50% + growth + prune + split": (
-          "slic", 0.5, dict(densify_every=every, prune_fraction=0.02, split_fraction=0.3)),
-      "random + prune+re-add 5%": ("random", 1.0, dict(densify_every=every, prune_fraction=0.05)),
-      "slic, plain, constant lr": ("slic", 1.0, dict(final_lr_fraction=1.0)),
+      PLAIN: ("slic", 1.0, plain),
+      "random N, plain": ("random", 1.0, plain),
+      "error-guided fill from nothing, plain": ("error", 0.0, plain),
+      "slic, plain, constant lr": ("slic", 1.0, dict(plain, final_lr_fraction=1.0)),
       "slic, plain, old rates (0.15/0.03/0.02, decay to 0.05)": (
-          "slic", 1.0, dict(lr_means=0.15, lr_chol=0.03, lr_colors=0.02, final_lr_fraction=0.05)),
+          "slic", 1.0, dict(plain, lr_means=0.15, lr_chol=0.03, lr_colors=0.02,
+                            final_lr_fraction=0.05)),
+      "slic N + relocation 5% (no growth)": ("slic", 1.0, {}),
+      "slic N/2 + growth (no relocation)": ("slic", 0.5, dict(prune_fraction=0.0)),
+      "default: slic N/2 + growth + relocation 5%": ("slic", 0.5, {}),
+      "default + split 30% of the added": ("slic", 0.5, dict(split_fraction=0.3)),
+      "default, relocation 10%": ("slic", 0.5, dict(prune_fraction=0.1)),
+      "default, events every 100 steps": ("slic", 0.5, dict(densify_every=100)),
+      "default from slic N/4": ("slic", 0.25, {}),
+      "random N + relocation 5%": ("random", 1.0, {}),
   }
 
 
@@ -181,28 +192,36 @@ def write(results, machine, args):
       lines.append(f"| {r['image']} | {r['target_n']} | {r['mode']} | {r['steps']} | {r['psnr']:.2f} | "
                    f"{r.get('ms_ssim', float('nan')):.4f} | {r['fit_s']:.1f} |")
     lines.append("")
-  if "main" in old:
+  mains = sorted(k for k in old if k.startswith("main"))
+  if mains:
     lines += ["Anchors (mean over all 24 Kodak images, GPU, 50,000 steps): GaussianImage 29.85 dB "
               "at 5k and 32.48 dB at 10k; GaussianImage++ 31.83 / 35.41 dB. Target: >= 32.5 dB "
               "at 10k within 120 s per image on the 2-core CPU.", ""]
-    for e in old["main"]["summary"]:
+  for key in mains:
+    for e in old[key]["summary"]:
       if e["target_n"] == 10000 and e["mode"] == "budget":
         met = e["psnr"] >= 32.5 and e["fit_s"] <= 120.0 + 15.0
-        lines += [f"10k within the time budget: {e['psnr']:.2f} dB mean over {e['images']} images "
-                  f"(a subset, not the 24-image mean): target {'met' if met else 'NOT met'} on "
-                  "this subset.", ""]
-  if "ablation" in old:
-    lines += [f"## Ablation: {old['ablation']['config']}", "",
-              "| variant | images | PSNR dB | Δ vs slic, plain | fit s |", "|---|---|---|---|---|"]
-    summary = old["ablation"]["summary"]
-    base = next((e["psnr"] for e in summary if e["variant"] == "slic, plain"), None)
+        subset = "all 24 images" if e["images"] == 24 else "a subset, not the 24-image mean"
+        lines += [f"{key}: 10k within the time budget: {e['psnr']:.2f} dB mean over "
+                  f"{e['images']} images ({subset}): target {'met' if met else 'NOT met'}.", ""]
+  for key in sorted((k for k in old if k.startswith("ablation_")), key=lambda k: int(k.split("_")[1])):
+    lines += [f"## Ablation, {key.split('_')[1]} steps: {old[key]['config']}", "",
+              "| variant | images | PSNR dB | Δ vs plain | fit s |", "|---|---|---|---|---|"]
+    summary = old[key]["summary"]
+    base = next((e["psnr"] for e in summary if e["variant"] == PLAIN), None)
     for e in summary:
       delta = "" if base is None else f"{e['psnr'] - base:+.2f}"
       lines.append(f"| {e['variant']} | {e['images']} | {e['psnr']:.2f} | {delta} | {e['fit_s']:.1f} |")
-    lines += ["", "All variants of an image ran back to back (interleaved with the other image). "
-              "fit s is wall time on a machine shared with other jobs (load 8-12 on 2 cores), "
-              "compilation included: compare PSNR, not times. Every variant ends with exactly N "
-              "Gaussians.", ""]
+    loads = [r["load_avg"] for r in old[key]["rows"]]
+    lines += ["", "Per image (PSNR dB):", "", "| variant | " + " | ".join(
+        f"kodim{i:02d}" for i in old[key]["config"]["images"]) + " |",
+        "|---|" + "---|" * len(old[key]["config"]["images"])]
+    for e in summary:
+      values = [r["psnr"] for r in old[key]["rows"] if r["variant"] == e["variant"]]
+      lines.append(f"| {e['variant']} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
+    lines += ["", "All variants of an image ran back to back. fit s is wall time, compilation "
+              f"included (1-minute load average {min(loads):.1f}-{max(loads):.1f} on the "
+              "machine): compare PSNR, not times. Every variant ends with exactly N Gaussians.", ""]
   with open(os.path.join(RESULTS, name + ".md"), "w") as f:
     f.write("\n".join(lines))
   print("\n".join(lines))
@@ -238,7 +257,7 @@ def main():
     return
   if args.part in ("ablation", "both"):
     rows = ablation_part(args, machine)
-    results["ablation"] = {"config": {"images": args.images, "scale": args.ablation_scale,
+    results[f"ablation_{args.ablation_steps}"] = {"config": {"images": args.images, "scale": args.ablation_scale,
                                       "n_full_size": args.ablation_n, "steps": args.ablation_steps},
                            "rows": rows, "summary": summarise(rows, ("variant",))}
     write(results, machine, args)

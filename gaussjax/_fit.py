@@ -76,9 +76,12 @@ class FitConfig:
   ``densify_until`` of the run, the 5% of Gaussians that contribute least
   are moved to where the error is largest, and when ``fit`` is given fewer
   Gaussians than ``num_gaussians`` (as ``fit_image`` does: SLIC at half of
-  N) the count grows to N over the first ``grow_until`` of the run. The
-  ``represent.py`` ablation table measures what each part adds (set
-  ``densify_every=0`` for plain fitting).
+  N) the count grows to N over the first ``grow_until`` of the run. Set
+  ``densify_every=0`` for plain fitting. Measured (``represent.py``
+  ablation, Kodak 03/13/23 at 1/4 size, 625 Gaussians): +0.46 dB over plain
+  fitting from SLIC at N after 600 steps and +0.91 dB after 2,300 (growth
+  alone +0.16 / +0.21, relocation alone +0.01 / +0.25; splitting and events
+  every 100 steps gain less).
 
   Attributes:
     steps: optimisation steps (the schedule's horizon).
