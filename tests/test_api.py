@@ -14,6 +14,7 @@ import gaussjax
 POSITIONAL_DEFAULTS = {
     ("init_random", "channels"),  # init_random(key, n, height, width, channels)
     ("fit", "config"),  # fit(image, gaussians, config)
+    ("fit_image", "config"),  # fit_image(image, num_gaussians, config)
     ("encode", "config"),  # encode(image, config)
     ("encode_batch", "config"),  # encode_batch(images, config), as encode
     ("fit_batch", "config"),  # fit_batch(images, gaussians, config), as fit
