@@ -213,6 +213,11 @@ void BackwardSome(const Params& p, int64_t first, int64_t stride, const float* g
 }
 
 // Threads for a call: the machine's cores, at most 8 (and 1 for small work).
+// The work of a call grows with the Gaussians and with the pixels they cover:
+// n + H·W / 16 counts both (a few thousand Gaussians on a Kodak-size image
+// are worth several threads; a tiny test image is not).
+int64_t Work(const Params& p) { return p.n + p.height * p.width / 16; }
+
 int64_t NumThreads(int64_t work) {
   const int64_t cores = std::max<int64_t>(1, std::thread::hardware_concurrency());
   return work < 4096 ? 1 : std::min<int64_t>(cores, 8);
@@ -236,7 +241,7 @@ ffi::Error SplatForward(ffi::Buffer<ffi::F32> means, ffi::Buffer<ffi::F32> shape
   std::fill(out, out + p.channels * p.height * p.width, 0.0f);
   // Bands of rows per thread: every pixel still sums its Gaussians in index
   // order, so the image does not depend on the number of threads.
-  const int64_t threads = std::min(NumThreads(p.n), p.height);
+  const int64_t threads = std::min(NumThreads(Work(p)), p.height);
   RunThreads(threads, [&](int64_t t) {
     ForwardBand(p, p.height * t / threads, p.height * (t + 1) / threads, out);
   });
@@ -252,7 +257,7 @@ ffi::Error SplatBackward(ffi::Buffer<ffi::F32> means, ffi::Buffer<ffi::F32> shap
   const Params p = MakeParams(means, shapes, colors, constants, dims[1], dims[2]);
   if (p.channels > kMaxChannels) return ffi::Error::InvalidArgument("too many channels");
   // Each Gaussian's gradient is computed by one thread on its own.
-  const int64_t threads = NumThreads(p.n);
+  const int64_t threads = NumThreads(Work(p));
   RunThreads(threads, [&](int64_t t) {
     BackwardSome(p, t, threads, cotangent.typed_data(), d_means->typed_data(),
                  d_shapes->typed_data(), d_colors->typed_data());

@@ -405,6 +405,15 @@ def _splat_bwd(height, width, plan, residuals, cotangent):
 _splat.defvjp(_splat_fwd, _splat_bwd)
 
 
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _native_image(means, chol, colors, height, width):
+  # Jitted so that an eager render (decode, a plain call) is one compiled
+  # call, not a chain of dispatched ops (measured 12 -> 5 ms at 768x512).
+  finite = jnp.isfinite(means).all() & jnp.isfinite(chol).all() & jnp.isfinite(colors).all()
+  image = _native.splat(means, _shapes(chol), colors, height, width)
+  return jnp.where(finite, image, jnp.nan)
+
+
 def rasterize_xla(gaussians: Gaussians, height: int, width: int, plan: XlaPlan | None = None):
   """Renders with size classes on XLA; ``jit``/``vmap``/``grad`` compatible.
 
@@ -432,11 +441,10 @@ def rasterize_xla(gaussians: Gaussians, height: int, width: int, plan: XlaPlan |
     plan = default_plan(means.shape[0], height, width)
   elif not isinstance(plan, XlaPlan):
     raise TypeError(f"plan must be an XlaPlan from plan_xla, got {type(plan).__name__}")
-  finite = jnp.isfinite(means).all() & jnp.isfinite(chol).all() & jnp.isfinite(colors).all()
   if _native.usable(dtype, colors.shape[-1]):
     # The native kernel visits each Gaussian's own support box: nothing to plan.
-    image = _native.splat(means, _shapes(chol), colors, height, width)
-    return jnp.where(finite, image, jnp.nan), jnp.zeros((), bool)
+    return _native_image(means, chol, colors, height, width), jnp.zeros((), bool)
+  finite = jnp.isfinite(means).all() & jnp.isfinite(chol).all() & jnp.isfinite(colors).all()
   slots, overflow = _assign(
       jax.lax.stop_gradient(means), jax.lax.stop_gradient(chol), height, width, plan)
   image = _splat(means, _shapes(chol), colors, slots, height, width, plan)
