@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -71,6 +72,7 @@ def main(argv=None) -> int:
   import jax
   import gaussjax
 
+  load_start = [round(x, 2) for x in os.getloadavg()]  # a shared machine: report its load
   platform = jax.default_backend()
   sizes = args.sizes or ([1, 4, 16] if platform == "cpu" else [1, 4, 16, 64])
   count = max(args.images, max(sizes))
@@ -121,6 +123,7 @@ def main(argv=None) -> int:
       "config": {"quality": args.quality, "fit_steps": args.fit_steps,
                  "qat_steps": args.qat_steps, "backend": gaussjax.default_backend()},
       "repeats": args.repeats, "rows": rows, "quality_check": quality,
+      "load_average": {"start": load_start, "end": [round(x, 2) for x in os.getloadavg()]},
       "note": ("seconds: a pass after a first (cold, compiling) pass over the same images, "
                "best of `repeats`; cold_seconds: the first pass"),
   }
@@ -132,7 +135,8 @@ def main(argv=None) -> int:
   lines = [
       f"# Batched encoding throughput ({platform})", "",
       f"Machine: {machine['cpu']}, {machine['cores']} cores, devices {machine['devices']}, "
-      f"jax {machine['jax']}.", "",
+      f"jax {machine['jax']}, {machine['date']}. Load average (1, 5, 15 min) at the start "
+      f"{result['load_average']['start']}, at the end {result['load_average']['end']}.", "",
       f"{count} Kodak centre crops 256x256, quality {args.quality}, fit {args.fit_steps} + QAT "
       f"{args.qat_steps} steps, backend {result['config']['backend']}. Warm: a second pass "
       "over the same images (compiled), best of "

@@ -228,22 +228,24 @@ int64_t BatchOf(ffi::Span<const int64_t> dims, int64_t inner) {
   return batch;
 }
 
-// Runs fn(b, inner_threads) for every image b of a batch. One image: its own
-// threads (`per_image(b)` of them). Several: up to one thread per core, each
-// taking whole images from a shared counter, every image on one thread.
-// Either way each image is computed exactly as alone (the kernels do not
-// depend on the number of threads), so a batch is bit-identical per image.
+// Runs fn(b, inner_threads) for every image b of a batch. One image: the
+// threads it gets alone (`alone_threads`). Several: up to one thread per core
+// (at most 8), each taking whole images from a shared counter; an image that
+// would use several threads alone shares the remaining cores. Either way each
+// image is computed exactly as alone (the kernels do not depend on the number
+// of threads), so a batch is bit-identical per image.
 template <typename F>
 void ForEachImage(int64_t batch, int64_t alone_threads, F&& fn) {
   if (batch == 1) {
     fn(0, alone_threads);
     return;
   }
-  const int64_t cores = std::max<int64_t>(1, std::thread::hardware_concurrency());
-  const int64_t threads = std::min<int64_t>({cores, 8, batch});
+  const int64_t cores = std::min<int64_t>(std::max<int64_t>(1, std::thread::hardware_concurrency()), 8);
+  const int64_t threads = std::min<int64_t>(cores, batch);
+  const int64_t inner = std::max<int64_t>(1, std::min(alone_threads, cores / threads));
   std::atomic<int64_t> next{0};
   RunThreads(threads, [&](int64_t) {
-    for (int64_t b = next++; b < batch; b = next++) fn(b, 1);
+    for (int64_t b = next++; b < batch; b = next++) fn(b, inner);
   });
 }
 
