@@ -3,9 +3,10 @@
 The same 256x256 Kodak crops are encoded, in the same run, by a sequential
 loop of ``gaussjax.encode`` and by ``gaussjax.encode_batch`` in batches of K
 (1, 4, 16; more on an accelerator), and at the largest K also with the
-other ``vectorize`` setting (``vmap`` on the CPU). Each variant makes a first, cold pass
-over all images (compiling every plan they need; reported too), then a warm
-pass that is timed; the best of ``--repeats`` warm passes counts. Writes
+other ``vectorize`` setting (``lax.map`` where ``vmap`` is the default).
+Each variant makes a first, cold pass over all images (compiling what they
+need; reported too), then a warm pass that is timed; the best of
+``--repeats`` warm passes counts. Writes
 ``benchmarks/results/batch_<platform>.json`` and ``.md`` with the machine.
 
 Usage: python benchmarks/batch.py [--images 16] [--fit-steps 40] [--qat-steps 8]
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -51,9 +53,10 @@ def kodak_crops(count: int, size: int = 256) -> list[np.ndarray]:
 
 
 def time_it(fn):
-  start = time.perf_counter()
+  """``(wall seconds, process CPU seconds of all threads, fn())``."""
+  start, cpu = time.perf_counter(), time.process_time()
   out = fn()
-  return time.perf_counter() - start, out
+  return time.perf_counter() - start, time.process_time() - cpu, out
 
 
 def main(argv=None) -> int:
@@ -71,6 +74,7 @@ def main(argv=None) -> int:
   import jax
   import gaussjax
 
+  load_start = [round(x, 2) for x in os.getloadavg()]  # a shared machine: report its load
   platform = jax.default_backend()
   sizes = args.sizes or ([1, 4, 16] if platform == "cpu" else [1, 4, 16, 64])
   count = max(args.images, max(sizes))
@@ -91,8 +95,8 @@ def main(argv=None) -> int:
 
   variants = [("loop of encode", 1, loop)] + [
       ("encode_batch", k, lambda k=k: batched(k)) for k in sizes if count % k == 0]
-  # The other way of running a device's images (vmap on the CPU, a loop on
-  # accelerators), at the largest batch.
+  # The other way of running a device's images (a loop where vmap is the
+  # default: accelerators, the CPU with the native kernel), at the largest batch.
   other = not gaussjax._batch.default_vectorize()
   variants.append((f"encode_batch, vectorize={other}", variants[-1][1],
                    lambda k=variants[-1][1]: batched(k, other)))
@@ -100,10 +104,11 @@ def main(argv=None) -> int:
   for name, k, fn in variants:
     # The first pass compiles (every plan the images need); the timed passes
     # after it measure the steady state of a long job.
-    cold, outputs[(name, k)] = time_it(fn)
-    warm = min(time_it(fn)[0] for _ in range(args.repeats))
+    cold, _, outputs[(name, k)] = time_it(fn)
+    warm, warm_cpu, _ = min(time_it(fn) for _ in range(args.repeats))
     rows.append({"variant": name, "batch": k, "seconds": warm, "images_per_s": count / warm,
-                 "cold_seconds": cold, "cold_images_per_s": count / cold})
+                 "cpu_seconds": warm_cpu, "cold_seconds": cold,
+                 "cold_images_per_s": count / cold})
     print(f"{name} K={k}: {count / warm:.3f} images/s warm, {count / cold:.3f} cold", flush=True)
   for r in rows:
     r["speedup"] = rows[0]["seconds"] / r["seconds"]
@@ -121,6 +126,7 @@ def main(argv=None) -> int:
       "config": {"quality": args.quality, "fit_steps": args.fit_steps,
                  "qat_steps": args.qat_steps, "backend": gaussjax.default_backend()},
       "repeats": args.repeats, "rows": rows, "quality_check": quality,
+      "load_average": {"start": load_start, "end": [round(x, 2) for x in os.getloadavg()]},
       "note": ("seconds: a pass after a first (cold, compiling) pass over the same images, "
                "best of `repeats`; cold_seconds: the first pass"),
   }
@@ -132,16 +138,19 @@ def main(argv=None) -> int:
   lines = [
       f"# Batched encoding throughput ({platform})", "",
       f"Machine: {machine['cpu']}, {machine['cores']} cores, devices {machine['devices']}, "
-      f"jax {machine['jax']}.", "",
+      f"jax {machine['jax']}, {machine['date']}. Load average (1, 5, 15 min) at the start "
+      f"{result['load_average']['start']}, at the end {result['load_average']['end']}.", "",
       f"{count} Kodak centre crops 256x256, quality {args.quality}, fit {args.fit_steps} + QAT "
       f"{args.qat_steps} steps, backend {result['config']['backend']}. Warm: a second pass "
       "over the same images (compiled), best of "
-      f"{args.repeats}; cold: the first pass, compilation included.", "",
-      "| variant | batch | warm s | images/s | vs loop | cold s | cold images/s | vs loop |",
-      "|---|---:|---:|---:|---:|---:|---:|---:|"]
+      f"{args.repeats}; warm CPU s: process CPU time of that pass (all threads; above warm s "
+      "when it ran on several cores); cold: the first pass, compilation included.", "",
+      "| variant | batch | warm s | images/s | vs loop | warm CPU s | cold s | cold images/s "
+      "| vs loop |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
   for r in rows:
     lines.append(f"| {r['variant']} | {r['batch']} | {r['seconds']:.2f} | {r['images_per_s']:.3f} "
-                 f"| {r['speedup']:.2f}x | {r['cold_seconds']:.2f} | {r['cold_images_per_s']:.3f} "
+                 f"| {r['speedup']:.2f}x | {r['cpu_seconds']:.2f} | {r['cold_seconds']:.2f} | {r['cold_images_per_s']:.3f} "
                  f"| {r['cold_speedup']:.2f}x |")
   lines += ["", f"Decoded PSNR (dB) / bytes of the first crops, batch K={largest[1]} vs loop: " + ", ".join(
       f"{q['batch_psnr']:.2f}/{q['batch_bytes']} vs {q['loop_psnr']:.2f}/{q['loop_bytes']}"

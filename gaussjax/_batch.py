@@ -7,10 +7,13 @@ Call chain::
     ├─ pad_images                             [B, Hb, Wb, C] + loss mask [B, Hb, Wb]
     ├─ batch_mesh / shard_batch               the batch axis split over devices
     └─ run_steps(fit_step)                    under one jit: shard_map over devices,
-                                              vmap (accelerators) or a loop (CPU)
-                                              over each device's images; one plan
-                                              per batch, re-planned on overflow
-  encode_batch(images, config) -> [bytes]     the codec's float fit (padded buckets)
+                                              vmap over each device's images (a
+                                              loop on the CPU without the native
+                                              kernel); one plan per batch,
+                                              re-planned on overflow (none for the
+                                              native kernel, which ignores plans)
+  encode_batch(images, config) -> [bytes]     SLIC initialisation on a thread per core,
+                                              the codec's float fit (padded buckets)
                                               and quantisation-aware fine-tuning
                                               (exact sizes), batched the same way;
                                               entropy coding per image on the host
@@ -23,8 +26,10 @@ alone, up to float rounding (sums over differently sized arrays).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
+import os
 from collections.abc import Sequence
 
 import jax
@@ -219,13 +224,24 @@ def default_vectorize() -> bool:
   """Whether images of a batch are ``vmap``-ed (True) or looped (False) per device.
 
   ``vmap`` turns a batch into wide array operations: what accelerators are
-  built for. On the CPU it is slower per image for the XLA renderer
-  (its per-Gaussian window updates become scatters; measured in
-  ``benchmarks/results/batch_cpu.md``), so there each device loops over its
-  images inside the compiled step (``lax.map``), which still saves the
-  per-image host round trips, plans and compilations.
+  built for, and on the CPU what the native kernel of the XLA backend
+  (``_splat.cc``) needs to run the images of a batch in parallel, one core
+  per image (a lone small image leaves the other cores idle). Without the
+  native kernel the pure-XLA renderer's per-Gaussian window updates become
+  scatters under ``vmap``, slower per image than a single one, so there each
+  device loops over its images inside the compiled step (``lax.map``), which
+  still saves the per-image host round trips, plans and compilations.
   """
-  return jax.default_backend() != "cpu"
+  if jax.default_backend() != "cpu":
+    return True
+  from gaussjax import _native
+  return _native.usable(jnp.float32, 3)
+
+
+def _native_renders(backend: str, channels: int) -> bool:
+  """Whether ``backend`` renders with the native CPU kernel, which ignores plans."""
+  from gaussjax import _native
+  return backend == "xla" and _native.usable(jnp.float32, channels)
 
 
 @functools.partial(jax.jit, static_argnames=("step", "plan", "static", "mesh", "vectorize"))
@@ -392,8 +408,8 @@ def fit_batch(images, gaussians, config=None, *, devices=None, vectorize: bool |
 
   Each image makes exactly ``config.steps`` steps of ``gaussjax.fit_step``,
   as ``fit`` would make alone; the whole batch runs under one ``jit``
-  (``vmap`` over images, or a compiled loop over them on the CPU, see
-  ``vectorize``; a device loop over chunks of steps) with one rendering plan,
+  (``vmap`` over images, or a compiled loop over them, see ``vectorize``;
+  a device loop over chunks of steps) with one rendering plan,
   split over ``devices``. Images of different sizes are padded at the bottom
   and right into size buckets (multiples of ``BUCKET_MULTIPLE``) with a loss
   mask, so padding never influences a result; with ``config.ssim_weight > 0``
@@ -414,8 +430,8 @@ def fit_batch(images, gaussians, config=None, *, devices=None, vectorize: bool |
     devices: devices or a ``Mesh`` to split the batch over; defaults to every
       local device.
     vectorize: ``vmap`` the images of a device (True) or loop over them inside
-      the compiled step (False); default: ``vmap`` on accelerators, loop on
-      the CPU (``default_vectorize``).
+      the compiled step (False); default: ``vmap``, except on a CPU without
+      the native kernel (``default_vectorize``).
 
   Returns:
     ``(gaussians, metrics)``: fitted ``Gaussians`` with leaves ``[B, N, ...]``
@@ -467,7 +483,13 @@ def fit_batch(images, gaussians, config=None, *, devices=None, vectorize: bool |
     state = jax.vmap(lambda g: init_fit_state(g, config))(
         _stack([_density.to_buffer(initial[i], schedule.target) for i in members]))
     rngs = [host_rng(key) for key in state.key]
-    plan_fn = lambda state, hb=hb, wb=wb: make_plan(state.gaussians, hb, wb, backend=backend)
+    if _native_renders(backend, arrays[members[0]].shape[2]):
+      # The native kernel ignores plans: one fixed (default) plan, so every
+      # batch of this shape reuses one compiled step instead of compiling the
+      # plans its Gaussians would get.
+      plan_fn = lambda state: None
+    else:
+      plan_fn = lambda state, hb=hb, wb=wb: make_plan(state.gaussians, hb, wb, backend=backend)
     done = 0
     for event in (*schedule.events, config.steps):
       if event > done:
@@ -539,8 +561,10 @@ def _qat_batch(gaussians: Gaussians, images, *, num_steps: int, learning_rate: f
   height, width = images.shape[1:3]
   opt_state = jax.vmap(_codec._optimizer(learning_rate, num_steps).init)(g)
 
+  native = _native_renders(backend, images.shape[3])
+
   def plan_fn(state):
-    if backend == "reference":  # no binning: no plan
+    if backend == "reference" or native:  # no binning, or a kernel that ignores plans
       return None
     # Plan for what is rendered: the fake-quantised Gaussians.
     return make_plan(_fake_quantize_batch(state[0], height, width, qsteps), height, width,
@@ -551,12 +575,30 @@ def _qat_batch(gaussians: Gaussians, images, *, num_steps: int, learning_rate: f
       _qat_step, state, jnp.asarray(images), num_steps=num_steps, plan_fn=plan_fn,
       static=(height, width, backend, qsteps, learning_rate, num_steps), mesh=mesh,
       vectorize=vectorize)
+  if native:  # the losses of the last iterates in one batched render
+    final_loss = np.asarray(_quantized_loss_batch(g, jnp.asarray(images), qsteps))
+  else:
+    final_loss = [_codec._quantized_loss(jax.tree_util.tree_map(lambda x, k=k: x[k], g),
+                                         images[k], qsteps, backend) for k in range(count)]
   chosen = []
   for k in range(count):
     last, kept = (jax.tree_util.tree_map(lambda x, k=k: x[k], t) for t in (g, best))
-    final_loss = _codec._quantized_loss(last, images[k], qsteps, backend)
-    chosen.append(kept if float(best_loss[k]) <= final_loss else last)
+    chosen.append(kept if float(best_loss[k]) <= float(final_loss[k]) else last)
   return chosen
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _quantized_loss_batch(gaussians, images, qsteps):
+  """``_codec._quantized_loss`` of each image (native kernel: no plan, no overflow)."""
+  from gaussjax._quantize import fake_quantize
+  from gaussjax._render import rasterize
+
+  def one(g, image):
+    height, width = image.shape[:2]
+    out, _ = rasterize(fake_quantize(g, height, width, qsteps), height, width, backend="xla")
+    return jnp.mean((out - image) ** 2)
+
+  return jax.vmap(one)(gaussians, images)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
@@ -575,10 +617,12 @@ def encode_batch(images: Sequence, config=None, *, devices=None,
                  vectorize: bool | None = None) -> list[bytes]:
   """Encodes many images at once; each result decodes like ``encode``'s.
 
-  The expensive parts of ``gaussjax.encode`` run batched: the float fit
-  (images padded into size buckets, padding masked out of the loss) and the
-  quantisation-aware fine-tuning (images of one exact size, as the quantiser
-  grid depends on the size), each ``vmap``-ed and split over ``devices``.
+  The expensive parts of ``gaussjax.encode`` run batched: the SLIC
+  initialisation (a thread per core), the float fit (images padded into size
+  buckets, padding masked out of the loss) and the quantisation-aware
+  fine-tuning (images of one exact size, as the quantiser grid depends on the
+  size), each ``vmap``-ed and split over ``devices``; on the CPU the native
+  kernel renders the images of a batch in parallel, one core per image.
   Quantisation, entropy coding and the rate controller (which may prune,
   fine-tune or, rarely, fit one image again) run per image on the host.
 
@@ -602,7 +646,6 @@ def encode_batch(images: Sequence, config=None, *, devices=None,
   """
   from gaussjax import _codec
   from gaussjax._fit import initial_count
-  from gaussjax._init import init_slic
   config = _codec.CodecConfig() if config is None else config
   if not isinstance(config, _codec.CodecConfig):
     raise TypeError(f"config must be a CodecConfig, got {type(config).__name__}")
@@ -626,8 +669,7 @@ def encode_batch(images: Sequence, config=None, *, devices=None,
   for n, members in by_n.items():
     fit_config = _codec._float_fit_config(config, n) if config.fit_steps else None
     count = initial_count(n, fit_config) if fit_config is not None else n
-    initial = [init_slic(np.asarray(arrays[i]), count, key=jax.random.key(config.seed))
-               for i in members]
+    initial = _init_all([arrays[i] for i in members], count, config.seed)
     if fit_config is None:
       g = _stack(initial)
     else:
@@ -651,6 +693,21 @@ def encode_batch(images: Sequence, config=None, *, devices=None,
   # Quantisation, entropy coding, rate control: per image on the host.
   return [_codec._code(a, g, qsteps, config)
           for a, g, (_, qsteps) in zip(arrays, fitted, settings)]
+
+
+def _init_all(images, n: int, seed: int) -> list[Gaussians]:
+  """``init_slic`` of each image, on a few threads (SLIC releases the GIL).
+
+  The images are independent and each result is the same as alone, so a
+  batch initialises up to one image per core at a time.
+  """
+  from gaussjax._init import init_slic
+  init = lambda image: init_slic(np.asarray(image), n, key=jax.random.key(seed))
+  workers = min(len(images), os.cpu_count() or 1, 8)
+  if workers <= 1:
+    return [init(image) for image in images]
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    return list(pool.map(init, images))
 
 
 def _stack(trees):

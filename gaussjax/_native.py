@@ -107,7 +107,7 @@ def _constants():
 def splat(means, shapes, colors, height, width):
   """``[H, W, C]`` image of Gaussians given by means, shapes ``(α, r, β)`` and colours (float32)."""
   out = jax.ShapeDtypeStruct((colors.shape[-1], height, width), jnp.float32)
-  image = jax.ffi.ffi_call("gaussjax_splat_forward", out, vmap_method="sequential")(
+  image = jax.ffi.ffi_call("gaussjax_splat_forward", out, vmap_method="broadcast_all")(
       means, shapes, colors, _constants())
   return jnp.transpose(image, (1, 2, 0))
 
@@ -119,7 +119,7 @@ def _splat_fwd(means, shapes, colors, height, width):
 def _splat_bwd(height, width, residuals, cotangent):
   means, shapes, colors = residuals
   outs = tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (means, shapes, colors))
-  return jax.ffi.ffi_call("gaussjax_splat_backward", outs, vmap_method="sequential")(
+  return jax.ffi.ffi_call("gaussjax_splat_backward", outs, vmap_method="broadcast_all")(
       means, shapes, colors, _constants(), jnp.transpose(cotangent, (2, 0, 1)).astype(jnp.float32))
 
 

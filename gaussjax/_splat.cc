@@ -9,11 +9,14 @@
 // (plus one pixel against rounding), clipped to the image.
 // Deterministic for any number of threads: the forward splits the image into
 // bands of rows and adds Gaussians to each pixel in index order; the backward
-// computes each Gaussian's gradient on its own.
+// computes each Gaussian's gradient on its own. A batch (leading dimensions,
+// from jax.vmap) runs its images in parallel, one thread per image, each
+// image computed exactly as alone.
 //
 // Built by gaussjax/_native.py with the jax.ffi headers (jax.ffi.include_dir()).
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -63,15 +66,6 @@ struct Params {
   int64_t n, channels, height, width;
   float cutoff, scale, cutoff_q;
 };
-
-Params MakeParams(ffi::Buffer<ffi::F32>& means, ffi::Buffer<ffi::F32>& shapes,
-                  ffi::Buffer<ffi::F32>& colors, ffi::Buffer<ffi::F32>& constants,
-                  int64_t height, int64_t width) {
-  const float* k = constants.typed_data();
-  return Params{means.typed_data(), shapes.typed_data(), colors.typed_data(),
-                int64_t(means.dimensions()[0]), int64_t(colors.dimensions()[1]), height, width,
-                k[0], k[1], k[2]};
-}
 
 // Rows [y0, y1] of the support box; y0 > y1 when empty or non-finite.
 void RowRange(const Params& p, float my, float alpha, float r, float beta, int64_t* y0,
@@ -216,7 +210,7 @@ void BackwardSome(const Params& p, int64_t first, int64_t stride, const float* g
 // The work of a call grows with the Gaussians and with the pixels they cover:
 // n + H·W / 16 counts both (a few thousand Gaussians on a Kodak-size image
 // are worth several threads; a tiny test image is not).
-int64_t Work(const Params& p) { return p.n + p.height * p.width / 16; }
+int64_t Work(int64_t n, int64_t height, int64_t width) { return n + height * width / 16; }
 
 int64_t NumThreads(int64_t work) {
   const int64_t cores = std::max<int64_t>(1, std::thread::hardware_concurrency());
@@ -231,19 +225,59 @@ void RunThreads(int64_t count, F&& fn) {
   for (auto& thread : threads) thread.join();
 }
 
+// Leading batch dimensions of an FFI buffer whose last `inner` dimensions are
+// one image's (jax.ffi's vmap_method="broadcast_all" adds them under vmap).
+int64_t BatchOf(ffi::Span<const int64_t> dims, int64_t inner) {
+  int64_t batch = 1;
+  for (int64_t d = 0; d + inner < int64_t(dims.size()); ++d) batch *= dims[d];
+  return batch;
+}
+
+// Runs fn(b, inner_threads) for every image b of a batch. One image: the
+// threads it gets alone (`alone_threads`). Several: up to one thread per core
+// (at most 8), each taking whole images from a shared counter; an image that
+// would use several threads alone shares the remaining cores. Either way each
+// image is computed exactly as alone (the kernels do not depend on the number
+// of threads), so a batch is bit-identical per image.
+template <typename F>
+void ForEachImage(int64_t batch, int64_t alone_threads, F&& fn) {
+  if (batch == 1) {
+    fn(0, alone_threads);
+    return;
+  }
+  const int64_t cores = std::min<int64_t>(std::max<int64_t>(1, std::thread::hardware_concurrency()), 8);
+  const int64_t threads = std::min<int64_t>(cores, batch);
+  const int64_t inner = std::max<int64_t>(1, std::min(alone_threads, cores / threads));
+  std::atomic<int64_t> next{0};
+  RunThreads(threads, [&](int64_t) {
+    for (int64_t b = next++; b < batch; b = next++) fn(b, inner);
+  });
+}
+
 ffi::Error SplatForward(ffi::Buffer<ffi::F32> means, ffi::Buffer<ffi::F32> shapes,
                         ffi::Buffer<ffi::F32> colors, ffi::Buffer<ffi::F32> constants,
                         ffi::ResultBuffer<ffi::F32> image) {
   const auto dims = image->dimensions();
-  const Params p = MakeParams(means, shapes, colors, constants, dims[1], dims[2]);
-  if (p.channels > kMaxChannels) return ffi::Error::InvalidArgument("too many channels");
-  float* out = image->typed_data();
-  std::fill(out, out + p.channels * p.height * p.width, 0.0f);
+  const int64_t rank = dims.size();
+  const int64_t batch = BatchOf(dims, 3);
+  const int64_t channels = dims[rank - 3], height = dims[rank - 2], width = dims[rank - 1];
+  const int64_t n = means.dimensions()[means.dimensions().size() - 2];
+  if (channels > kMaxChannels) return ffi::Error::InvalidArgument("too many channels");
+  const bool batched_constants = BatchOf(constants.dimensions(), 1) == batch && batch > 1;
+  float* all = image->typed_data();
   // Bands of rows per thread: every pixel still sums its Gaussians in index
   // order, so the image does not depend on the number of threads.
-  const int64_t threads = std::min(NumThreads(Work(p)), p.height);
-  RunThreads(threads, [&](int64_t t) {
-    ForwardBand(p, p.height * t / threads, p.height * (t + 1) / threads, out);
+  const int64_t alone = std::min(NumThreads(Work(n, height, width)), height);
+  ForEachImage(batch, alone, [&](int64_t b, int64_t threads) {
+    const float* k = constants.typed_data() + (batched_constants ? 3 * b : 0);
+    const Params p{means.typed_data() + b * n * 2, shapes.typed_data() + b * n * 3,
+                   colors.typed_data() + b * n * channels, n, channels, height, width,
+                   k[0], k[1], k[2]};
+    float* out = all + b * channels * height * width;
+    std::fill(out, out + channels * height * width, 0.0f);
+    RunThreads(threads, [&](int64_t t) {
+      ForwardBand(p, height * t / threads, height * (t + 1) / threads, out);
+    });
   });
   return ffi::Error::Success();
 }
@@ -254,13 +288,23 @@ ffi::Error SplatBackward(ffi::Buffer<ffi::F32> means, ffi::Buffer<ffi::F32> shap
                          ffi::ResultBuffer<ffi::F32> d_shapes,
                          ffi::ResultBuffer<ffi::F32> d_colors) {
   const auto dims = cotangent.dimensions();
-  const Params p = MakeParams(means, shapes, colors, constants, dims[1], dims[2]);
-  if (p.channels > kMaxChannels) return ffi::Error::InvalidArgument("too many channels");
+  const int64_t rank = dims.size();
+  const int64_t batch = BatchOf(dims, 3);
+  const int64_t channels = dims[rank - 3], height = dims[rank - 2], width = dims[rank - 1];
+  const int64_t n = means.dimensions()[means.dimensions().size() - 2];
+  if (channels > kMaxChannels) return ffi::Error::InvalidArgument("too many channels");
+  const bool batched_constants = BatchOf(constants.dimensions(), 1) == batch && batch > 1;
   // Each Gaussian's gradient is computed by one thread on its own.
-  const int64_t threads = NumThreads(Work(p));
-  RunThreads(threads, [&](int64_t t) {
-    BackwardSome(p, t, threads, cotangent.typed_data(), d_means->typed_data(),
-                 d_shapes->typed_data(), d_colors->typed_data());
+  ForEachImage(batch, NumThreads(Work(n, height, width)), [&](int64_t b, int64_t threads) {
+    const float* k = constants.typed_data() + (batched_constants ? 3 * b : 0);
+    const Params p{means.typed_data() + b * n * 2, shapes.typed_data() + b * n * 3,
+                   colors.typed_data() + b * n * channels, n, channels, height, width,
+                   k[0], k[1], k[2]};
+    const float* g = cotangent.typed_data() + b * channels * height * width;
+    float* dm = d_means->typed_data() + b * n * 2;
+    float* ds = d_shapes->typed_data() + b * n * 3;
+    float* dc = d_colors->typed_data() + b * n * channels;
+    RunThreads(threads, [&](int64_t t) { BackwardSome(p, t, threads, g, dm, ds, dc); });
   });
   return ffi::Error::Success();
 }

@@ -206,6 +206,13 @@ def test_encode_batch_matches_encode_one_at_a_time():
   check_encode_batch(toy_images(2, 16, 20), config)
 
 
+def test_encode_batch_on_the_fast_renderer_matches_encode():
+  # The default renderer of the machine (on the CPU: the native kernel, which
+  # encode_batch runs on every image of a batch at once under vmap).
+  config = _codec.CodecConfig(quality=50, fit_steps=20, qat_steps=4, backend="auto")
+  check_encode_batch(toy_images(3, 24, 20), config)
+
+
 @pytest.mark.slow
 def test_encode_batch_ragged_sizes_and_rate_control_match_encode():
   # Two 16x20 images and a 12x18 one: the float fit runs all three in one
