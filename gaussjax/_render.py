@@ -215,6 +215,15 @@ def render(
           f"backend='reference' would build a {height}x{width}x{n} weight array; "
           "use backend='xla' or 'pallas' for images this large")
     return render_reference(gaussians, height, width)
+  if backend == "xla" and _native_serves(gaussians):
+    # The native CPU kernel needs no plan and never overflows.
+    return rasterize(gaussians, height, width, backend=backend)[0]
   plan = make_plan(gaussians, height, width, backend=backend) if _is_concrete(gaussians) else None
   image, overflow = rasterize(gaussians, height, width, backend=backend, plan=plan)
   return jnp.where(overflow, jnp.nan, image)
+
+
+def _native_serves(gaussians: Gaussians) -> bool:
+  from gaussjax import _native
+  dtype = jnp.result_type(*gaussians)
+  return _native.usable(dtype, gaussians.colors.shape[-1])
