@@ -147,9 +147,10 @@ def register(subparsers) -> None:
       description="Fit N Gaussians to IMAGE and write the rendered result to --out. "
                   "Prints PSNR, SSIM and time; shows a progress bar on stderr.")
   p.add_argument("image", metavar="IMAGE", help=INPUT_HELP)
-  p.add_argument("--gaussians", "-n", type=_positive_int, default=2000, help="number of Gaussians (2000)")
+  p.add_argument("--gaussians", "-n", type=_positive_int, default=2000, help="number of Gaussians in the result (2000)")
   p.add_argument("--steps", "-s", type=_positive_int, default=1000, help="optimisation steps (1000)")
-  p.add_argument("--init", choices=("slic", "random"), default="slic", help="initialisation (slic)")
+  p.add_argument("--init", choices=("slic", "random"), default="slic", help="initialisation (slic: superpixels for half of the Gaussians, the rest "
+                 "added while fitting where the error is largest; random: all of them at random)")
   p.add_argument("--out", "-o", required=True, help="output image path (PNG recommended); never the input")
   p.add_argument("--backend", default="auto", choices=("auto", "reference", "xla", "pallas"),
                  help="renderer (auto: pallas on GPU, xla elsewhere)")
