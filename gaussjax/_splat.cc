@@ -102,6 +102,30 @@ void ColumnRange(const Params& p, float mx, float dy, float alpha, float r, floa
   *x1 = int64_t(std::min(std::floor(hi - 0.5), double(p.width - 1)));
 }
 
+// Visits the support of one Gaussian in rows [y0, y1] as spans of at most
+// kRow pixels: fn(y, dy, x0, len, dx0), dy and dx0 the offsets of the first
+// pixel centre of the span from the mean. Forward and backward share it, so
+// both visit exactly the same pixels.
+template <typename F>
+inline void ForEachSpan(const Params& p, float mx, float my, float alpha, float r, float beta,
+                        int64_t y0, int64_t y1, F&& fn) {
+  for (int64_t y = y0; y <= y1; ++y) {
+    const float dy = (float(y) + 0.5f) - my;
+    int64_t x0, x1;
+    ColumnRange(p, mx, dy, alpha, r, beta, &x0, &x1);
+    for (; x0 <= x1; x0 += kRow) {
+      fn(y, dy, x0, int32_t(std::min(x1 - x0 + 1, kRow)), (float(x0) + 0.5f) - mx);
+    }
+  }
+}
+
+// exp(-q / 2) at offset (dx, dy): q = (alpha dx)² + (beta (dy - r dx))².
+inline float Falloff(float alpha, float r, float beta, float dx, float dy) {
+  const float u = alpha * dx;
+  const float v = beta * (dy - r * dx);
+  return ExpNonPositive(-0.5f * (u * u + v * v));
+}
+
 // Adds Gaussians in index order to rows [band0, band1) of out [C, H, W].
 void ForwardBand(const Params& p, int64_t band0, int64_t band1, float* out) {
   float row_w[kRow];
@@ -111,29 +135,18 @@ void ForwardBand(const Params& p, int64_t band0, int64_t band1, float* out) {
     const float* c = p.colors + k * p.channels;
     int64_t y0, y1;
     RowRange(p, my, alpha, r, beta, &y0, &y1);
-    y0 = std::max(y0, band0);
-    y1 = std::min(y1, band1 - 1);
-    for (int64_t y = y0; y <= y1; ++y) {
-      const float dy = (float(y) + 0.5f) - my;
-      int64_t x0, x1;
-      ColumnRange(p, mx, dy, alpha, r, beta, &x0, &x1);
-      for (; x0 <= x1; x0 += kRow) {
-        const int32_t len = int32_t(std::min(x1 - x0 + 1, kRow));
-        const float dx0 = (float(x0) + 0.5f) - mx;
-        for (int32_t i = 0; i < len; ++i) {
-          const float dx = dx0 + float(i);
-          const float u = alpha * dx;
-          const float v = beta * (dy - r * dx);
-          const float e = ExpNonPositive(-0.5f * (u * u + v * v));
-          row_w[i] = std::max(e - p.cutoff, 0.0f) * p.scale;
-        }
-        for (int64_t ch = 0; ch < p.channels; ++ch) {
-          float* px = out + (ch * p.height + y) * p.width + x0;
-          const float cc = c[ch];
-          for (int32_t i = 0; i < len; ++i) px[i] += row_w[i] * cc;
-        }
+    ForEachSpan(p, mx, my, alpha, r, beta, std::max(y0, band0), std::min(y1, band1 - 1),
+                [&](int64_t y, float dy, int64_t x0, int32_t len, float dx0) {
+      for (int32_t i = 0; i < len; ++i) {
+        const float e = Falloff(alpha, r, beta, dx0 + float(i), dy);
+        row_w[i] = std::max(e - p.cutoff, 0.0f) * p.scale;
       }
-    }
+      for (int64_t ch = 0; ch < p.channels; ++ch) {
+        float* px = out + (ch * p.height + y) * p.width + x0;
+        const float cc = c[ch];
+        for (int32_t i = 0; i < len; ++i) px[i] += row_w[i] * cc;
+      }
+    });
   }
 }
 
@@ -149,53 +162,43 @@ void BackwardSome(const Params& p, int64_t first, int64_t stride, const float* g
     double s_x = 0, s_t = 0, s_xx = 0, s_tx = 0, s_tt = 0;
     int64_t y0, y1;
     RowRange(p, my, alpha, r, beta, &y0, &y1);
-    for (int64_t y = y0; y <= y1; ++y) {
-      const float dy = (float(y) + 0.5f) - my;
-      int64_t x0, x1;
-      ColumnRange(p, mx, dy, alpha, r, beta, &x0, &x1);
-      for (; x0 <= x1; x0 += kRow) {
-        const int32_t len = int32_t(std::min(x1 - x0 + 1, kRow));
-        const float dx0 = (float(x0) + 0.5f) - mx;
-        // Weights, dw/dq and d(loss)/dw of one row; each loop vectorises.
-        for (int32_t i = 0; i < len; ++i) {
-          const float dx = dx0 + float(i);
-          const float t = dy - r * dx;
-          const float u = alpha * dx;
-          const float v = beta * t;
-          const float e = ExpNonPositive(-0.5f * (u * u + v * v));
-          const bool inside = e > p.cutoff;
-          row_w[i] = inside ? (e - p.cutoff) * p.scale : 0.0f;
-          row_e[i] = inside ? e * (-0.5f * p.scale) : 0.0f;
-          row_g[i] = 0.0f;
-        }
-        for (int64_t ch = 0; ch < p.channels; ++ch) {
-          const float* gp = g + (ch * p.height + y) * p.width + x0;
-          const float cc = c[ch];
-          float acc = 0.0f;
-          for (int32_t i = 0; i < len; ++i) {
-            acc += row_w[i] * gp[i];
-            row_g[i] += cc * gp[i];
-          }
-          acc_c[ch] += acc;
-        }
-        float r_x = 0, r_t = 0, r_xx = 0, r_tx = 0, r_tt = 0;
-        for (int32_t i = 0; i < len; ++i) {
-          const float dx = dx0 + float(i);
-          const float t = dy - r * dx;
-          const float d_q = row_g[i] * row_e[i];
-          r_x += d_q * dx;
-          r_t += d_q * t;
-          r_xx += d_q * dx * dx;
-          r_tx += d_q * t * dx;
-          r_tt += d_q * t * t;
-        }
-        s_x += r_x;
-        s_t += r_t;
-        s_xx += r_xx;
-        s_tx += r_tx;
-        s_tt += r_tt;
+    ForEachSpan(p, mx, my, alpha, r, beta, y0, y1,
+                [&](int64_t y, float dy, int64_t x0, int32_t len, float dx0) {
+      // Weights, dw/dq and d(loss)/dw of one span; each loop vectorises.
+      for (int32_t i = 0; i < len; ++i) {
+        const float e = Falloff(alpha, r, beta, dx0 + float(i), dy);
+        const bool inside = e > p.cutoff;
+        row_w[i] = inside ? (e - p.cutoff) * p.scale : 0.0f;
+        row_e[i] = inside ? e * (-0.5f * p.scale) : 0.0f;
+        row_g[i] = 0.0f;
       }
-    }
+      for (int64_t ch = 0; ch < p.channels; ++ch) {
+        const float* gp = g + (ch * p.height + y) * p.width + x0;
+        const float cc = c[ch];
+        float acc = 0.0f;
+        for (int32_t i = 0; i < len; ++i) {
+          acc += row_w[i] * gp[i];
+          row_g[i] += cc * gp[i];
+        }
+        acc_c[ch] += acc;
+      }
+      float r_x = 0, r_t = 0, r_xx = 0, r_tx = 0, r_tt = 0;
+      for (int32_t i = 0; i < len; ++i) {
+        const float dx = dx0 + float(i);
+        const float t = dy - r * dx;
+        const float d_q = row_g[i] * row_e[i];
+        r_x += d_q * dx;
+        r_t += d_q * t;
+        r_xx += d_q * dx * dx;
+        r_tx += d_q * t * dx;
+        r_tt += d_q * t * t;
+      }
+      s_x += r_x;
+      s_t += r_t;
+      s_xx += r_xx;
+      s_tx += r_tx;
+      s_tt += r_tt;
+    });
     const double beta2 = double(beta) * beta;
     dm[2 * k] = float(-2.0 * alpha * alpha * s_x + 2.0 * beta2 * r * s_t);
     dm[2 * k + 1] = float(-2.0 * beta2 * s_t);
@@ -254,29 +257,46 @@ void ForEachImage(int64_t batch, int64_t alone_threads, F&& fn) {
   });
 }
 
+// One call's sizes: `batch` images (leading dimensions added by vmap) of
+// `channels` x `height` x `width`, each with `n` Gaussians.
+struct CallShape {
+  int64_t batch, n, channels, height, width;
+  bool batched_constants;  // one row of constants per image
+};
+
+CallShape ShapeOf(ffi::Span<const int64_t> image_dims, ffi::Buffer<ffi::F32>& means,
+                  ffi::Buffer<ffi::F32>& constants) {
+  const int64_t rank = image_dims.size();
+  const int64_t batch = BatchOf(image_dims, 3);
+  return CallShape{batch, means.dimensions()[means.dimensions().size() - 2],
+                   image_dims[rank - 3], image_dims[rank - 2], image_dims[rank - 1],
+                   BatchOf(constants.dimensions(), 1) == batch && batch > 1};
+}
+
+// The Params of image b of a call.
+Params ImageParams(const CallShape& c, ffi::Buffer<ffi::F32>& means, ffi::Buffer<ffi::F32>& shapes,
+                   ffi::Buffer<ffi::F32>& colors, ffi::Buffer<ffi::F32>& constants, int64_t b) {
+  const float* k = constants.typed_data() + (c.batched_constants ? 3 * b : 0);
+  return Params{means.typed_data() + b * c.n * 2, shapes.typed_data() + b * c.n * 3,
+                colors.typed_data() + b * c.n * c.channels, c.n, c.channels, c.height, c.width,
+                k[0], k[1], k[2]};
+}
+
 ffi::Error SplatForward(ffi::Buffer<ffi::F32> means, ffi::Buffer<ffi::F32> shapes,
                         ffi::Buffer<ffi::F32> colors, ffi::Buffer<ffi::F32> constants,
                         ffi::ResultBuffer<ffi::F32> image) {
-  const auto dims = image->dimensions();
-  const int64_t rank = dims.size();
-  const int64_t batch = BatchOf(dims, 3);
-  const int64_t channels = dims[rank - 3], height = dims[rank - 2], width = dims[rank - 1];
-  const int64_t n = means.dimensions()[means.dimensions().size() - 2];
-  if (channels > kMaxChannels) return ffi::Error::InvalidArgument("too many channels");
-  const bool batched_constants = BatchOf(constants.dimensions(), 1) == batch && batch > 1;
-  float* all = image->typed_data();
+  const CallShape c = ShapeOf(image->dimensions(), means, constants);
+  if (c.channels > kMaxChannels) return ffi::Error::InvalidArgument("too many channels");
+  const int64_t pixels = c.channels * c.height * c.width;
   // Bands of rows per thread: every pixel still sums its Gaussians in index
   // order, so the image does not depend on the number of threads.
-  const int64_t alone = std::min(NumThreads(Work(n, height, width)), height);
-  ForEachImage(batch, alone, [&](int64_t b, int64_t threads) {
-    const float* k = constants.typed_data() + (batched_constants ? 3 * b : 0);
-    const Params p{means.typed_data() + b * n * 2, shapes.typed_data() + b * n * 3,
-                   colors.typed_data() + b * n * channels, n, channels, height, width,
-                   k[0], k[1], k[2]};
-    float* out = all + b * channels * height * width;
-    std::fill(out, out + channels * height * width, 0.0f);
+  const int64_t alone = std::min(NumThreads(Work(c.n, c.height, c.width)), c.height);
+  ForEachImage(c.batch, alone, [&](int64_t b, int64_t threads) {
+    const Params p = ImageParams(c, means, shapes, colors, constants, b);
+    float* out = image->typed_data() + b * pixels;
+    std::fill(out, out + pixels, 0.0f);
     RunThreads(threads, [&](int64_t t) {
-      ForwardBand(p, height * t / threads, height * (t + 1) / threads, out);
+      ForwardBand(p, c.height * t / threads, c.height * (t + 1) / threads, out);
     });
   });
   return ffi::Error::Success();
@@ -287,23 +307,15 @@ ffi::Error SplatBackward(ffi::Buffer<ffi::F32> means, ffi::Buffer<ffi::F32> shap
                          ffi::Buffer<ffi::F32> cotangent, ffi::ResultBuffer<ffi::F32> d_means,
                          ffi::ResultBuffer<ffi::F32> d_shapes,
                          ffi::ResultBuffer<ffi::F32> d_colors) {
-  const auto dims = cotangent.dimensions();
-  const int64_t rank = dims.size();
-  const int64_t batch = BatchOf(dims, 3);
-  const int64_t channels = dims[rank - 3], height = dims[rank - 2], width = dims[rank - 1];
-  const int64_t n = means.dimensions()[means.dimensions().size() - 2];
-  if (channels > kMaxChannels) return ffi::Error::InvalidArgument("too many channels");
-  const bool batched_constants = BatchOf(constants.dimensions(), 1) == batch && batch > 1;
+  const CallShape c = ShapeOf(cotangent.dimensions(), means, constants);
+  if (c.channels > kMaxChannels) return ffi::Error::InvalidArgument("too many channels");
   // Each Gaussian's gradient is computed by one thread on its own.
-  ForEachImage(batch, NumThreads(Work(n, height, width)), [&](int64_t b, int64_t threads) {
-    const float* k = constants.typed_data() + (batched_constants ? 3 * b : 0);
-    const Params p{means.typed_data() + b * n * 2, shapes.typed_data() + b * n * 3,
-                   colors.typed_data() + b * n * channels, n, channels, height, width,
-                   k[0], k[1], k[2]};
-    const float* g = cotangent.typed_data() + b * channels * height * width;
-    float* dm = d_means->typed_data() + b * n * 2;
-    float* ds = d_shapes->typed_data() + b * n * 3;
-    float* dc = d_colors->typed_data() + b * n * channels;
+  ForEachImage(c.batch, NumThreads(Work(c.n, c.height, c.width)), [&](int64_t b, int64_t threads) {
+    const Params p = ImageParams(c, means, shapes, colors, constants, b);
+    const float* g = cotangent.typed_data() + b * c.channels * c.height * c.width;
+    float* dm = d_means->typed_data() + b * c.n * 2;
+    float* ds = d_shapes->typed_data() + b * c.n * 3;
+    float* dc = d_colors->typed_data() + b * c.n * c.channels;
     RunThreads(threads, [&](int64_t t) { BackwardSome(p, t, threads, g, dm, ds, dc); });
   });
   return ffi::Error::Success();
