@@ -483,13 +483,9 @@ def fit_batch(images, gaussians, config=None, *, devices=None, vectorize: bool |
     state = jax.vmap(lambda g: init_fit_state(g, config))(
         _stack([_density.to_buffer(initial[i], schedule.target) for i in members]))
     rngs = [host_rng(key) for key in state.key]
-    if _native_renders(backend, arrays[members[0]].shape[2]):
-      # The native kernel ignores plans: one fixed (default) plan, so every
-      # batch of this shape reuses one compiled step instead of compiling the
-      # plans its Gaussians would get.
-      plan_fn = lambda state: None
-    else:
-      plan_fn = lambda state, hb=hb, wb=wb: make_plan(state.gaussians, hb, wb, backend=backend)
+    # With the native CPU kernel make_plan gives None every time, so every
+    # batch of this shape reuses one compiled step.
+    plan_fn = lambda state, hb=hb, wb=wb: make_plan(state.gaussians, hb, wb, backend=backend)
     done = 0
     for event in (*schedule.events, config.steps):
       if event > done:

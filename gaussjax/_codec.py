@@ -519,10 +519,9 @@ def render_safe(gaussians: Gaussians, height: int, width: int, *, backend: str =
   """
   from gaussjax._gaussians import scale_gaussians
   from gaussjax._render import make_plan, rasterize, render, resolve_backend
-  from gaussjax._render import _native_serves
   backend = resolve_backend(backend)
   g = Gaussians(*(jnp.asarray(x, jnp.float32) for x in gaussians))
-  if backend != "xla" or _native_serves(g):  # the native kernel never overflows
+  if backend != "xla":
     return render(g, height, width, backend=backend, source_size=source_size)
   if source_size is not None and tuple(source_size) != (height, width):
     g = scale_gaussians(g, height / source_size[0], width / source_size[1])

@@ -101,7 +101,10 @@ def make_plan(gaussians: Gaussians, height: int, width: int, *, backend: str = "
   if backend == "reference":
     return None
   if backend == "xla":
+    from gaussjax import _native
     from gaussjax._xla import plan_xla
+    if _native.usable(jnp.result_type(*gaussians), np.shape(gaussians.colors)[-1]):
+      return None  # the native CPU kernel bins nothing and never overflows
     return plan_xla(gaussians, height, width)
   from gaussjax._pallas import plan_pallas
   return plan_pallas(gaussians, height, width)
@@ -215,15 +218,7 @@ def render(
           f"backend='reference' would build a {height}x{width}x{n} weight array; "
           "use backend='xla' or 'pallas' for images this large")
     return render_reference(gaussians, height, width)
-  if backend == "xla" and _native_serves(gaussians):
-    # The native CPU kernel needs no plan and never overflows.
-    return rasterize(gaussians, height, width, backend=backend)[0]
   plan = make_plan(gaussians, height, width, backend=backend) if _is_concrete(gaussians) else None
   image, overflow = rasterize(gaussians, height, width, backend=backend, plan=plan)
   return jnp.where(overflow, jnp.nan, image)
 
-
-def _native_serves(gaussians: Gaussians) -> bool:
-  from gaussjax import _native
-  dtype = jnp.result_type(*gaussians)
-  return _native.usable(dtype, gaussians.colors.shape[-1])

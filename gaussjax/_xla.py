@@ -437,13 +437,13 @@ def rasterize_xla(gaussians: Gaussians, height: int, width: int, plan: XlaPlan |
         f"rasterize_xla takes means [N, 2], got {means.shape}; use jax.vmap for a batch")
   dtype = jnp.result_type(means, chol, colors)
   means, chol, colors = (jnp.asarray(x, dtype) for x in (means, chol, colors))
-  if plan is None:
-    plan = default_plan(means.shape[0], height, width)
-  elif not isinstance(plan, XlaPlan):
+  if plan is not None and not isinstance(plan, XlaPlan):
     raise TypeError(f"plan must be an XlaPlan from plan_xla, got {type(plan).__name__}")
   if _native.usable(dtype, colors.shape[-1]):
     # The native kernel visits each Gaussian's own support box: nothing to plan.
     return _native_image(means, chol, colors, height, width), jnp.zeros((), bool)
+  if plan is None:
+    plan = default_plan(means.shape[0], height, width)
   finite = jnp.isfinite(means).all() & jnp.isfinite(chol).all() & jnp.isfinite(colors).all()
   slots, overflow = _assign(
       jax.lax.stop_gradient(means), jax.lax.stop_gradient(chol), height, width, plan)
