@@ -641,6 +641,13 @@ def _code(image: jax.Array, g: Gaussians, steps, config: CodecConfig) -> bytes:
 
 
 def _encode_rate(image: jax.Array, config: CodecConfig, g: Gaussians, steps) -> bytes:
+  """The rate controller: a file within ``config.rate_tolerance`` of the target.
+
+  The Gaussians' own file is kept when it is within the tolerance. Otherwise
+  they are pruned (too large) or the steps refined (too small) to aim at half
+  the tolerance, then fine-tuned again at the new steps (Gaussians fine-tuned
+  for one quantiser grid lose that on another), and the size fitted once more.
+  """
   h, w, c = image.shape
   target = config.bpp * h * w / 8.0
   tol = config.rate_tolerance
@@ -653,6 +660,9 @@ def _encode_rate(image: jax.Array, config: CodecConfig, g: Gaussians, steps) -> 
       g = _fit_float(image, n, config)
       g = _train(g, image, num_steps=config.qat_steps, learning_rate=qat_lr, steps=steps,
                  backend=config.backend)
+    data = encode_gaussians(g, h, w, steps=steps)
+    if lo_ok <= len(data) <= hi_ok:
+      return data
     # Aim at half the tolerance; accept the full tolerance when that fails.
     data, g_fit, steps_fit = _fit_size(g, h, w, steps, *aim)
     if data is None:
@@ -663,11 +673,13 @@ def _encode_rate(image: jax.Array, config: CodecConfig, g: Gaussians, steps) -> 
       if n > MAX_GAUSSIANS:
         break
       continue
-    if config.qat_steps and g_fit.num_gaussians < g.num_gaussians:
-      # Fine-tune the pruned set, then fit the size again.
+    if config.qat_steps:
+      # Fine-tune what was pruned or re-stepped, then fit the size again.
       g2 = _train(g_fit, image, num_steps=max(1, config.qat_steps // 3),
                   learning_rate=qat_lr / 2, steps=steps_fit, backend=config.backend)
-      data2, _, _ = _fit_size(g2, h, w, steps_fit, *aim)
+      data2 = encode_gaussians(g2, h, w, steps=steps_fit)
+      if not lo_ok <= len(data2) <= hi_ok:
+        data2, _, _ = _fit_size(g2, h, w, steps_fit, lo_ok, hi_ok)
       if data2 is not None:
         return data2
     return data
