@@ -7,6 +7,7 @@ from gaussjax._batch import encode_batch
 from gaussjax._batch import fit_batch
 from gaussjax._bitstream import DecodeError
 from gaussjax._codec import CodecConfig
+from gaussjax._codec import choose_steps
 from gaussjax._codec import decode
 from gaussjax._codec import decode_gaussians
 from gaussjax._codec import encode
@@ -55,6 +56,7 @@ __all__ = (
     "FitState",
     "Gaussians",
     "bpp",
+    "choose_steps",
     "concatenate",
     "conics",
     "constants",

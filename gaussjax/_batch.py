@@ -519,8 +519,8 @@ def _qat_step(state, image, plan, static):
   """
   from gaussjax import _codec
   g, opt_state, best, best_loss = state
-  height, width, backend, qsteps, learning_rate, num_steps = static
-  optimizer = _codec._optimizer(learning_rate, num_steps)
+  height, width, backend, qsteps, learning_rate, num_steps, frozen = static
+  optimizer = _codec._optimizer(learning_rate, num_steps, frozen)
   (loss, overflow), grads = jax.value_and_grad(_codec._loss, has_aux=True)(
       g, image, None, height=height, width=width, backend=backend, steps=qsteps, plan=plan)
   updates, opt_state = optimizer.update(grads, opt_state, g)
@@ -531,22 +531,24 @@ def _qat_step(state, image, plan, static):
 
 
 def _qat_batch(gaussians: Gaussians, images, *, num_steps: int, learning_rate: float, qsteps,
-               backend: str, mesh: Mesh | None, vectorize: bool | None) -> list[Gaussians]:
-  """The codec's quantisation-aware ``_train`` for images of one exact size.
+               backend: str, mesh: Mesh | None, vectorize: bool | None,
+               frozen: tuple[str, ...] = ()) -> list[Gaussians]:
+  """The codec's ``_train`` for images of one exact size.
 
   Args:
     gaussians: ``Gaussians`` with leaves ``[B, N, ...]``.
     images: ``[B, H, W, C]``.
     num_steps: optimiser steps.
     learning_rate: peak learning rate.
-    qsteps: ``QuantSteps``.
+    qsteps: ``QuantSteps`` (straight-through training), or None (float).
     backend: renderer.
     mesh: device mesh, or ``None``.
     vectorize: as in ``run_steps``.
+    frozen: fields that stay as they are.
 
   Returns:
-    One ``Gaussians`` per image: the last iterate, or the best one when its
-    loss is lower (as ``_codec._train`` chooses).
+    One ``Gaussians`` per image: the last iterate, or with ``qsteps`` the
+    best one when its loss is lower (as ``_codec._train`` chooses).
   """
   from gaussjax import _codec
   count = images.shape[0]
@@ -555,7 +557,7 @@ def _qat_batch(gaussians: Gaussians, images, *, num_steps: int, learning_rate: f
     return [jax.tree_util.tree_map(lambda x, k=k: x[k], g) for k in range(count)]
   backend = resolve_backend(backend)
   height, width = images.shape[1:3]
-  opt_state = jax.vmap(_codec._optimizer(learning_rate, num_steps).init)(g)
+  opt_state = jax.vmap(_codec._optimizer(learning_rate, num_steps, frozen).init)(g)
 
   native = _native_renders(backend, images.shape[3])
 
@@ -563,14 +565,16 @@ def _qat_batch(gaussians: Gaussians, images, *, num_steps: int, learning_rate: f
     if backend == "reference" or native:  # no binning, or a kernel that ignores plans
       return None
     # Plan for what is rendered: the fake-quantised Gaussians.
-    return make_plan(_fake_quantize_batch(state[0], height, width, qsteps), height, width,
-                     backend=backend)
+    view = state[0] if qsteps is None else _fake_quantize_batch(state[0], height, width, qsteps)
+    return make_plan(view, height, width, backend=backend)
 
   state = (g, opt_state, g, jnp.full((count,), jnp.inf, jnp.float32))
   g, _, best, best_loss = run_steps(
       _qat_step, state, jnp.asarray(images), num_steps=num_steps, plan_fn=plan_fn,
-      static=(height, width, backend, qsteps, learning_rate, num_steps), mesh=mesh,
+      static=(height, width, backend, qsteps, learning_rate, num_steps, frozen), mesh=mesh,
       vectorize=vectorize)
+  if qsteps is None:  # float training: the last iterate
+    return [jax.tree_util.tree_map(lambda x, k=k: x[k], g) for k in range(count)]
   if native:  # the losses of the last iterates in one batched render
     final_loss = np.asarray(_quantized_loss_batch(g, jnp.asarray(images), qsteps))
   else:
@@ -614,13 +618,15 @@ def encode_batch(images: Sequence, config=None, *, devices=None,
   """Encodes many images at once; each result decodes like ``encode``'s.
 
   The expensive parts of ``gaussjax.encode`` run batched: the SLIC
-  initialisation (a thread per core), the float fit (images padded into size
-  buckets, padding masked out of the loss) and the quantisation-aware
-  fine-tuning (images of one exact size, as the quantiser grid depends on the
-  size), each ``vmap``-ed and split over ``devices``; on the CPU the native
-  kernel renders the images of a batch in parallel, one core per image.
-  Quantisation, entropy coding and the rate controller (which may prune,
-  fine-tune or, rarely, fit one image again) run per image on the host.
+  initialisation (a thread per core), the two halves of the float fit
+  (images padded into size buckets, padding masked out of the loss; the
+  second half batches the images whose N stayed equal, so with a ``bpp``
+  target it often runs image by image) and the quantisation-aware
+  fine-tuning (images of one exact size), each ``vmap``-ed and split over
+  ``devices``; on the CPU the native kernel renders the images of a batch in
+  parallel, one core per image. The step search, quantisation, entropy
+  coding and the rate controller (which may prune, fine-tune or, rarely, fit
+  one image again) run per image on the host.
 
   Each file matches what ``encode(image, config)`` gives within float
   rounding: batched and single fits sum in different orders, so files may
@@ -655,40 +661,99 @@ def encode_batch(images: Sequence, config=None, *, devices=None,
     return []
   mesh = _resolve_mesh(devices)
   settings = [_codec._fit_settings(*a.shape, config) for a in arrays]
-  fitted: list[Gaussians | None] = [None] * len(arrays)
+  first, second = _codec._fit_halves(config)
 
-  # Float fit as in _codec._fit_float: SLIC, then fit_batch (size buckets,
-  # padding masked out), one call per N.
-  by_n: dict[int, list[int]] = {}
-  for i, (n, _) in enumerate(settings):
-    by_n.setdefault(n, []).append(i)
-  for n, members in by_n.items():
-    fit_config = _codec._float_fit_config(config, n) if config.fit_steps else None
-    count = initial_count(n, fit_config) if fit_config is not None else n
-    initial = _init_all([arrays[i] for i in members], count, config.seed)
-    if fit_config is None:
-      g = _stack(initial)
-    else:
-      g, _ = fit_batch([arrays[i] for i in members], initial, fit_config, devices=mesh,
-                       vectorize=vectorize)
-    for k, i in enumerate(members):
-      fitted[i] = jax.tree_util.tree_map(lambda x, k=k: x[k], g)
-
-  # Quantisation-aware fine-tuning: one batch per (exact size, N, steps).
-  groups: dict[tuple, list[int]] = {}
-  for i, a in enumerate(arrays):
-    groups.setdefault((*a.shape, *settings[i]), []).append(i)
-  for (h, w, c, n, qsteps), members in groups.items():
-    chosen = _qat_batch(_stack([fitted[i] for i in members]),
-                        jnp.stack([arrays[i] for i in members]), num_steps=config.qat_steps,
-                        learning_rate=_codec.qat_learning_rate(config), qsteps=qsteps,
-                        backend=config.backend, mesh=mesh, vectorize=vectorize)
-    for i, g in zip(members, chosen):
-      fitted[i] = g
+  # As _codec._first_fit: the first half of the float fit (SLIC, then
+  # fit_batch, one call per N); steps and N per image on the host; the second
+  # half with N moved (one fit_batch per pair of old and new N).
+  fitted = _fit_all(arrays, None, [n for n, _ in settings], config, first, mesh, vectorize)
+  chosen = [_codec._choose(a, g, base, config)
+            for a, g, (_, base) in zip(arrays, fitted, settings)]
+  fitted = _fit_all(arrays, fitted, [n for _, n in chosen], config, second, mesh, vectorize)
+  qsteps = [steps for steps, _ in chosen]
+  fitted = _finetune_all(arrays, fitted, qsteps, config, mesh, vectorize)
 
   # Quantisation, entropy coding, rate control: per image on the host.
-  return [_codec._code(a, g, qsteps, config)
-          for a, g, (_, qsteps) in zip(arrays, fitted, settings)]
+  return [_codec._code(a, g, steps, config) for a, g, steps in zip(arrays, fitted, qsteps)]
+
+
+def _fit_all(arrays, initial, counts, config, num_steps: int, mesh, vectorize) -> list[Gaussians]:
+  """``_codec._fit_float`` (``initial`` None) or ``_codec._refit`` of every image, batched.
+
+  Images whose initial and final counts agree share one ``fit_batch`` call.
+  """
+  from gaussjax import _codec
+  from gaussjax._fit import initial_count
+  groups: dict[tuple[int, int], list[int]] = {}
+  for i, n in enumerate(counts):
+    start = None if initial is None else initial[i].num_gaussians
+    groups.setdefault((start, n), []).append(i)
+  fitted: list[Gaussians | None] = [None] * len(arrays)
+  for (_, n), members in groups.items():
+    images = [arrays[i] for i in members]
+    fit_config = _codec._float_fit_config(config, n, num_steps) if num_steps else None
+    if initial is None:
+      count = initial_count(n, fit_config) if fit_config is not None else n
+      start = _init_all(images, count, config.seed)
+    else:
+      start = [initial[i] for i in members]
+    if fit_config is None:
+      out = start if initial is None else [
+          _codec._refit(a, g, n, config, 0) for a, g in zip(images, start)]
+    else:
+      g, _ = fit_batch(images, start, fit_config, devices=mesh, vectorize=vectorize)
+      out = [jax.tree_util.tree_map(lambda x, k=k: x[k], g) for k in range(len(members))]
+    for i, g in zip(members, out):
+      fitted[i] = g
+  return fitted
+
+
+def _finetune_all(arrays, fitted, qsteps, config, mesh, vectorize) -> list[Gaussians]:
+  """``_codec._finetune`` of every image, batched.
+
+  Straight-through training batches images of one exact size, N and steps
+  (the steps are static). The sequential stages train in float: images of
+  one exact size share a batch, padded to the largest N with parked
+  Gaussians (off-image, colour 0: they render nothing and never move).
+  """
+  from gaussjax import _codec, _density
+  fitted = list(fitted)
+  if config.qat_steps == 0:
+    return fitted
+  if config.finetune == "ste":
+    groups: dict[tuple, list[int]] = {}
+    for i, a in enumerate(arrays):
+      groups.setdefault((*a.shape, fitted[i].num_gaussians, qsteps[i]), []).append(i)
+    for (*_, steps), members in groups.items():
+      out = _qat_batch(_stack([fitted[i] for i in members]),
+                       jnp.stack([arrays[i] for i in members]), num_steps=config.qat_steps,
+                       learning_rate=_codec.qat_learning_rate(config), qsteps=steps,
+                       backend=config.backend, mesh=mesh, vectorize=vectorize)
+      for i, g in zip(members, out):
+        fitted[i] = g
+    return fitted
+  by_shape: dict[tuple, list[int]] = {}
+  for i, a in enumerate(arrays):
+    by_shape.setdefault(a.shape, []).append(i)
+  done = 0
+  for k, (frozen, lr, share) in enumerate(_codec._SEQUENTIAL):
+    n_steps = (config.qat_steps - done if k == len(_codec._SEQUENTIAL) - 1
+               else int(round(share * config.qat_steps)))
+    done += n_steps
+    for (h, w, _), members in by_shape.items():
+      snapped = [_codec._snap(fitted[i], h, w, qsteps[i], frozen) for i in members]
+      counts = [g.num_gaussians for g in snapped]
+      if n_steps == 0 or max(counts) == 0:
+        out = snapped
+      else:
+        padded = [_density.to_buffer(g, max(counts)) for g in snapped]
+        out = _qat_batch(_stack(padded), jnp.stack([arrays[i] for i in members]),
+                         num_steps=n_steps, learning_rate=lr * config.learning_rate, qsteps=None,
+                         backend=config.backend, mesh=mesh, vectorize=vectorize, frozen=frozen)
+        out = [Gaussians(*(np.asarray(x)[:n] for x in g)) for g, n in zip(out, counts)]
+      for i, g in zip(members, out):
+        fitted[i] = g
+  return fitted
 
 
 def _init_all(images, n: int, seed: int) -> list[Gaussians]:

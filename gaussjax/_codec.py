@@ -2,10 +2,14 @@
 
 Call chain::
 
-  encode(image, config)                       fit → QAT → quantise → code, rate control
-    ├─ _fit_float                             float fit (gaussjax.fit when present)
-    ├─ _train(..., quantize=True)             quantisation-aware fine-tuning (STE)
-    └─ encode_gaussians(g, H, W, steps=)      quantise, Morton order, ANS-code, frame
+  encode(image, config)                       fit → steps → refit → fine-tune → code
+    ├─ _first_fit                             float fit in two halves:
+    │    ├─ _fit_float                        SLIC + gaussjax.fit at the first guess of N
+    │    ├─ _choose                           choose_steps (RD search) and N for the rate
+    │    └─ _refit                            gaussjax.fit again, N moved to its new value
+    ├─ _finetune                              quantisation-aware fine-tuning
+    └─ _code → encode_gaussians               quantise, Morton order, ANS-code, frame;
+                                              the rate controller (_encode_rate)
   decode(data, height=, width=)               decode_gaussians → render at any size
   decode_gaussians(data)                      parse, validate, entropy-decode, dequantise
   info(data)                                  header fields, no decoding
@@ -38,6 +42,7 @@ MAX_CHANNELS = 4
 MAX_FILE_BYTES = 1 << 28
 COLOR_MODE_DIRECT = 0
 COLOR_MODE_YCOCG = 1
+FINETUNE_MODES = ("sequential", "ste")
 _MIN_FILE = len(MAGIC) + 1 + 1 + 4 + 1 + 1 + 4  # magic ver C W H N mode crc
 
 
@@ -57,14 +62,26 @@ class CodecConfig:
       within ``rate_tolerance`` of it by choosing the number of Gaussians and
       the quantiser steps.
     quality: 1..100. Sets the Gaussian density (``N = H·W·0.02·(q/50)²``,
-      at least 16) and the steps (``default_steps`` × 2^((50 - q)/25)); no
-      rate target.
-    num_gaussians: force N (with ``bpp``: N of the float fit before pruning).
-    fit_steps: optimiser steps of the float fit.
+      at least 16) and the starting steps of the step search
+      (``default_steps`` × 2^((50 - q)/25)); no rate target.
+    num_gaussians: force N (with ``bpp``: N of the float fit, which the
+      rate controller may still prune).
+    fit_steps: optimiser steps of the float fit (``gaussjax.fit``), run in
+      two halves: the quantiser steps and N are chosen between them.
     qat_steps: steps of quantisation-aware fine-tuning.
-    learning_rate: Adam learning rate of the float fit (QAT uses a fifth).
-    bits_per_gaussian: the rate controller's first guess of bits per Gaussian.
+    learning_rate: Adam learning rate of the fine-tuning (the float fit
+      uses ``FitConfig``'s rates).
+    bits_per_gaussian: first guess of bits per Gaussian, which sets N of the
+      first half of the fit (the second half corrects it from a real file).
     rate_tolerance: relative tolerance on the file size for ``bpp``.
+    rd_slope: PSNR (dB) that doubling the number of Gaussians is assumed to
+      buy; ``choose_steps`` trades bytes for PSNR at this rate. Measured
+      1.4-2.8 dB per doubling on Kodak at 384x256; 1.75 errs towards fine
+      steps. ``None``: no search (the default, or quality, steps).
+    finetune: ``"sequential"`` (quantise the means, fine-tune the rest in
+      float; quantise the Cholesky factors, fine-tune the colours) or
+      ``"ste"`` (every attribute through straight-through rounding). See
+      ``_finetune`` for the measurement that chose the default.
     backend: renderer used for fitting (``"auto"``: the fastest here).
     seed: PRNG seed of the initialisation.
   """
@@ -77,6 +94,8 @@ class CodecConfig:
   learning_rate: float = 0.01
   bits_per_gaussian: float = 46.0
   rate_tolerance: float = 0.05
+  rd_slope: float | None = 1.75
+  finetune: str = "sequential"
   backend: str = "auto"
   seed: int = 0
 
@@ -92,6 +111,10 @@ class CodecConfig:
         raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
     if not 0.005 <= self.rate_tolerance <= 0.5:
       raise ValueError(f"rate_tolerance={self.rate_tolerance} must be in [0.005, 0.5]")
+    if self.rd_slope is not None and not (0.0 < self.rd_slope <= 20.0):
+      raise ValueError(f"rd_slope={self.rd_slope} must be in (0, 20] or None")
+    if self.finetune not in FINETUNE_MODES:
+      raise ValueError(f"finetune={self.finetune!r} must be one of {FINETUNE_MODES}")
 
 
 # ---------------------------------------------------------------------------
@@ -375,13 +398,17 @@ def decode(data: bytes, *, height: int | None = None, width: int | None = None,
 _FIELD_LR = Gaussians(means=20.0, chol=5.0, colors=1.0)
 
 
-def _optimizer(learning_rate: float, num_steps: int):
-  """Adam with per-field learning rates and a cosine decay over ``num_steps``."""
+def _optimizer(learning_rate: float, num_steps: int, frozen: tuple[str, ...] = ()):
+  """Adam with per-field learning rates and a cosine decay over ``num_steps``.
+
+  The fields named in ``frozen`` (``"means"``, ``"chol"``, ``"colors"``) are
+  not changed.
+  """
   schedule = optax.cosine_decay_schedule(learning_rate, num_steps, alpha=0.05)
   return optax.chain(
       optax.scale_by_adam(),
       optax.transforms.partition(
-          {f: optax.scale(s) for f, s in zip(Gaussians._fields, _FIELD_LR)},
+          {f: optax.scale(0.0 if f in frozen else s) for f, s in zip(Gaussians._fields, _FIELD_LR)},
           Gaussians(*Gaussians._fields)),
       optax.scale_by_schedule(lambda t: -schedule(t)))
 
@@ -419,8 +446,11 @@ def _make_step(height, width, backend, steps, plan, optimizer):
 
 
 def _train(gaussians: Gaussians, image: jax.Array, *, num_steps: int, learning_rate: float,
-           steps: qz.QuantSteps | None, backend: str, replan_every: int = 50) -> Gaussians:
+           steps: qz.QuantSteps | None, backend: str, replan_every: int = 50,
+           frozen: tuple[str, ...] = ()) -> Gaussians:
   """Adam on the MSE of the rendering; with ``steps``, through ``fake_quantize``.
+
+  ``frozen`` names fields that stay as they are (see ``_optimizer``).
 
   The fast renderers need a static plan (``make_plan``, outside jit); it is
   rebuilt every ``replan_every`` steps and whenever a step overflows it (that
@@ -431,13 +461,13 @@ def _train(gaussians: Gaussians, image: jax.Array, *, num_steps: int, learning_r
   if num_steps == 0 or gaussians.num_gaussians == 0:
     return gaussians
   height, width = image.shape[:2]
-  optimizer = _optimizer(learning_rate, num_steps)
+  optimizer = _optimizer(learning_rate, num_steps, frozen)
   g = Gaussians(*(jnp.asarray(x, jnp.float32) for x in gaussians))
   opt_state = optimizer.init(g)
-  cache = _STEP_CACHE.setdefault((height, width, backend, steps, learning_rate, num_steps), {})
+  key = (height, width, backend, steps, learning_rate, num_steps, frozen)
   if len(_STEP_CACHE) > 32:  # bounded: a long-running process encodes many sizes
     _STEP_CACHE.clear()
-    cache = _STEP_CACHE.setdefault((height, width, backend, steps, learning_rate, num_steps), {})
+  cache = _STEP_CACHE.setdefault(key, {})
   done, plan, fresh, boost, planned_at = 0, _STALE, False, 1, -1
   best, best_loss = g, np.inf
   while done < num_steps:
@@ -490,23 +520,207 @@ def _grow_plan(plan, factor: int):
 _STEP_CACHE = {}
 
 
-def _fit_float(image: jax.Array, n: int, config: CodecConfig) -> Gaussians:
-  """The float fit the codec starts from: SLIC initialisation, then ``gaussjax.fit``."""
+def _fit_float(image: jax.Array, n: int, config: CodecConfig,
+               num_steps: int | None = None) -> Gaussians:
+  """SLIC initialisation, then ``gaussjax.fit`` growing to ``n`` for ``num_steps``.
+
+  ``num_steps`` defaults to ``config.fit_steps``; 0 returns SLIC at ``n``.
+  """
   from gaussjax._fit import fit, initial_count
   from gaussjax._init import init_slic
-  if config.fit_steps == 0:
+  num_steps = config.fit_steps if num_steps is None else num_steps
+  if num_steps == 0:
     return init_slic(np.asarray(image), n, key=jax.random.key(config.seed))
-  fit_config = _float_fit_config(config, n)
+  fit_config = _float_fit_config(config, n, num_steps)
   g = init_slic(np.asarray(image), initial_count(n, fit_config), key=jax.random.key(config.seed))
   g, _ = fit(image, g, fit_config)
   return g
 
 
-def _float_fit_config(config: CodecConfig, n: int):
-  """The ``FitConfig`` of the float fit to ``n`` Gaussians (also used by ``gaussjax.encode_batch``)."""
+def _float_fit_config(config: CodecConfig, n: int, num_steps: int | None = None):
+  """``FitConfig`` of a float fit to ``n`` Gaussians (also used by ``gaussjax.encode_batch``)."""
   from gaussjax._fit import FitConfig
-  return FitConfig(steps=config.fit_steps, backend=config.backend,
-                   log_every=max(config.fit_steps, 1), replan_every=50, num_gaussians=n)
+  num_steps = config.fit_steps if num_steps is None else num_steps
+  return FitConfig(steps=num_steps, backend=config.backend, log_every=max(num_steps, 1),
+                   replan_every=50, num_gaussians=n)
+
+
+def _fit_halves(config: CodecConfig) -> tuple[int, int]:
+  """Steps of the two halves of the float fit (before and after ``_choose``)."""
+  first = (config.fit_steps + 1) // 2
+  return first, config.fit_steps - first
+
+
+def _first_fit(image: jax.Array, config: CodecConfig) -> tuple[Gaussians, qz.QuantSteps]:
+  """The float fit of ``encode``: ``(Gaussians, quantiser steps)``.
+
+  Fits the first half of ``config.fit_steps`` at the first guess of N
+  (``_fit_settings``), chooses the steps and N for the rate from those
+  Gaussians (``_choose``), then fits the second half with N moved there.
+  """
+  n0, base = _fit_settings(*image.shape, config)
+  first, second = _fit_halves(config)
+  g = _fit_float(image, n0, config, first)
+  steps, n1 = _choose(image, g, base, config)
+  return _refit(image, g, n1, config, second), steps
+
+
+def _choose(image: jax.Array, g: Gaussians, base: qz.QuantSteps,
+            config: CodecConfig) -> tuple[qz.QuantSteps, int]:
+  """``(steps, N)`` after the first half of the fit.
+
+  The steps come from ``choose_steps`` (unless ``config.rd_slope`` is None);
+  with a ``bpp`` target and no forced N, N is scaled by target / size of
+  these Gaussians' file at those steps (bytes grow about linearly in N).
+  """
+  h, w, _ = image.shape
+  if config.rd_slope is None:
+    steps = base
+  else:
+    steps = choose_steps(g, image, base=base, slope=config.rd_slope, backend=config.backend)
+  n = g.num_gaussians
+  if config.bpp is not None and config.num_gaussians is None:
+    size = len(encode_gaussians(g, h, w, steps=steps))
+    n = int(min(max(round(n * config.bpp * h * w / 8.0 / size), 1), MAX_GAUSSIANS))
+  return steps, n
+
+
+def _refit(image: jax.Array, g: Gaussians, n: int, config: CodecConfig,
+           num_steps: int) -> Gaussians:
+  """``gaussjax.fit`` of ``g`` for ``num_steps`` more steps with its count moved to ``n``.
+
+  ``fit`` prunes the least contributing Gaussians at once, or grows the
+  count over the first part of the steps. Without steps, only pruning.
+  """
+  from gaussjax._fit import fit
+  if num_steps == 0:
+    if n < g.num_gaussians:
+      g = g.select(np.sort(np.argsort(-_importance(g), kind="stable")[:n]))
+    return g
+  g, _ = fit(image, g, _float_fit_config(config, n, num_steps))
+  return g
+
+
+# Grid of the step search: each attribute's step times 2^(k/2), k = -4..4.
+STEP_GRID = tuple(2.0 ** (k / 2) for k in range(-4, 5))
+_STEP_ATTRIBUTES = ("pos", "scale", "shear", "color")
+
+
+def choose_steps(gaussians: Gaussians, image, *, base: qz.QuantSteps | None = None,
+                 slope: float = 1.75, backend: str = "auto") -> qz.QuantSteps:
+  """Quantiser steps that trade PSNR for bytes at ``slope`` dB per doubling.
+
+  Maximises ``PSNR(decoded) - slope · log2(file bytes)`` for these Gaussians
+  by coordinate search: each attribute's step (positions, log-scales,
+  shear, all colour channels together) times a factor of ``STEP_GRID``
+  relative to ``base``, attribute by attribute, twice. ``slope`` is what
+  doubling the bytes would buy if spent on more Gaussians (about the PSNR
+  per doubling of N): fine steps pay at high PSNR, coarse ones at low PSNR.
+
+  Measured (``benchmarks/results/rd.md``): on Kodak at 384x256 the best
+  factors ran from ~2.8x coarser than the defaults at 21 dB to ~1.4x finer
+  at 32 dB.
+
+  Args:
+    gaussians: ``Gaussians`` in the pixel coordinates of ``image``.
+    image: ``[H, W, C]`` float image in [0, 1] they were fitted to.
+    base: starting steps (``default_steps(C)`` if None).
+    slope: dB per doubling of the file size.
+    backend: renderer for the trial decodes.
+
+  Returns:
+    ``QuantSteps`` (float16-rounded, within the documented ranges).
+  """
+  image = np.asarray(image, np.float32)
+  if image.ndim == 2:
+    image = image[:, :, None]
+  h, w, c = image.shape
+  g = Gaussians(*(np.asarray(x, np.float32) for x in gaussians))
+  base = (base or qz.default_steps(c)).rounded()
+  if g.num_gaussians == 0:
+    return base
+  scores: dict[qz.QuantSteps, float] = {}
+
+  def score(factors) -> tuple[float, qz.QuantSteps]:
+    steps = base.scaled(**dict(zip(_STEP_ATTRIBUTES, factors)))
+    if steps not in scores:
+      size = len(encode_gaussians(g, h, w, steps=steps))
+      sym, _ = qz.quantize(g, h, w, steps)
+      out = render_safe(qz.dequantize(sym, h, w, steps), h, w, backend=backend)
+      mse = float(np.mean((np.clip(np.asarray(out), 0.0, 1.0) - image) ** 2))
+      scores[steps] = -10.0 * math.log10(max(mse, 1e-12)) - slope * math.log2(size)
+    return scores[steps], steps
+
+  best = [1.0] * len(_STEP_ATTRIBUTES)
+  best_score, best_steps = score(best)
+  for _ in range(2):
+    changed = False
+    for k in range(len(best)):
+      for f in STEP_GRID:
+        trial = list(best)
+        trial[k] = f
+        value, steps = score(trial)
+        if value > best_score + 1e-6:
+          best, best_score, best_steps, changed = trial, value, steps, True
+    if not changed:
+      break
+  return best_steps
+
+
+def _snap(g: Gaussians, height: int, width: int, steps: qz.QuantSteps,
+          fields: tuple[str, ...]) -> Gaussians:
+  """``g`` with the named fields replaced by the decoder's reconstruction."""
+  g = Gaussians(*(np.asarray(x, np.float32) for x in g))
+  sym, order = qz.quantize(g, height, width, steps)
+  decoded = qz.dequantize(sym, height, width, steps)
+  inverse = np.argsort(order)
+  return g._replace(**{f: getattr(decoded, f)[inverse] for f in fields})
+
+
+# Stages of the sequential fine-tuning: (fields quantised and frozen, learning
+# rate relative to CodecConfig.learning_rate, share of qat_steps).
+_SEQUENTIAL = ((("means",), 0.1, 0.5), (("means", "chol"), 0.2, 0.5))
+
+
+def _finetune(g: Gaussians, image: jax.Array, steps: qz.QuantSteps, config: CodecConfig,
+              num_steps: int | None = None) -> Gaussians:
+  """Quantisation-aware fine-tuning of fitted Gaussians for ``steps``.
+
+  ``"sequential"`` (default): quantise the means and fine-tune the Cholesky
+  factors and colours in float, then quantise the factors too and fine-tune
+  the colours; ``encode_gaussians`` rounds the colours last. Each stage
+  repairs the rounding of the one before. ``"ste"``: Adam through
+  ``fake_quantize`` (straight-through rounding of every attribute), keeping
+  the best iterate. Measured on kodim05 (1.0 bpp) and kodim13 (0.25 bpp)
+  at 384x256 after the float fit: sequential 25.61 / 21.83 dB, straight-
+  through 25.50 / 21.75 dB (150 steps; longer or faster STE did no better),
+  no fine-tuning 25.48 / 21.61 dB.
+
+  Args:
+    g: fitted ``Gaussians``.
+    image: ``[H, W, C]`` target.
+    steps: the quantiser steps the file will use.
+    config: ``CodecConfig`` (``finetune``, ``learning_rate``, ``backend``).
+    num_steps: optimiser steps in all (default ``config.qat_steps``).
+
+  Returns:
+    ``Gaussians``; sequential ones hold quantised means and factors.
+  """
+  num_steps = config.qat_steps if num_steps is None else num_steps
+  if num_steps == 0 or g.num_gaussians == 0:
+    return g
+  if config.finetune == "ste":
+    return _train(g, image, num_steps=num_steps, learning_rate=qat_learning_rate(config),
+                  steps=steps, backend=config.backend)
+  h, w = image.shape[:2]
+  done = 0
+  for k, (frozen, lr, share) in enumerate(_SEQUENTIAL):
+    n = num_steps - done if k == len(_SEQUENTIAL) - 1 else int(round(share * num_steps))
+    done += n
+    g = _snap(g, h, w, steps, frozen)
+    g = _train(g, image, num_steps=n, learning_rate=lr * config.learning_rate, steps=None,
+               backend=config.backend, frozen=frozen)
+  return g
 
 
 def render_safe(gaussians: Gaussians, height: int, width: int, *, backend: str = "auto",
@@ -576,11 +790,14 @@ def _quality_settings(quality: float, height: int, width: int, channels: int):
 def encode(image, config: CodecConfig = CodecConfig()) -> bytes:
   """Fits Gaussians to an image and codes them into a gaussjax file.
 
-  Steps: float fit, quantisation-aware fine-tuning (straight-through rounding
-  of every attribute), quantisation, ANS coding; with ``config.bpp``, a rate
-  controller that measures the real file size and prunes the least important
-  Gaussians or refines the quantiser steps until the file is within
-  ``config.rate_tolerance`` of ``bpp · H · W / 8`` bytes.
+  Steps: half of the float fit at a first guess of N; the quantiser steps
+  chosen by a rate-distortion search on those Gaussians (``choose_steps``)
+  and, with ``config.bpp``, N rescaled from the size of their real file; the
+  other half of the fit at that N; quantisation-aware fine-tuning
+  (``config.finetune``); quantisation and ANS coding. With ``bpp`` a rate
+  controller then measures the real file size and prunes the least
+  important Gaussians or refines the steps (fine-tuning again) until the
+  file is within ``config.rate_tolerance`` of ``bpp · H · W / 8`` bytes.
 
   Args:
     image: ``[H, W, C]`` float in [0, 1] (or uint8/uint16), C ≤ 4.
@@ -596,20 +813,18 @@ def encode(image, config: CodecConfig = CodecConfig()) -> bytes:
   if not isinstance(config, CodecConfig):
     raise TypeError(f"config must be a CodecConfig, got {type(config).__name__}")
   image = _as_image(image)
-  n, steps = _fit_settings(*image.shape, config)
-  g = _fit_float(image, n, config)
-  g = _train(g, image, num_steps=config.qat_steps, learning_rate=qat_learning_rate(config),
-             steps=steps, backend=config.backend)
+  g, steps = _first_fit(image, config)
+  g = _finetune(g, image, steps, config)
   return _code(image, g, steps, config)
 
 
 def qat_learning_rate(config: CodecConfig) -> float:
-  """Peak learning rate of quantisation-aware fine-tuning."""
+  """Peak learning rate of straight-through fine-tuning (``finetune="ste"``)."""
   return config.learning_rate / 20
 
 
 def _fit_settings(h: int, w: int, c: int, config: CodecConfig):
-  """``(N, quantiser steps)`` of the first fit of ``encode``.
+  """``(N, quantiser steps)`` that the first half of ``encode``'s fit starts from.
 
   Raises ValueError when a ``bpp`` target is below the smallest file.
   """
@@ -623,7 +838,7 @@ def _fit_settings(h: int, w: int, c: int, config: CodecConfig):
       target * (1 + config.rate_tolerance):
     raise ValueError(f"bpp={config.bpp} ({target:.0f} bytes) is below the smallest file "
                      f"for a {h}x{w} image")
-  n = config.num_gaussians or max(4, int(math.ceil(1.1 * 8 * target / config.bits_per_gaussian)))
+  n = config.num_gaussians or max(4, int(math.ceil(8 * target / config.bits_per_gaussian)))
   return n, steps
 
 
@@ -654,12 +869,10 @@ def _encode_rate(image: jax.Array, config: CodecConfig, g: Gaussians, steps) -> 
   lo_ok, hi_ok = target * (1 - tol), target * (1 + tol)
   aim = (target * (1 - tol / 2), target * (1 + tol / 2))
   n = g.num_gaussians
-  qat_lr = qat_learning_rate(config)
   for attempt in range(3):
     if attempt:
       g = _fit_float(image, n, config)
-      g = _train(g, image, num_steps=config.qat_steps, learning_rate=qat_lr, steps=steps,
-                 backend=config.backend)
+      g = _finetune(g, image, steps, config)
     data = encode_gaussians(g, h, w, steps=steps)
     if lo_ok <= len(data) <= hi_ok:
       return data
@@ -675,8 +888,7 @@ def _encode_rate(image: jax.Array, config: CodecConfig, g: Gaussians, steps) -> 
       continue
     if config.qat_steps:
       # Fine-tune what was pruned or re-stepped, then fit the size again.
-      g2 = _train(g_fit, image, num_steps=max(1, config.qat_steps // 3),
-                  learning_rate=qat_lr / 2, steps=steps_fit, backend=config.backend)
+      g2 = _finetune(g_fit, image, steps_fit, config, num_steps=max(2, config.qat_steps // 3))
       data2 = encode_gaussians(g2, h, w, steps=steps_fit)
       if not lo_ok <= len(data2) <= hi_ok:
         data2, _, _ = _fit_size(g2, h, w, steps_fit, lo_ok, hi_ok)

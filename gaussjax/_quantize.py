@@ -64,13 +64,17 @@ class QuantSteps:
   shear: float
   color: tuple[float, ...]
 
-  def scaled(self, factor: float) -> "QuantSteps":
-    """All steps times ``factor`` (the rate controller's knob), kept in range."""
-    def clip(v, rng):
-      return float(np.float16(min(max(v * factor, rng[0]), rng[1])))
-    return QuantSteps(clip(self.pos, POS_STEP_RANGE), clip(self.scale, SCALE_STEP_RANGE),
-                      clip(self.shear, SHEAR_STEP_RANGE),
-                      tuple(clip(c, COLOR_STEP_RANGE) for c in self.color))
+  def scaled(self, factor: float = 1.0, *, pos: float = 1.0, scale: float = 1.0,
+             shear: float = 1.0, color: float = 1.0) -> "QuantSteps":
+    """All steps times ``factor`` (and each attribute's own factor), kept in range.
+
+    The results are rounded to float16, as the file stores them.
+    """
+    def clip(v, f, rng):
+      return float(np.float16(min(max(v * factor * f, rng[0]), rng[1])))
+    return QuantSteps(clip(self.pos, pos, POS_STEP_RANGE), clip(self.scale, scale, SCALE_STEP_RANGE),
+                      clip(self.shear, shear, SHEAR_STEP_RANGE),
+                      tuple(clip(c, color, COLOR_STEP_RANGE) for c in self.color))
 
   def rounded(self) -> "QuantSteps":
     """Steps rounded to float16, as the file stores them."""

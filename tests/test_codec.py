@@ -160,9 +160,21 @@ class TestEncode:
     out = np.asarray(gaussjax.decode(data, backend="reference"))
     assert out.shape == (16, 24, 1) and _psnr(out, img) > 22
 
+  def test_straight_through_finetune_still_works(self):
+    img = _crop(16, 24)
+    cfg = gaussjax.CodecConfig(bpp=4.0, fit_steps=60, qat_steps=10, finetune="ste",
+                               backend="reference")
+    data = gaussjax.encode(img, cfg)
+    assert abs(8 * len(data) / (16 * 24) / 4.0 - 1) <= 0.05
+    assert _psnr(np.asarray(gaussjax.decode(data, backend="reference")), img) > 22
+
   def test_bad_inputs(self):
     with pytest.raises(ValueError, match="bpp"):
       gaussjax.CodecConfig(bpp=-1)
+    with pytest.raises(ValueError, match="rd_slope"):
+      gaussjax.CodecConfig(rd_slope=0.0)
+    with pytest.raises(ValueError, match="finetune"):
+      gaussjax.CodecConfig(finetune="adaround")
     with pytest.raises(ValueError, match="quality"):
       gaussjax.CodecConfig(quality=0)
     with pytest.raises(ValueError, match="channels"):
@@ -171,6 +183,62 @@ class TestEncode:
       gaussjax.encode(_crop(8, 8), gaussjax.CodecConfig(bpp=0.01, **FAST))
     with pytest.raises(TypeError):
       gaussjax.decode_gaussians("not bytes")
+
+
+@pytest.fixture(scope="module")
+def fitted_crop():
+  img = _crop()
+  g, _ = gaussjax.fit(img, gaussjax.init_slic(img, 60), gaussjax.FitConfig(steps=120, backend="xla"))
+  return img, g
+
+
+def _quantized_psnr(g, img, steps):
+  h, w = img.shape[:2]
+  data = gaussjax.encode_gaussians(g, h, w, steps=steps)
+  return _psnr(np.clip(np.asarray(gaussjax.decode(data)), 0, 1), img), len(data)
+
+
+class TestSteps:
+
+  def test_choose_steps_trades_bytes_for_psnr_by_slope(self, fitted_crop):
+    img, g = fitted_crop
+    base = qz.default_steps(3)
+    fine = gaussjax.choose_steps(g, img, slope=0.25)
+    coarse = gaussjax.choose_steps(g, img, slope=8.0)
+    psnr_fine, bytes_fine = _quantized_psnr(g, img, fine)
+    psnr_coarse, bytes_coarse = _quantized_psnr(g, img, coarse)
+    assert bytes_coarse < bytes_fine and psnr_coarse < psnr_fine
+    # Each choice beats the defaults on its own objective.
+    psnr_base, bytes_base = _quantized_psnr(g, img, base)
+    for slope, (p, b) in ((0.25, (psnr_fine, bytes_fine)), (8.0, (psnr_coarse, bytes_coarse))):
+      assert p - slope * np.log2(b) >= psnr_base - slope * np.log2(bytes_base) - 1e-3
+    for steps in (fine, coarse):
+      assert steps == steps.rounded()
+      assert qz.POS_STEP_RANGE[0] <= steps.pos <= qz.POS_STEP_RANGE[1]
+    assert gaussjax.choose_steps(g, img, slope=8.0) == coarse  # deterministic
+
+  def test_scaled_per_attribute(self):
+    base = qz.default_steps(3)
+    s = base.scaled(pos=2.0, color=0.5)
+    assert s.pos == 2 * base.pos and s.scale == base.scale and s.shear == base.shear
+    assert s.color == tuple(c / 2 for c in base.color)
+    assert base.scaled(1e6).pos == qz.POS_STEP_RANGE[1]  # clipped to the documented range
+
+  @pytest.mark.parametrize("mode", ["sequential", "ste"])
+  def test_finetune_recovers_quantisation_loss(self, fitted_crop, mode):
+    from gaussjax._codec import _finetune
+    img, g = fitted_crop
+    steps = qz.default_steps(3).scaled(3.0)  # coarse: a clear loss to recover
+    cfg = gaussjax.CodecConfig(qat_steps=60, finetune=mode, backend="xla")
+    before, _ = _quantized_psnr(g, img, steps)
+    tuned = _finetune(g, np.asarray(img), steps, cfg)
+    after, _ = _quantized_psnr(tuned, img, steps)
+    assert after > before + (0.2 if mode == "sequential" else 0.0), (before, after)
+    if mode == "sequential":  # the means and factors are already on the grid
+      h, w = img.shape[:2]
+      decoded, _ = gaussjax.decode_gaussians(gaussjax.encode_gaussians(tuned, h, w, steps=steps))
+      sym, order = qz.quantize(tuned, h, w, steps)
+      np.testing.assert_allclose(np.asarray(tuned.means)[order], decoded.means, atol=1e-4)
 
 
 class TestFormat:
