@@ -215,8 +215,11 @@ def main(argv=None):
   h, w = load(images[0], args.scale).shape[:2]
   meta = {
       "images": f"kodim {images} at {w}x{h} (Kodak 768x512 downscaled by {args.scale}, Lanczos)",
-      "why_subset": "2-core shared CPU: a fit takes about a minute per image and rate; every fourth Kodak image (1, 5, ..., 21), not chosen by result",
-      "gaussjax": f"fit_steps={args.fit_steps}, qat_steps={args.qat_steps}, targets {targets}",
+      "subset": ("all 24 Kodak images" if sorted(images) == list(range(1, 25)) else
+                 "a subset (2-core CPU: a fit takes about half a minute per image and rate)"),
+      "gaussjax": (f"fit_steps={args.fit_steps}, qat_steps={args.qat_steps}, targets {targets}, "
+                   f"rd_slope={gaussjax.CodecConfig().rd_slope}, "
+                   f"finetune={gaussjax.CodecConfig().finetune!r}"),
       "jpeg": "Pillow quality sweep, optimize=True, 4:2:0",
       "webp": "Pillow method=6", "jpeg2000": "Pillow/OpenJPEG irreversible=True mct=1, rates mode",
       "avif": "Pillow speed=4" if "avif" in codecs else "not available",
