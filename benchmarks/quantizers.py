@@ -1,11 +1,14 @@
 """How each quantiser's step trades bits for PSNR, on one fitted Kodak image.
 
 Fits once (float), then quantises with one attribute's step scaled by
-0.5x..4x (others at the defaults), without QAT, and records the real file
-size and the PSNR of the decoded Gaussians. Also reports the bits/Gaussian of
-the seed's scheme for the same Gaussians (fp16 positions, 6-bit Cholesky;
-colour as fp16, since the seed's residual VQ is not reimplemented here) and
-of the position coder against fixed-length codes. Writes results/quantizers.*.
+0.25x..4x (others at the defaults), without fine-tuning, and records the real
+file size and the PSNR of the decoded Gaussians. Also measures, on the same
+Gaussians: the seed's colour quantiser (two-stage residual vector
+quantisation, k-means codebooks stored as fp16, indices entropy-coded)
+against the scalar YCoCg colour quantiser; the bits/Gaussian of the seed's
+whole scheme; the position coder against fixed-length codes; the steps that
+``choose_steps`` picks; and the fine-tuning modes at those steps. Writes
+results/quantizers.*.
 
   python benchmarks/quantizers.py --image 23 --scale 2 --gaussians 1200 --steps 400
 """
@@ -63,7 +66,7 @@ def main():
                        psnr_drop=float_psnr - psnr(dec)))
       print(rows[-1], flush=True)
   # Position coder vs fixed-length codes, at the default step.
-  sym, _ = qz.quantize(g, h, w, base)
+  sym, order = qz.quantize(g, h, w, base)
   bits = qz.grid_bits(h, w, base.pos)
   codes = qz.morton_encode(sym.pos[:, 0], sym.pos[:, 1], bits)
   from gaussjax._bitstream import choose_model, coded_bits, model_bytes
@@ -82,21 +85,80 @@ def main():
       "total_bits_per_gaussian": {"gaussjax_v1_default": ours,
                                   "seed_fp16pos_6bitchol_fp16colour": seed_bits},
   }
-  # Quantisation-aware fine-tuning: same Gaussians, default steps, with/without QAT.
-  from gaussjax._codec import _train
-  t = time.perf_counter()
-  gq = _train(g, jax.numpy.asarray(ref), num_steps=args.qat_steps, learning_rate=0.0005,
-              steps=base, backend="auto")
-  qat_s = time.perf_counter() - t
-  data_q = gaussjax.encode_gaussians(gq, h, w, steps=base)
-  dec_q, _ = gaussjax.decode_gaussians(data_q)
-  data_0 = gaussjax.encode_gaussians(g, h, w, steps=base)
-  dec_0, _ = gaussjax.decode_gaussians(data_0)
-  meta["qat"] = {"steps": args.qat_steps, "seconds": qat_s,
-                 "without": {"bytes": len(data_0), "psnr": psnr(dec_0)},
-                 "with": {"bytes": len(data_q), "psnr": psnr(dec_q)}}
+  # Colour: the seed's residual VQ against the scalar YCoCg quantiser, the
+  # positions and factors quantised as the file does (default steps).
+  decoded, _ = gaussjax.decode_gaussians(gaussjax.encode_gaussians(g, h, w, steps=base))
+  colors = np.asarray(g.colors)[order]  # the float colours in the file's (Morton) order
+  sym_colors = sym.color
+  scalar_bits = sum(coded_bits(sym_colors[:, k], m) + 8 * model_bytes(m)
+                    for k in range(3) for m in [choose_model(sym_colors[:, k])]) / n
+  colour_rows = [dict(colour="scalar YCoCg (gaussjax)", codebook="-", bits_per_gaussian=scalar_bits,
+                      psnr=psnr(decoded))]
+  for k in (16, 64, 256):
+    recon, index_bits, book_bits = residual_vq(colors, k, stages=2)
+    g_vq = decoded._replace(colors=recon.astype(np.float32))
+    colour_rows.append(dict(colour="residual VQ, 2 stages (seed)", codebook=f"2 x {k}",
+                            bits_per_gaussian=(index_bits + book_bits) / n, psnr=psnr(g_vq)))
+    print(colour_rows[-1], flush=True)
+  meta["colour_quantisers"] = colour_rows
+
+  # The steps choose_steps picks here, and fine-tuning at those steps.
+  from gaussjax._codec import _finetune
+  chosen = gaussjax.choose_steps(g, ref, slope=CodecConfig().rd_slope)
+  meta["chosen_steps"] = dataclasses.asdict(chosen)
+  tuning = []
+  for mode in ("none", "ste", "sequential"):
+    t = time.perf_counter()
+    gq = g if mode == "none" else _finetune(
+        g, jax.numpy.asarray(ref), chosen, CodecConfig(qat_steps=args.qat_steps, finetune=mode))
+    data = gaussjax.encode_gaussians(gq, h, w, steps=chosen)
+    dec, _ = gaussjax.decode_gaussians(data)
+    tuning.append(dict(finetune=mode, steps=0 if mode == "none" else args.qat_steps,
+                       seconds=time.perf_counter() - t, bytes=len(data), psnr=psnr(dec)))
+    print(tuning[-1], flush=True)
+  meta["finetune"] = tuning
   print(meta)
   _machine.write_results("quantizers", rows, meta)
+  with open(os.path.join(_machine.RESULTS_DIR, "quantizers.md"), "a") as f:
+    f.write("\n## Colour quantisers (positions and factors at the default steps)\n\n"
+            + _machine.format_table(colour_rows))
+    f.write(f"\n## Fine-tuning at the steps choose_steps picks ({chosen})\n\n"
+            + _machine.format_table(tuning))
+
+
+def residual_vq(x: np.ndarray, k: int, *, stages: int, iters: int = 25, seed: int = 0):
+  """Residual vector quantisation of ``x [N, C]``: ``(reconstruction, index bits, codebook bits)``.
+
+  Each stage is k-means (k-means++ start, Lloyd iterations) on the residual of
+  the stages before; codebooks are stored as fp16, indices coded with the
+  cheapest of the codec's entropy models.
+  """
+  from gaussjax._bitstream import choose_model, coded_bits, model_bytes
+  rng = np.random.default_rng(seed)
+  residual = x.astype(np.float64)
+  recon = np.zeros_like(residual)
+  index_bits = book_bits = 0.0
+  for _ in range(stages):
+    k_eff = min(k, len(residual))
+    centres = [residual[rng.integers(len(residual))]]
+    for _ in range(k_eff - 1):
+      d = np.min(((residual[:, None] - np.asarray(centres)[None]) ** 2).sum(-1), 1)
+      centres.append(residual[rng.choice(len(residual), p=d / d.sum()) if d.sum() > 0 else 0])
+    centres = np.asarray(centres)
+    for _ in range(iters):
+      assign = np.argmin(((residual[:, None] - centres[None]) ** 2).sum(-1), 1)
+      for j in range(k_eff):
+        members = residual[assign == j]
+        if len(members):
+          centres[j] = members.mean(0)
+    centres = centres.astype(np.float16).astype(np.float64)
+    assign = np.argmin(((residual[:, None] - centres[None]) ** 2).sum(-1), 1)
+    model = choose_model(assign)
+    index_bits += coded_bits(assign, model) + 8 * model_bytes(model)
+    book_bits += 16 * centres.size
+    recon += centres[assign]
+    residual = residual - centres[assign]
+  return recon, index_bits, book_bits
 
 
 if __name__ == "__main__":

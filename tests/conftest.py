@@ -52,3 +52,47 @@ def render_float64(gaussians, height, width):
   q = (syy * dx * dx - 2 * sxy * dx * dy + sxx * dy * dy) / det
   w = np.maximum(np.exp(-0.5 * q) - _constants.WEIGHT_CUTOFF, 0) * _constants.WEIGHT_SCALE
   return np.einsum("hwn,nc->hwc", w, colors)
+
+
+# --------------------------------------------------------------------------- renderer test scenes
+# Shared by the Pallas and XLA renderer tests. NumPy, not jax.random:
+# building test inputs compiles nothing.
+
+
+def scene(seed, n, height, width, channels, *, margin=0.0, scale=(0.7, 6.0)):
+  """Random anisotropic Gaussians; ``margin`` (fraction) places some off-image."""
+  import jax.numpy as jnp
+
+  import gaussjax
+  rng = np.random.default_rng(seed)
+  size = np.asarray([width, height], np.float32)
+  means = (rng.uniform(size=(n, 2)) * (1 + 2 * margin) - margin) * size
+  diag = np.exp(rng.uniform(np.log(scale[0]), np.log(scale[1]), size=(n, 2)))
+  off = rng.normal(size=n) * 0.5 * diag[:, 0]
+  chol = np.stack([diag[:, 0], off, diag[:, 1]], -1)
+  colors = rng.normal(size=(n, channels)) * 0.5
+  return gaussjax.Gaussians(*(jnp.asarray(x, jnp.float32) for x in (means, chol, colors)))
+
+
+def large_and_thin_scene(seed, height, width, channels):
+  """Very large, very thin and degenerate Gaussians among ordinary ones."""
+  import jax.numpy as jnp
+
+  import gaussjax
+  means, chol, colors = (np.array(x) for x in scene(seed, 40, height, width, channels))
+  chol[0:4] = [[200.0, 30.0, 150.0], [80.0, -60.0, 40.0], [500.0, 0.0, 500.0], [60.0, 0.0, 60.0]]
+  chol[4:10] = [[25.0, 0.0, 0.02], [0.01, 0.0, 30.0], [0.0, 0.0, 0.0], [12.0, 0.0, 1e-3],
+                [1.5, 1.0, 0.05], [0.0, 40.0, 0.01]]
+  return gaussjax.Gaussians(jnp.asarray(means), jnp.asarray(chol), jnp.asarray(colors))
+
+
+def ill_conditioned_scene(seed, height, width, channels):
+  """Long, thin, diagonal Gaussians: ``q`` cancels in float32 along their length."""
+  import jax.numpy as jnp
+
+  import gaussjax
+  means, _, colors = scene(seed, 12, height, width, channels)
+  length = np.linspace(8.0, 30.0, 12)
+  sign = np.where(np.arange(12) % 2, 1.0, -1.0)
+  chol = np.stack([length, 0.95 * sign * length, np.full(12, 0.01)], -1)
+  return gaussjax.Gaussians(means, jnp.asarray(chol, jnp.float32), colors)

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import render_float64
+from conftest import ill_conditioned_scene, large_and_thin_scene, render_float64, scene
 
 import gaussjax
 from gaussjax import _pallas
@@ -32,54 +32,21 @@ IMAGE_ATOL = 1e-5
 GRAD_RTOL = 1e-4
 
 
-def _scene(seed, n, height, width, channels, *, margin=0.0, scale=(0.7, 6.0)):
-  """Random anisotropic Gaussians; ``margin`` (fraction) places some off-image.
-
-  numpy, not jax.random: building test inputs compiles nothing.
-  """
-  rng = np.random.default_rng(seed)
-  size = np.asarray([width, height], np.float32)
-  means = (rng.uniform(size=(n, 2)) * (1 + 2 * margin) - margin) * size
-  diag = np.exp(rng.uniform(np.log(scale[0]), np.log(scale[1]), size=(n, 2)))
-  off = rng.normal(size=n) * 0.5 * diag[:, 0]
-  chol = np.stack([diag[:, 0], off, diag[:, 1]], -1)
-  colors = rng.normal(size=(n, channels)) * 0.5
-  return gaussjax.Gaussians(*(jnp.asarray(x, jnp.float32) for x in (means, chol, colors)))
-
-
-def _large_and_thin(seed, height, width, channels):
-  """Very large, very thin and degenerate Gaussians among ordinary ones."""
-  means, chol, colors = (np.array(x) for x in _scene(seed, 40, height, width, channels))
-  chol[0:4] = [[200.0, 30.0, 150.0], [80.0, -60.0, 40.0], [500.0, 0.0, 500.0], [60.0, 0.0, 60.0]]
-  chol[4:10] = [[25.0, 0.0, 0.02], [0.01, 0.0, 30.0], [0.0, 0.0, 0.0], [12.0, 0.0, 1e-3],
-                [1.5, 1.0, 0.05], [0.0, 40.0, 0.01]]
-  return gaussjax.Gaussians(jnp.asarray(means), jnp.asarray(chol), jnp.asarray(colors))
-
-
-def _ill_conditioned(seed, height, width, channels):
-  """Long, thin, diagonal Gaussians: ``q`` cancels in float32 along their length."""
-  means, _, colors = _scene(seed, 12, height, width, channels)
-  length = np.linspace(8.0, 30.0, 12)
-  sign = np.where(np.arange(12) % 2, 1.0, -1.0)
-  chol = np.stack([length, 0.95 * sign * length, np.full(12, 0.01)], -1)
-  return gaussjax.Gaussians(means, jnp.asarray(chol, jnp.float32), colors)
-
-
 def _clustered(seed, height, width, channels):
   """Small Gaussians in the top-left corner only: most tiles are empty."""
   del height, width
-  return _scene(seed, 60, 20, 24, channels, scale=(0.5, 2.0))
+  return scene(seed, 60, 20, 24, channels, scale=(0.5, 2.0))
 
 
 # Each scene costs one interpret-mode compilation of both kernels, so the
 # cases are combined: every scene has a size that is not a multiple of 16.
 SCENES = {
     # Partly and wholly off-image Gaussians, RGB.
-    "off_image_rgb_37x61": (lambda: _scene(3, 160, 37, 61, 3, margin=0.6), 37, 61),
+    "off_image_rgb_37x61": (lambda: scene(3, 160, 37, 61, 3, margin=0.6), 37, 61),
     # Empty tiles, one channel.
     "empty_tiles_grey_40x72": (lambda: _clustered(4, 40, 72, 1), 40, 72),
     # Very large and very thin Gaussians, four channels.
-    "large_and_thin_rgba_37x61": (lambda: _large_and_thin(5, 37, 61, 4), 37, 61),
+    "large_and_thin_rgba_37x61": (lambda: large_and_thin_scene(5, 37, 61, 4), 37, 61),
 }
 
 
@@ -128,7 +95,7 @@ def test_ill_conditioned_as_accurate_as_reference():
   # implementation (the reference included). Require the kernel to be as close
   # to the float64 truth as the float32 reference is.
   height, width = 37, 61
-  g = _ill_conditioned(6, height, width, 3)
+  g = ill_conditioned_scene(6, height, width, 3)
   truth = render_float64(g, height, width)
   actual = np.asarray(_pallas.rasterize_pallas(g, height, width)[0], np.float64)
   expected = np.asarray(jax.jit(lambda g: render_reference(g, height, width))(g), np.float64)
@@ -186,7 +153,7 @@ def test_auto_picks_pallas_on_gpu(monkeypatch):
 def test_tile_overflow_is_reported_and_replanning_fixes_it():
   # 100 small Gaussians in one 16x16 tile: more than the smallest tile capacity.
   height, width = 37, 61
-  g = _scene(8, 100, 12, 12, 3, scale=(0.5, 1.5))
+  g = scene(8, 100, 12, 12, 3, scale=(0.5, 1.5))
   tight = _pallas.PallasPlan(pair_capacity=4096, tile_capacity=32)
   _, overflow = _pallas.rasterize_pallas(g, height, width, tight)
   assert bool(overflow)
@@ -212,7 +179,7 @@ def test_render_under_jit_fills_nan_on_overflow():
   # default plan (made from N and the size only); concrete render plans from
   # the values instead.
   height, width = 80, 96
-  g = _scene(9, 60, height, width, 3, scale=(60.0, 80.0))
+  g = scene(9, 60, height, width, 3, scale=(60.0, 80.0))
   assert _pallas.default_plan(60, height, width).pair_capacity < 1800
   jitted = jax.jit(lambda g: gaussjax.render(g, height, width, backend="pallas"))(g)
   assert bool(jnp.all(jnp.isnan(jitted)))
@@ -222,7 +189,7 @@ def test_render_under_jit_fills_nan_on_overflow():
 
 def test_vmap_and_vmap_grad():
   height, width, channels = 37, 61, 3
-  batch = [_scene(10 + i, 60, height, width, channels) for i in range(2)]
+  batch = [scene(10 + i, 60, height, width, channels) for i in range(2)]
   stacked = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *batch)
   plan = _pallas.plan_pallas(stacked, height, width)
   target = jax.random.uniform(jax.random.key(3), (height, width, channels))
@@ -254,7 +221,7 @@ def test_no_gaussians():
 
 def test_optax_step_matches_reference():
   height, width = 37, 61
-  g = _scene(11, 80, height, width, 3)
+  g = scene(11, 80, height, width, 3)
   target = jax.random.uniform(jax.random.key(4), (height, width, 3))
   optimizer = optax.sgd(0.5)
 
@@ -298,7 +265,7 @@ def test_gradients_are_bitwise_reproducible():
 def test_exports_for_cuda():
   """jit(render), jit(grad(loss)) and vmap(grad) pass the Triton lowering for CUDA."""
   height, width = 37, 61
-  g = _scene(12, 50, height, width, 3)
+  g = scene(12, 50, height, width, 3)
 
   def forward(g):
     return gaussjax.render(g, height, width, backend="pallas")
@@ -317,7 +284,7 @@ def test_exports_for_cuda():
 
 
 def test_bad_input():
-  g = _scene(0, 10, 16, 16, 3)
+  g = scene(0, 10, 16, 16, 3)
   with pytest.raises(TypeError, match="PallasPlan"):
     _pallas.rasterize_pallas(g, 16, 16, plan=(1024, 32))
   with pytest.raises(ValueError, match="vmap"):

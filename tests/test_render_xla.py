@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import render_float64
+from conftest import ill_conditioned_scene, large_and_thin_scene, render_float64, scene
 
 import gaussjax
 from gaussjax import _native
@@ -47,53 +47,19 @@ def pure(monkeypatch):
   monkeypatch.setattr(_native, "usable", lambda *args: False)
 
 
-def _scene(seed, n, height, width, channels, *, margin=0.0, scale=(0.7, 6.0)):
-  """Random anisotropic Gaussians; ``margin`` (fraction) places some off-image."""
-  k_mean, k_diag, k_off, k_col = jax.random.split(jax.random.key(seed), 4)
-  size = jnp.asarray([width, height], jnp.float32)
-  means = (jax.random.uniform(k_mean, (n, 2)) * (1 + 2 * margin) - margin) * size
-  diag = jnp.exp(jax.random.uniform(k_diag, (n, 2), minval=np.log(scale[0]),
-                                    maxval=np.log(scale[1])))
-  off = jax.random.normal(k_off, (n,)) * 0.5 * diag[:, 0]
-  chol = jnp.stack([diag[:, 0], off, diag[:, 1]], -1)
-  colors = jax.random.normal(k_col, (n, channels)) * 0.5
-  return gaussjax.Gaussians(means, chol, colors)
-
-
-def _large_and_thin(seed, height, width, channels):
-  """Very large, very thin and degenerate Gaussians among ordinary ones."""
-  base = _scene(seed, 40, height, width, channels)
-  chol = base.chol
-  chol = chol.at[0:4].set(jnp.asarray([[200.0, 30.0, 150.0], [80.0, -60.0, 40.0],
-                                       [500.0, 0.0, 500.0], [60.0, 0.0, 60.0]]))
-  chol = chol.at[4:10].set(jnp.asarray([[25.0, 0.0, 0.02], [0.01, 0.0, 30.0],
-                                        [0.0, 0.0, 0.0], [12.0, 0.0, 1e-3],
-                                        [1.5, 1.0, 0.05], [0.0, 40.0, 0.01]]))
-  return gaussjax.Gaussians(base.means, chol, base.colors)
-
-
 def _every_size(seed, height, width, channels):
   """Log-uniform sizes from sub-pixel (σ 0.05) to wider than the image (σ 100)."""
-  base = _scene(seed, 80, height, width, channels, margin=0.3, scale=(0.05, 100.0))
+  base = scene(seed, 80, height, width, channels, margin=0.3, scale=(0.05, 100.0))
   return base
 
 
-def _ill_conditioned(seed, height, width, channels):
-  """Long, thin, diagonal Gaussians: ``q`` cancels in float32 along their length."""
-  base = _scene(seed, 12, height, width, channels)
-  length = jnp.linspace(8.0, 30.0, 12)
-  chol = jnp.stack([length, -0.95 * length * jnp.sign(jnp.arange(12) % 2 - 0.5),
-                    jnp.full((12,), 0.01)], -1)
-  return gaussjax.Gaussians(base.means, chol, base.colors)
-
-
 SCENES = {
-    "rgb_37x61": (lambda: _scene(0, 150, 37, 61, 3), 37, 61),
-    "grey_48x48": (lambda: _scene(1, 120, 48, 48, 1), 48, 48),
-    "rgba_37x61": (lambda: _scene(2, 100, 37, 61, 4), 37, 61),
-    "off_image": (lambda: _scene(3, 160, 37, 61, 3, margin=0.6), 37, 61),
-    "empty_regions": (lambda: _scene(4, 60, 20, 24, 3, scale=(0.5, 2.0)), 64, 80),
-    "large_and_thin": (lambda: _large_and_thin(5, 37, 61, 3), 37, 61),
+    "rgb_37x61": (lambda: scene(0, 150, 37, 61, 3), 37, 61),
+    "grey_48x48": (lambda: scene(1, 120, 48, 48, 1), 48, 48),
+    "rgba_37x61": (lambda: scene(2, 100, 37, 61, 4), 37, 61),
+    "off_image": (lambda: scene(3, 160, 37, 61, 3, margin=0.6), 37, 61),
+    "empty_regions": (lambda: scene(4, 60, 20, 24, 3, scale=(0.5, 2.0)), 64, 80),
+    "large_and_thin": (lambda: large_and_thin_scene(5, 37, 61, 3), 37, 61),
     "every_size_29x83": (lambda: _every_size(6, 29, 83, 3), 29, 83),
 }
 
@@ -192,7 +158,7 @@ def test_ill_conditioned_as_accurate_as_reference(impl):
   # The XLA backend computes q without cancellation: it must be at least as
   # close to the float64 truth as the float32 reference is.
   height, width = 37, 61
-  g = _ill_conditioned(6, height, width, 3)
+  g = ill_conditioned_scene(6, height, width, 3)
   truth = render_float64(g, height, width)
   actual = np.asarray(gaussjax.render(g, height, width, backend="xla"), np.float64)
   expected = np.asarray(jax.jit(lambda g: render_reference(g, height, width))(g), np.float64)
@@ -225,8 +191,8 @@ def test_default_plan_under_jit_and_grad(impl):
 
 def test_too_small_plan_overflows_and_render_gives_nan(pure, monkeypatch):
   height, width = 48, 48
-  g = _scene(9, 20, height, width, 3, scale=(40.0, 60.0))  # all image-wide
-  small = _xla.plan_xla(_scene(9, 20, height, width, 3, scale=(0.5, 1.0)), height, width)
+  g = scene(9, 20, height, width, 3, scale=(40.0, 60.0))  # all image-wide
+  small = _xla.plan_xla(scene(9, 20, height, width, 3, scale=(0.5, 1.0)), height, width)
   _, overflow = _xla.rasterize_xla(g, height, width, small)
   assert bool(overflow)
   # A default plan with room for 2 image-wide Gaussians: render under jit
@@ -262,7 +228,7 @@ def test_plan_has_headroom_and_is_hashable(pure):
 
 def test_batched_plan_and_vmap_match_a_loop(impl):
   height, width = 37, 61
-  batch = [_scene(10 + i, 40, height, width, 3, scale=(0.5, 3.0 + 9 * i)) for i in range(2)]
+  batch = [scene(10 + i, 40, height, width, 3, scale=(0.5, 3.0 + 9 * i)) for i in range(2)]
   stacked = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *batch)
   plan = _xla.plan_xla(stacked, height, width)
   for g in batch:  # the batch plan fits every element
@@ -295,7 +261,7 @@ def test_deterministic(impl):
 
 def test_jitted_step_does_not_recompile(impl):
   height, width = 37, 61
-  g = _scene(12, 80, height, width, 3)
+  g = scene(12, 80, height, width, 3)
   target = jnp.zeros((height, width, 3))
   plan = _xla.plan_xla(g, height, width)
 
@@ -326,7 +292,7 @@ def test_empty_and_off_image_gaussians(impl):
 
 
 def test_bad_plan_is_a_clear_error(pure):
-  g = _scene(0, 4, 8, 8, 3)
+  g = scene(0, 4, 8, 8, 3)
   with pytest.raises(TypeError, match="XlaPlan"):
     _xla.rasterize_xla(g, 8, 8, plan=(8, 16))
   with pytest.raises(ValueError, match="increasing"):
@@ -338,7 +304,7 @@ def test_native_threads_are_deterministic():
   if not _native.available():
     pytest.skip("the native kernel cannot be built here")
   height, width = 40, 72
-  g = _scene(13, 5000, height, width, 3, scale=(0.3, 4.0))
+  g = scene(13, 5000, height, width, 3, scale=(0.3, 4.0))
   cotangent = jax.random.normal(jax.random.key(14), (height, width, 3))
   run = _image_and_vjp(lambda g: _xla.rasterize_xla(g, height, width)[0])
   first = jax.tree_util.tree_leaves(run(g, cotangent))
@@ -364,7 +330,7 @@ def test_native_batch_equals_each_image_alone():
   if not _native.available():
     pytest.skip("the native kernel cannot be built here")
   height, width = 24, 40
-  scenes = [_scene(20 + i, n, height, width, 3, scale=(0.3, 4.0))
+  scenes = [scene(20 + i, n, height, width, 3, scale=(0.3, 4.0))
             for i, n in enumerate((5000, 5000, 5000))]
   batch = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *scenes)
   cotangents = jax.random.normal(jax.random.key(30), (3, 3, height, width))
