@@ -163,8 +163,10 @@ def main(argv=None):
   parser.add_argument("--scale", type=int, default=int(os.environ.get("GJX_RD_SCALE", "2")),
                       help="downscale factor (1 = full 768x512)")
   parser.add_argument("--bpp", default=os.environ.get("GJX_RD_BPP", "0.12,0.25,0.5,1.0"))
-  parser.add_argument("--fit-steps", type=int, default=int(os.environ.get("GJX_RD_FIT_STEPS", "1200")))
-  parser.add_argument("--qat-steps", type=int, default=150)
+  defaults = gaussjax.CodecConfig()
+  parser.add_argument("--fit-steps", type=int,
+                      default=int(os.environ.get("GJX_RD_FIT_STEPS", defaults.fit_steps)))
+  parser.add_argument("--qat-steps", type=int, default=defaults.qat_steps)
   parser.add_argument("--name", default="rd")
   args = parser.parse_args(argv)
   images = [int(x) for x in args.images.split(",")]
