@@ -74,10 +74,12 @@ class CodecConfig:
     bits_per_gaussian: first guess of bits per Gaussian, which sets N of the
       first half of the fit (the second half corrects it from a real file).
     rate_tolerance: relative tolerance on the file size for ``bpp``.
-    rd_slope: PSNR (dB) that doubling the number of Gaussians is assumed to
-      buy; ``choose_steps`` trades bytes for PSNR at this rate. Measured
-      1.4-2.8 dB per doubling on Kodak at 384x256; 1.75 errs towards fine
-      steps. ``None``: no search (the default, or quality, steps).
+    rd_slope: PSNR (dB) that doubling the file size is assumed to buy;
+      ``choose_steps`` trades bytes for PSNR at this rate. The codec's own
+      curves rise 1.3-4.2 dB per doubling (median 2.3) between 0.25 and 1.0
+      bpp on Kodak at 384x256 (``benchmarks/results/rd.json``); 1.75 errs
+      towards fine steps. ``None``: no search (the default, or quality,
+      steps).
     finetune: ``"sequential"`` (quantise the means, fine-tune the rest in
       float; quantise the Cholesky factors, fine-tune the colours) or
       ``"ste"`` (every attribute through straight-through rounding). See
@@ -617,9 +619,13 @@ def choose_steps(gaussians: Gaussians, image, *, base: qz.QuantSteps | None = No
   doubling the bytes would buy if spent on more Gaussians (about the PSNR
   per doubling of N): fine steps pay at high PSNR, coarse ones at low PSNR.
 
-  Measured (``benchmarks/results/rd.md``): on Kodak at 384x256 the best
-  factors ran from ~2.8x coarser than the defaults at 21 dB to ~1.4x finer
-  at 32 dB.
+  Measured (``benchmarks/results/codec_ablation.md``, Kodak 05/13/21 at
+  384x256, 0.25 and 1.0 bpp): the chosen position step ran from 0.18 px
+  (29 dB) to 0.5 px (21 dB) against the default 0.25, the luma colour step
+  from 0.7x to 2.8x the default; against the default steps the files came
+  out -0.04 to +0.03 dB (mean +0.01 dB) at the same rate. The search is
+  cheap (~0.6 s for 1,200 Gaussians at 384x256) and keeps the steps
+  sensible away from the quality the defaults were tuned at.
 
   Args:
     gaussians: ``Gaussians`` in the pixel coordinates of ``image``.
@@ -691,10 +697,10 @@ def _finetune(g: Gaussians, image: jax.Array, steps: qz.QuantSteps, config: Code
   the colours; ``encode_gaussians`` rounds the colours last. Each stage
   repairs the rounding of the one before. ``"ste"``: Adam through
   ``fake_quantize`` (straight-through rounding of every attribute), keeping
-  the best iterate. Measured on kodim05 (1.0 bpp) and kodim13 (0.25 bpp)
-  at 384x256 after the float fit: sequential 25.61 / 21.83 dB, straight-
-  through 25.50 / 21.75 dB (150 steps; longer or faster STE did no better),
-  no fine-tuning 25.48 / 21.61 dB.
+  the best iterate. Measured (``benchmarks/results/codec_ablation.md``,
+  Kodak 05/13/21 at 384x256, 0.25 and 1.0 bpp, 150 steps): straight-through
+  files were 0.09 dB worse on average (0.01 to 0.19 dB) at the same rate;
+  ``quantizers.md`` compares both with no fine-tuning.
 
   Args:
     g: fitted ``Gaussians``.
