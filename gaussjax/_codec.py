@@ -623,9 +623,9 @@ def choose_steps(gaussians: Gaussians, image, *, base: qz.QuantSteps | None = No
   384x256, 0.25 and 1.0 bpp): the chosen position step ran from 0.18 px
   (29 dB) to 0.5 px (21 dB) against the default 0.25, the luma colour step
   from 0.7x to 2.8x the default; against the default steps the files came
-  out -0.04 to +0.03 dB (mean +0.01 dB) at the same rate. The search is
-  cheap (~0.6 s for 1,200 Gaussians at 384x256) and keeps the steps
-  sensible away from the quality the defaults were tuned at.
+  out -0.04 to +0.03 dB (mean +0.01 dB) at the same rate. The search costs
+  a few dozen trial encodes and renders and keeps the steps sensible away
+  from the quality the defaults were tuned at.
 
   Args:
     gaussians: ``Gaussians`` in the pixel coordinates of ``image``.
