@@ -82,14 +82,14 @@ class QuantSteps:
 
 
 def default_steps(channels: int) -> QuantSteps:
-  """The steps chosen by measurement (benchmarks/results/quantizers.md).
+  """The starting steps (benchmarks/results/quantizers.md).
 
-  On a fitted Kodak image (1200 Gaussians, 384x256) halving the colour steps
-  from (1/64, 1/32, 1/32) cost 7.7 % more bytes for +0.52 dB, several times
-  the PSNR per byte of adding Gaussians (~+1.5 dB per doubling); halving
-  them again was about break-even. Position 1/4 px, scale 1/16 and shear 1/16
-  sit near break-even both ways (halving: +5 % bytes for +0.06 / +0.10 /
-  +0.02 dB; doubling: -5 % for -0.28 / -0.47 / -0.10 dB).
+  On a fitted Kodak image (kodim23 at 384x256, 1,200 Gaussians, 31.05 dB
+  float) each step sits near break-even between bytes and PSNR: halving one
+  attribute's step costs 4.6% more bytes (colour 6.8%) for +0.10 (position),
+  +0.20 (scale), +0.04 (shear) or +0.14 dB (colour); doubling saves 4.5%
+  (colour 6.6%) for -0.26, -0.45, -0.14 or -0.72 dB. ``choose_steps`` moves
+  them per image, since the balance shifts with the quality.
   """
   if channels == 3:
     color = (1.0 / 128.0, 1.0 / 64.0, 1.0 / 64.0)
