@@ -86,9 +86,9 @@ def default_steps(channels: int) -> QuantSteps:
 
   On a fitted Kodak image (kodim23 at 384x256, 1,200 Gaussians, 31.05 dB
   float) each step sits near break-even between bytes and PSNR: halving one
-  attribute's step costs 4.6% more bytes (colour 6.8%) for +0.10 (position),
-  +0.20 (scale), +0.04 (shear) or +0.14 dB (colour); doubling saves 4.5%
-  (colour 6.6%) for -0.26, -0.45, -0.14 or -0.72 dB. ``choose_steps`` moves
+  attribute's step costs 4.6% more bytes (shear 2.2%, colour 6.8%) for +0.10
+  (position), +0.20 (scale), +0.04 (shear) or +0.14 dB (colour); doubling
+  saves 4.5% (shear 2.3%, colour 6.6%) for -0.26, -0.45, -0.14 or -0.72 dB. ``choose_steps`` moves
   them per image, since the balance shifts with the quality.
   """
   if channels == 3:
