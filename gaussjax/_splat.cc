@@ -27,7 +27,7 @@
 
 #include "xla/ffi/api/ffi.h"
 
-#if defined(__AVX512F__) && defined(__AVX512VL__)
+#if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -157,12 +157,21 @@ void RunThreads(int64_t count, F&& fn) {
 // [C, kBand, W], then writes it out as [H, W, C]; so every pixel sums the
 // same terms in the same order as any other split, whatever the threads.
 constexpr int64_t kBand = 16;
-// Pixels of one vector block of the forward's span loop: eight float lanes
-// fill an AVX register (and half an AVX-512 one, which Zen 4 runs as two
-// halves anyway); spans are short (tens of pixels), so narrow blocks waste
-// fewer lanes on the last, partial block.
-constexpr int32_t kLanes = 8;
+// Pixels of one vector block of the forward's span loop: an AVX-512
+// register. Each block is a long chain of dependent operations (the exp);
+// wide blocks keep more of them in flight (measured on Zen 4, which runs
+// 512-bit operations as two 256-bit halves: 16 lanes 10 % faster than 8,
+// though spans are short, tens of pixels, and the last block of each is
+// partly empty).
+constexpr int32_t kLanes = 16;
 typedef float Block __attribute__((vector_size(4 * kLanes)));
+// The forward's pixel loops may use 512-bit vectors (GCC's default tuning
+// stops at 256); the backward keeps the default, so its sums are unchanged.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define WIDE __attribute__((target("prefer-vector-width=512")))
+#else
+#define WIDE
+#endif
 
 // Columns [x0[j], x1[j]] of rows ya + j, j < kBand: ColumnRange for
 // a band's rows at once, written branch-free so that it vectorises (the same
@@ -196,8 +205,11 @@ inline void ColumnRanges(const Params& p, float mx, float my, float alpha, float
 // (`row` is channel 0, channels `stride` apart); dx0, dy: offsets of the
 // first pixel centre from the mean. Whole blocks of kLanes pixels, the last
 // one masked, so no pixel runs the scalar exp of a loop's remainder.
-inline void AddSpan(const Params& p, const float* c, float alpha, float r, float beta, float dy,
+// kChannels: the channels, or 0 for p.channels (known ones unroll).
+template <int64_t kChannels>
+WIDE inline void AddSpan(const Params& p, const float* c, float alpha, float r, float beta, float dy,
                     float dx0, int32_t len, float* row, int64_t stride) {
+  const int64_t channels = kChannels ? kChannels : p.channels;
   for (int32_t b = 0; b < len; b += kLanes) {
     float w[kLanes];
     for (int32_t i = 0; i < kLanes; ++i) {
@@ -205,11 +217,22 @@ inline void AddSpan(const Params& p, const float* c, float alpha, float r, float
       w[i] = std::max(e - p.cutoff, 0.0f) * p.scale;
     }
     const int32_t m = len - b;
+#if defined(__AVX512F__)
+    // Every block as one masked vector per channel: no branch on whether it
+    // is the last one (a scalar loop there costs as much as the block's exp).
+    const __mmask16 mask = __mmask16(m >= kLanes ? 0xffff : (1u << m) - 1);
+    const __m512 wv = _mm512_loadu_ps(w);
+    for (int64_t ch = 0; ch < channels; ++ch) {
+      float* px = row + ch * stride + b;
+      const __m512 sum = _mm512_fmadd_ps(wv, _mm512_set1_ps(c[ch]), _mm512_maskz_loadu_ps(mask, px));
+      _mm512_mask_storeu_ps(px, mask, sum);
+    }
+#else
     if (m >= kLanes) {
       // As one vector per channel (GCC otherwise does this block lane by lane).
       Block wv;
       std::memcpy(&wv, w, sizeof(wv));
-      for (int64_t ch = 0; ch < p.channels; ++ch) {
+      for (int64_t ch = 0; ch < channels; ++ch) {
         float* px = row + ch * stride + b;
         Block sum;
         std::memcpy(&sum, px, sizeof(sum));
@@ -217,23 +240,41 @@ inline void AddSpan(const Params& p, const float* c, float alpha, float r, float
         std::memcpy(px, &sum, sizeof(sum));
       }
     } else {
-#if defined(__AVX512F__) && defined(__AVX512VL__)
-      // One masked vector per channel (a scalar loop here costs as much as
-      // the block's exp).
-      const __mmask8 mask = __mmask8((1u << m) - 1);
-      const __m256 wv = _mm256_loadu_ps(w);
-      for (int64_t ch = 0; ch < p.channels; ++ch) {
-        float* px = row + ch * stride + b;
-        const __m256 sum = _mm256_fmadd_ps(wv, _mm256_set1_ps(c[ch]), _mm256_maskz_loadu_ps(mask, px));
-        _mm256_mask_storeu_ps(px, mask, sum);
-      }
-#else
-      for (int64_t ch = 0; ch < p.channels; ++ch) {
+      for (int64_t ch = 0; ch < channels; ++ch) {
         float* px = row + ch * stride + b;
         const float cc = c[ch];
         for (int32_t i = 0; i < m; ++i) px[i] += w[i] * cc;
       }
+    }
 #endif
+  }
+}
+
+// Adds the Gaussians members[0, count) (indices, in order; row ranges in
+// `rows`) on rows [band0, band1) of the band buffer buf [kBand, C, stride].
+template <int64_t kChannels>
+WIDE void SplatBand(const Params& p, const int32_t* members, int32_t count, const int32_t* rows,
+               int64_t band0, int64_t band1, float* buf, int64_t stride) {
+  double x0[kBand], x1[kBand];
+  for (int32_t e = 0; e < count; ++e) {
+    const int64_t k = members[e];
+    const float mx = p.means[2 * k], my = p.means[2 * k + 1];
+    const float alpha = p.shapes[3 * k], r = p.shapes[3 * k + 1], beta = p.shapes[3 * k + 2];
+    const float* c = p.colors + k * p.channels;
+    const int64_t ya = std::max<int64_t>(rows[2 * k], band0);
+    const int64_t yb = std::min<int64_t>(rows[2 * k + 1], band1 - 1);
+    ColumnRanges(p, mx, my, alpha, r, beta, ya, x0, x1);
+    for (int64_t y = ya; y <= yb; ++y) {
+      const float dy = (float(y) + 0.5f) - my;
+      float* row = buf + (y - band0) * p.channels * stride;
+      // Spans of at most kRow pixels, as ForEachSpan cuts them (the same
+      // offsets dx0, so the same weights as the backward's).
+      const int64_t xb = int64_t(x1[y - ya]);
+      for (int64_t xa = int64_t(x0[y - ya]); xa <= xb; xa += kRow) {
+        const int32_t len = int32_t(std::min<int64_t>(xb - xa + 1, kRow));
+        AddSpan<kChannels>(p, c, alpha, r, beta, dy, (float(xa) + 0.5f) - mx, len, row + xa,
+                           stride);
+      }
     }
   }
 }
@@ -269,37 +310,24 @@ void ForwardImage(const Params& p, int64_t threads, float* out) {
   // Band buffer [kBand, C, stride]: the channels of a row follow each other,
   // `stride` (the width rounded up to 16 floats, plus 16) apart, so that the
   // channels of a pixel are never a multiple of 4 KiB apart (loads that alias
-  // a pending store that way stall; a plane-per-channel layout doubled the
-  // time of the additions).
+  // a pending store that way can stall).
   const int64_t stride = (p.width + 15) / 16 * 16 + 16;
   const int64_t band_size = kBand * p.channels * stride;
   std::vector<float> buffers(threads * band_size);
   std::atomic<int64_t> next{0};
   RunThreads(threads, [&](int64_t t) {
     float* buf = buffers.data() + t * band_size;
-    double x0[kBand], x1[kBand];
     for (int64_t band = next++; band < bands; band = next++) {
       const int64_t band0 = band * kBand, band1 = std::min(band0 + kBand, p.height);
       std::fill(buf, buf + band_size, 0.0f);
-      for (int32_t e = start[band]; e < start[band + 1]; ++e) {
-        const int64_t k = members[e];
-        const float mx = p.means[2 * k], my = p.means[2 * k + 1];
-        const float alpha = p.shapes[3 * k], r = p.shapes[3 * k + 1], beta = p.shapes[3 * k + 2];
-        const float* c = p.colors + k * p.channels;
-        const int64_t ya = std::max<int64_t>(rows[2 * k], band0);
-        const int64_t yb = std::min<int64_t>(rows[2 * k + 1], band1 - 1);
-        ColumnRanges(p, mx, my, alpha, r, beta, ya, x0, x1);
-        for (int64_t y = ya; y <= yb; ++y) {
-          const float dy = (float(y) + 0.5f) - my;
-          float* row = buf + (y - band0) * p.channels * stride;
-          // Spans of at most kRow pixels, as ForEachSpan cuts them (the
-          // same offsets dx0, so the same weights as the backward's).
-          const int64_t xb = int64_t(x1[y - ya]);
-          for (int64_t xa = int64_t(x0[y - ya]); xa <= xb; xa += kRow) {
-            const int32_t len = int32_t(std::min<int64_t>(xb - xa + 1, kRow));
-            AddSpan(p, c, alpha, r, beta, dy, (float(xa) + 0.5f) - mx, len, row + xa, stride);
-          }
-        }
+      const int32_t* list = members.data() + start[band];
+      const int32_t count = start[band + 1] - start[band];
+      if (p.channels == 3) {
+        SplatBand<3>(p, list, count, rows.data(), band0, band1, buf, stride);
+      } else if (p.channels == 1) {
+        SplatBand<1>(p, list, count, rows.data(), band0, band1, buf, stride);
+      } else {
+        SplatBand<0>(p, list, count, rows.data(), band0, band1, buf, stride);
       }
       // [rows, C, W] -> [rows, W, C].
       for (int64_t y = band0; y < band1; ++y) {
