@@ -250,14 +250,17 @@ WIDE inline void AddSpan(const Params& p, const float* c, float alpha, float r, 
   }
 }
 
-// Adds the Gaussians members[0, count) (indices, in order; row ranges in
-// `rows`) on rows [band0, band1) of the band buffer buf [kBand, C, stride].
+// Adds the Gaussians that touch rows [band0, band1), in index order, on the
+// band buffer buf [kBand, C, stride]: members[0, count) when given, else all
+// of them, skipping those whose row range (`rows`) misses the band.
 template <int64_t kChannels>
-WIDE void SplatBand(const Params& p, const int32_t* members, int32_t count, const int32_t* rows,
-               int64_t band0, int64_t band1, float* buf, int64_t stride) {
+WIDE void SplatBand(const Params& p, const int32_t* members, int64_t count, const int32_t* rows,
+                    int64_t band0, int64_t band1, float* buf, int64_t stride) {
   double x0[kBand], x1[kBand];
-  for (int32_t e = 0; e < count; ++e) {
-    const int64_t k = members[e];
+  if (members == nullptr) count = p.n;
+  for (int64_t e = 0; e < count; ++e) {
+    const int64_t k = members ? members[e] : e;
+    if (rows[2 * k] >= band1 || rows[2 * k + 1] < band0) continue;
     const float mx = p.means[2 * k], my = p.means[2 * k + 1];
     const float alpha = p.shapes[3 * k], r = p.shapes[3 * k + 1], beta = p.shapes[3 * k + 2];
     const float* c = p.colors + k * p.channels;
@@ -283,9 +286,12 @@ WIDE void SplatBand(const Params& p, const int32_t* members, int32_t count, cons
 void ForwardImage(const Params& p, int64_t threads, float* out) {
   const int64_t bands = (p.height + kBand - 1) / kBand;
   // Row range of every Gaussian, and per band the Gaussians that touch it,
-  // in index order (counting sort).
+  // in index order (counting sort; the counts from differences, in O(N +
+  // bands)). Lists of more than kMaxMembers entries (huge Gaussians on a tall
+  // image) are not built: then each band scans all the Gaussians.
+  constexpr int64_t kMaxMembers = int64_t(1) << 24;
   std::vector<int32_t> rows(2 * p.n);
-  std::vector<int32_t> start(bands + 1, 0);
+  std::vector<int64_t> start(bands + 2, 0);
   for (int64_t k = 0; k < p.n; ++k) {
     int64_t y0, y1;
     RowRange(p, p.means[2 * k + 1], p.shapes[3 * k], p.shapes[3 * k + 1], p.shapes[3 * k + 2],
@@ -293,13 +299,16 @@ void ForwardImage(const Params& p, int64_t threads, float* out) {
     rows[2 * k] = int32_t(y0);
     rows[2 * k + 1] = int32_t(y1);
     if (y0 <= y1) {
-      for (int64_t b = y0 / kBand; b <= y1 / kBand; ++b) ++start[b + 1];
+      ++start[y0 / kBand + 1];
+      --start[y1 / kBand + 2];
     }
   }
-  for (int64_t b = 0; b < bands; ++b) start[b + 1] += start[b];
-  std::vector<int32_t> members(start[bands]);
-  {
-    std::vector<int32_t> fill(start.begin(), start.end() - 1);
+  for (int64_t b = 1; b <= bands; ++b) start[b + 1] += start[b];  // counts per band
+  for (int64_t b = 0; b < bands; ++b) start[b + 1] += start[b];   // offsets
+  const bool listed = start[bands] <= kMaxMembers;
+  std::vector<int32_t> members(listed ? start[bands] : 0);
+  if (listed) {
+    std::vector<int64_t> fill(start.begin(), start.begin() + bands);
     for (int64_t k = 0; k < p.n; ++k) {
       if (rows[2 * k] > rows[2 * k + 1]) continue;
       for (int64_t b = rows[2 * k] / kBand; b <= rows[2 * k + 1] / kBand; ++b) {
@@ -320,8 +329,8 @@ void ForwardImage(const Params& p, int64_t threads, float* out) {
     for (int64_t band = next++; band < bands; band = next++) {
       const int64_t band0 = band * kBand, band1 = std::min(band0 + kBand, p.height);
       std::fill(buf, buf + band_size, 0.0f);
-      const int32_t* list = members.data() + start[band];
-      const int32_t count = start[band + 1] - start[band];
+      const int32_t* list = listed ? members.data() + start[band] : nullptr;
+      const int64_t count = start[band + 1] - start[band];
       if (p.channels == 3) {
         SplatBand<3>(p, list, count, rows.data(), band0, band1, buf, stride);
       } else if (p.channels == 1) {
