@@ -110,8 +110,9 @@ void ColumnRange(const Params& p, float mx, float dy, float alpha, float r, floa
 
 // Visits the support of one Gaussian in rows [y0, y1] as spans of at most
 // kRow pixels: fn(y, dy, x0, len, dx0), dy and dx0 the offsets of the first
-// pixel centre of the span from the mean. Forward and backward share it, so
-// both visit exactly the same pixels.
+// pixel centre of the span from the mean. The backward's; the forward
+// computes the same spans a band at a time (ColumnRanges, same arithmetic)
+// and cuts them the same way, so both visit exactly the same pixels.
 template <typename F>
 inline void ForEachSpan(const Params& p, float mx, float my, float alpha, float r, float beta,
                         int64_t y0, int64_t y1, F&& fn) {
@@ -153,9 +154,10 @@ void RunThreads(int64_t count, F&& fn) {
 
 // The forward, per image: the rows are cut into bands of kBand rows, and the
 // threads take bands from a shared counter (equal work for uneven images).
-// Each band adds its Gaussians in index order into a band buffer
-// [C, kBand, W], then writes it out as [H, W, C]; so every pixel sums the
-// same terms in the same order as any other split, whatever the threads.
+// Each band adds its Gaussians in index order into a band buffer (in cache),
+// then writes it out as [H, W, C]; so every pixel sums the same terms in the
+// same order as any other split, whatever the threads, and as the previous
+// one-band-per-thread kernel did (bit-identical images).
 constexpr int64_t kBand = 16;
 // Pixels of one vector block of the forward's span loop: an AVX-512
 // register. Each block is a long chain of dependent operations (the exp);
@@ -167,7 +169,7 @@ constexpr int32_t kLanes = 16;
 typedef float Block __attribute__((vector_size(4 * kLanes)));
 // The forward's pixel loops may use 512-bit vectors (GCC's default tuning
 // stops at 256); the backward keeps the default, so its sums are unchanged.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 8
 #define WIDE __attribute__((target("prefer-vector-width=512")))
 #else
 #define WIDE
