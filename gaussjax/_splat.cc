@@ -22,6 +22,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -322,12 +323,14 @@ void ForwardImage(const Params& p, int64_t threads, float* out) {
   // `stride` (the width rounded up to 16 floats, plus 16) apart, so that the
   // channels of a pixel are never a multiple of 4 KiB apart (loads that alias
   // a pending store that way can stall).
+  // Rows of a buffer: a band's, or the image's when it has fewer (at most
+  // one buffer per band, so they never take more memory than the image).
   const int64_t stride = (p.width + 15) / 16 * 16 + 16;
-  const int64_t band_size = kBand * p.channels * stride;
-  std::vector<float> buffers(threads * band_size);
+  const int64_t band_size = std::min(kBand, p.height) * p.channels * stride;
+  std::unique_ptr<float[]> buffers(new float[threads * band_size]);  // each band clears its own
   std::atomic<int64_t> next{0};
   RunThreads(threads, [&](int64_t t) {
-    float* buf = buffers.data() + t * band_size;
+    float* buf = buffers.get() + t * band_size;
     for (int64_t band = next++; band < bands; band = next++) {
       const int64_t band0 = band * kBand, band1 = std::min(band0 + kBand, p.height);
       std::fill(buf, buf + band_size, 0.0f);
