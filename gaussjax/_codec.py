@@ -740,7 +740,10 @@ def render_safe(gaussians: Gaussians, height: int, width: int, *, backend: str =
   from gaussjax._gaussians import scale_gaussians
   from gaussjax._render import make_plan, rasterize, render, resolve_backend
   backend = resolve_backend(backend)
-  g = Gaussians(*(jnp.asarray(x, jnp.float32) for x in gaussians))
+  # numpy stays numpy (a decoder's Gaussians): the renderer's jitted call
+  # takes it as it is, without a dispatch per array here.
+  g = Gaussians(*(np.asarray(x, np.float32) if isinstance(x, np.ndarray) else
+                  jnp.asarray(x, jnp.float32) for x in gaussians))
   if backend != "xla":
     return render(g, height, width, backend=backend, source_size=source_size)
   if source_size is not None and tuple(source_size) != (height, width):

@@ -106,10 +106,9 @@ def _constants():
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def splat(means, shapes, colors, height, width):
   """``[H, W, C]`` image of Gaussians given by means, shapes ``(α, r, β)`` and colours (float32)."""
-  out = jax.ShapeDtypeStruct((colors.shape[-1], height, width), jnp.float32)
-  image = jax.ffi.ffi_call("gaussjax_splat_forward", out, vmap_method="broadcast_all")(
+  out = jax.ShapeDtypeStruct((height, width, colors.shape[-1]), jnp.float32)
+  return jax.ffi.ffi_call("gaussjax_splat_forward", out, vmap_method="broadcast_all")(
       means, shapes, colors, _constants())
-  return jnp.transpose(image, (1, 2, 0))
 
 
 def _splat_fwd(means, shapes, colors, height, width):

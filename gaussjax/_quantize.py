@@ -178,13 +178,25 @@ def morton_encode(ix: np.ndarray, iy: np.ndarray, bits: int) -> np.ndarray:
   return code
 
 
+# Masks that gather every other bit of a 64-bit word into its low half, in
+# five shift-or steps (instead of one step per bit): morton_decode.
+_COMPACT_MASKS = tuple(np.int64(m) for m in (
+    0x3333333333333333, 0x0F0F0F0F0F0F0F0F, 0x00FF00FF00FF00FF, 0x0000FFFF0000FFFF,
+    0x00000000FFFFFFFF))
+
+
+def _compact_bits(v: np.ndarray) -> np.ndarray:
+  """Bits 0, 2, 4, ... of non-negative ``v`` (int64) packed into bits 0, 1, 2, ..."""
+  v = v & np.int64(0x5555555555555555)
+  for shift, mask in zip((1, 2, 4, 8, 16), _COMPACT_MASKS):
+    v = (v | (v >> shift)) & mask
+  return v
+
+
 def morton_decode(code: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-  ix = np.zeros(code.shape, np.int64)
-  iy = np.zeros(code.shape, np.int64)
-  for b in range(bits):
-    ix |= ((code >> (2 * b)) & 1) << b
-    iy |= ((code >> (2 * b + 1)) & 1) << b
-  return ix, iy
+  """``(ix, iy)`` of Z-order codes: the inverse of ``morton_encode`` (``bits`` ≤ 31)."""
+  code = np.asarray(code, np.int64) & np.int64((1 << (2 * bits)) - 1)
+  return _compact_bits(code), _compact_bits(code >> 1)
 
 
 def quantize(gaussians: Gaussians, height: int, width: int, steps: QuantSteps):

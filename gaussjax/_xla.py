@@ -414,6 +414,13 @@ def _native_image(means, chol, colors, height, width):
   return jnp.where(finite, image, jnp.nan)
 
 
+@functools.cache
+def _no_overflow():
+  """A concrete ``False`` (made once; a fresh ``jnp.zeros`` per render is a dispatch)."""
+  with jax.ensure_compile_time_eval():
+    return jnp.zeros((), bool)
+
+
 def rasterize_xla(gaussians: Gaussians, height: int, width: int, plan: XlaPlan | None = None):
   """Renders with size classes on XLA; ``jit``/``vmap``/``grad`` compatible.
 
@@ -436,12 +443,16 @@ def rasterize_xla(gaussians: Gaussians, height: int, width: int, plan: XlaPlan |
     raise ValueError(
         f"rasterize_xla takes means [N, 2], got {means.shape}; use jax.vmap for a batch")
   dtype = jnp.result_type(means, chol, colors)
-  means, chol, colors = (jnp.asarray(x, dtype) for x in (means, chol, colors))
   if plan is not None and not isinstance(plan, XlaPlan):
     raise TypeError(f"plan must be an XlaPlan from plan_xla, got {type(plan).__name__}")
-  if _native.usable(dtype, colors.shape[-1]):
+  if _native.usable(dtype, np.shape(colors)[-1]):
     # The native kernel visits each Gaussian's own support box: nothing to plan.
-    return _native_image(means, chol, colors, height, width), jnp.zeros((), bool)
+    # numpy inputs (a decoder's) go to the jitted call as they are: converting
+    # them here first costs three dispatches.
+    means, chol, colors = (np.asarray(x, dtype) if isinstance(x, np.ndarray) else
+                           jnp.asarray(x, dtype) for x in (means, chol, colors))
+    return _native_image(means, chol, colors, height, width), _no_overflow()
+  means, chol, colors = (jnp.asarray(x, dtype) for x in (means, chol, colors))
   if plan is None:
     plan = default_plan(means.shape[0], height, width)
   finite = jnp.isfinite(means).all() & jnp.isfinite(chol).all() & jnp.isfinite(colors).all()

@@ -350,6 +350,22 @@ def test_native_batch_equals_each_image_alone():
     np.testing.assert_array_equal(together[0][0], together[0][1])
 
 
+def test_spans_wider_than_the_row_buffer(impl):
+  # The native forward works on spans of at most 1024 pixels (the row buffer
+  # of its backward) and blocks of 16: wide Gaussians on a 1300-pixel-wide,
+  # 19-row image (two bands) cross both kinds of boundary.
+  height, width = 19, 1300
+  base = _scene(40, 30, height, width, 2)
+  chol = base.chol.at[:6].set(jnp.asarray(
+      [[400.0, 0.0, 3.0], [900.0, 5.0, 4.0], [300.0, -200.0, 2.0], [600.0, 0.0, 20.0],
+       [0.3, 0.0, 0.3], [1000.0, 0.0, 0.5]]))
+  gaussians = gaussjax.Gaussians(base.means, chol, base.colors)
+  actual = _xla_image(height, width, _xla.plan_xla(gaussians, height, width))(gaussians)
+  expected = render_reference(gaussians, height, width)
+  assert float(jnp.max(jnp.abs(expected[:, 1100:]))) > 0.1  # past the first 1024 columns
+  _assert_image_close(actual, expected, gaussians)
+
+
 def test_native_build_falls_back_cleanly(monkeypatch, tmp_path):
   monkeypatch.setenv("GAUSSJAX_CACHE", str(tmp_path))
   monkeypatch.setattr(_native.shutil, "which", lambda name: None)
