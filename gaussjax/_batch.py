@@ -647,7 +647,6 @@ def encode_batch(images: Sequence, config=None, *, devices=None,
     ValueError / TypeError: as ``encode``, for the first bad image or config.
   """
   from gaussjax import _codec
-  from gaussjax._fit import initial_count
   config = _codec.CodecConfig() if config is None else config
   if not isinstance(config, _codec.CodecConfig):
     raise TypeError(f"config must be a CodecConfig, got {type(config).__name__}")

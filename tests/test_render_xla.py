@@ -355,7 +355,7 @@ def test_spans_wider_than_the_row_buffer(impl):
   # of its backward) and blocks of 16: wide Gaussians on a 1300-pixel-wide,
   # 19-row image (two bands) cross both kinds of boundary.
   height, width = 19, 1300
-  base = _scene(40, 30, height, width, 2)
+  base = scene(40, 30, height, width, 2)
   chol = base.chol.at[:6].set(jnp.asarray(
       [[400.0, 0.0, 3.0], [900.0, 5.0, 4.0], [300.0, -200.0, 2.0], [600.0, 0.0, 20.0],
        [0.3, 0.0, 0.3], [1000.0, 0.0, 0.5]]))
