@@ -637,12 +637,21 @@ def choose_steps(gaussians: Gaussians, image, *, base: qz.QuantSteps | None = No
   Returns:
     ``QuantSteps`` (float16-rounded, within the documented ranges).
   """
+  if not (isinstance(slope, (int, float)) and math.isfinite(slope) and slope > 0):
+    raise ValueError(f"slope={slope!r} must be a positive number")
   image = np.asarray(image, np.float32)
   if image.ndim == 2:
     image = image[:, :, None]
+  if image.ndim != 3:
+    raise ValueError(f"image must have shape [H, W, C], got {image.shape}")
   h, w, c = image.shape
-  g = Gaussians(*(np.asarray(x, np.float32) for x in gaussians))
+  g = validate(gaussians)
+  g = Gaussians(*(np.asarray(x, np.float32) for x in g))
+  if g.channels != c:
+    raise ValueError(f"gaussians have {g.channels} colour channels but the image has {c}")
   base = (base or qz.default_steps(c)).rounded()
+  if len(base.color) != c:
+    raise ValueError(f"base.color has {len(base.color)} entries for {c} channels")
   if g.num_gaussians == 0:
     return base
   scores: dict[qz.QuantSteps, float] = {}

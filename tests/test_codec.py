@@ -216,6 +216,10 @@ class TestSteps:
       assert steps == steps.rounded()
       assert qz.POS_STEP_RANGE[0] <= steps.pos <= qz.POS_STEP_RANGE[1]
     assert gaussjax.choose_steps(g, img, slope=8.0) == coarse  # deterministic
+    with pytest.raises(ValueError, match="slope"):
+      gaussjax.choose_steps(g, img, slope=0)
+    with pytest.raises(ValueError, match="colour channels"):
+      gaussjax.choose_steps(g, img[:, :, :1])
 
   def test_scaled_per_attribute(self):
     base = qz.default_steps(3)
