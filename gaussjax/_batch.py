@@ -734,11 +734,7 @@ def _finetune_all(arrays, fitted, qsteps, config, mesh, vectorize) -> list[Gauss
   by_shape: dict[tuple, list[int]] = {}
   for i, a in enumerate(arrays):
     by_shape.setdefault(a.shape, []).append(i)
-  done = 0
-  for k, (frozen, lr, share) in enumerate(_codec._SEQUENTIAL):
-    n_steps = (config.qat_steps - done if k == len(_codec._SEQUENTIAL) - 1
-               else int(round(share * config.qat_steps)))
-    done += n_steps
+  for frozen, lr, n_steps in _codec._sequential_stages(config.qat_steps):
     for (h, w, _), members in by_shape.items():
       snapped = [_codec._snap(fitted[i], h, w, qsteps[i], frozen) for i in members]
       counts = [g.num_gaussians for g in snapped]

@@ -594,11 +594,10 @@ def _refit(image: jax.Array, g: Gaussians, n: int, config: CodecConfig,
   ``fit`` prunes the least contributing Gaussians at once, or grows the
   count over the first part of the steps. Without steps, only pruning.
   """
+  from gaussjax._density import to_buffer
   from gaussjax._fit import fit
   if num_steps == 0:
-    if n < g.num_gaussians:
-      g = g.select(np.sort(np.argsort(-_importance(g), kind="stable")[:n]))
-    return g
+    return to_buffer(g, n) if n < g.num_gaussians else g
   g, _ = fit(image, g, _float_fit_config(config, n, num_steps))
   return g
 
@@ -697,6 +696,15 @@ def _snap(g: Gaussians, height: int, width: int, steps: qz.QuantSteps,
 _SEQUENTIAL = ((("means",), 0.1, 0.5), (("means", "chol"), 0.2, 0.5))
 
 
+def _sequential_stages(num_steps: int):
+  """``(frozen fields, relative learning rate, steps)`` of each stage; steps sum to ``num_steps``."""
+  done = 0
+  for k, (frozen, lr, share) in enumerate(_SEQUENTIAL):
+    n = num_steps - done if k == len(_SEQUENTIAL) - 1 else int(round(share * num_steps))
+    done += n
+    yield frozen, lr, n
+
+
 def _finetune(g: Gaussians, image: jax.Array, steps: qz.QuantSteps, config: CodecConfig,
               num_steps: int | None = None) -> Gaussians:
   """Quantisation-aware fine-tuning of fitted Gaussians for ``steps``.
@@ -728,10 +736,7 @@ def _finetune(g: Gaussians, image: jax.Array, steps: qz.QuantSteps, config: Code
     return _train(g, image, num_steps=num_steps, learning_rate=qat_learning_rate(config),
                   steps=steps, backend=config.backend)
   h, w = image.shape[:2]
-  done = 0
-  for k, (frozen, lr, share) in enumerate(_SEQUENTIAL):
-    n = num_steps - done if k == len(_SEQUENTIAL) - 1 else int(round(share * num_steps))
-    done += n
+  for frozen, lr, n in _sequential_stages(num_steps):
     g = _snap(g, h, w, steps, frozen)
     g = _train(g, image, num_steps=n, learning_rate=lr * config.learning_rate, steps=None,
                backend=config.backend, frozen=frozen)
@@ -764,16 +769,6 @@ def render_safe(gaussians: Gaussians, height: int, width: int, *, backend: str =
       return image
     plan = _grow_plan(plan, 2)
   raise RuntimeError(f"the {backend} renderer overflowed every plan for these Gaussians")
-
-
-def _importance(gaussians: Gaussians) -> np.ndarray:
-  """Energy of each Gaussian's contribution, ``|c|² sqrt(det Σ)`` (prune order)."""
-  chol = np.asarray(gaussians.chol, np.float64)
-  sxx = chol[:, 0] ** 2 + constants.COV_FLOOR
-  sxy = chol[:, 0] * chol[:, 1]
-  syy = chol[:, 1] ** 2 + chol[:, 2] ** 2 + constants.COV_FLOOR
-  det = np.maximum(sxx * syy - sxy * sxy, 1e-12)
-  return np.sum(np.asarray(gaussians.colors, np.float64) ** 2, -1) * np.sqrt(det)
 
 
 def _as_image(image) -> jax.Array:
@@ -927,7 +922,8 @@ def _fit_size(g, h, w, steps, lo_ok, hi_ok):
   if lo_ok <= len(data) <= hi_ok:
     return data, g, steps
   if len(data) > hi_ok:
-    order = np.argsort(-_importance(g), kind="stable")
+    from gaussjax._density import contributions
+    order = np.argsort(-contributions(g), kind="stable")
     lo, hi = 1, g.num_gaussians  # size(lo) <= target assumed, size(hi) > target
     best = None
     while lo <= hi:

@@ -72,7 +72,8 @@ class QuantSteps:
     """
     def clip(v, f, rng):
       return float(np.float16(min(max(v * factor * f, rng[0]), rng[1])))
-    return QuantSteps(clip(self.pos, pos, POS_STEP_RANGE), clip(self.scale, scale, SCALE_STEP_RANGE),
+    return QuantSteps(clip(self.pos, pos, POS_STEP_RANGE),
+                      clip(self.scale, scale, SCALE_STEP_RANGE),
                       clip(self.shear, shear, SHEAR_STEP_RANGE),
                       tuple(clip(c, color, COLOR_STEP_RANGE) for c in self.color))
 
@@ -88,8 +89,9 @@ def default_steps(channels: int) -> QuantSteps:
   float) each step sits near break-even between bytes and PSNR: halving one
   attribute's step costs 4.6% more bytes (shear 2.2%, colour 6.8%) for +0.10
   (position), +0.20 (scale), +0.04 (shear) or +0.14 dB (colour); doubling
-  saves 4.5% (shear 2.3%, colour 6.6%) for -0.26, -0.45, -0.14 or -0.72 dB. ``choose_steps`` moves
-  them per image, since the balance shifts with the quality.
+  saves 4.5% (shear 2.3%, colour 6.6%) for -0.26, -0.45, -0.14 or -0.72 dB.
+  ``choose_steps`` moves them per image, since the balance shifts with the
+  quality.
   """
   if channels == 3:
     color = (1.0 / 128.0, 1.0 / 64.0, 1.0 / 64.0)

@@ -221,4 +221,3 @@ def render(
   plan = make_plan(gaussians, height, width, backend=backend) if _is_concrete(gaussians) else None
   image, overflow = rasterize(gaussians, height, width, backend=backend, plan=plan)
   return jnp.where(overflow, jnp.nan, image)
-
