@@ -76,7 +76,7 @@ class CodecConfig:
     rate_tolerance: relative tolerance on the file size for ``bpp``.
     rd_slope: PSNR (dB) that doubling the file size is assumed to buy;
       ``choose_steps`` trades bytes for PSNR at this rate. The codec's own
-      curves rise 1.3-4.2 dB per doubling (median 2.3) between 0.25 and 1.0
+      curves rise 1.4-4.2 dB per doubling (median 2.4) between 0.25 and 1.0
       bpp on Kodak at 384x256 (``benchmarks/results/rd.json``); 1.75 errs
       towards fine steps. ``None``: no search (the default, or quality,
       steps).
