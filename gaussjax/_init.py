@@ -368,14 +368,14 @@ def init_slic(
   # SLIC's grid step is a whole number of pixels, so past ~10k segments on a
   # Kodak image it jumps (43k then 98k segments on kodim23). Splitting a
   # coarser grid beats merging a finer one, so ask again for fewer.
-  request = n
+  request, k_request = n, k
   for _ in range(SLIC_RETRIES):
     if k <= n:
       break
-    request = max(1, int(request * SLIC_RETRY_FACTOR * n / k))
-    coarser, k_coarser = _slic_labels(clipped, request, compactness)
-    if k_coarser <= n:
-      labels, k = coarser, k_coarser
+    request = max(1, int(request * SLIC_RETRY_FACTOR * n / k_request))
+    coarser, k_request = _slic_labels(clipped, request, compactness)
+    if k_request <= n:
+      labels, k = coarser, k_request
   if k < n:
     labels, k = _split_largest(labels, k, n, rng)
   elif k > n:

@@ -248,3 +248,23 @@ def test_init_slic_at_scale_merges_and_splits_without_all_pairs(kodak_crop):
   # Halving the largest first keeps the segments even: 16384 of 4 pixels, then
   # 13616 of them halved.
   np.testing.assert_array_equal(np.bincount(count), [0, 0, 2 * 13_616, 0, 16_384 - 13_616])
+
+
+def test_init_slic_asks_slic_again_when_it_overshoots(kodak_crop, monkeypatch):
+  # At 3000 segments of a 64x64 image SLIC's grid step rounds to 1 pixel (4096
+  # segments): init_slic asks for fewer, then splits the coarser answer up to n.
+  from gaussjax import _init
+
+  calls = []
+  real = _init._slic_labels
+
+  def recording(image, n_segments, compactness):
+    labels, k = real(image, n_segments, compactness)
+    calls.append((n_segments, k))
+    return labels, k
+
+  monkeypatch.setattr(_init, "_slic_labels", recording)
+  g = gaussjax.init_slic(kodak_crop, 3000)
+  assert g.num_gaussians == 3000
+  assert calls[0] == (3000, 4096), calls
+  assert len(calls) >= 2 and calls[1][0] < 3000 and calls[-1][1] <= 3000, calls
