@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.sparse
-import scipy.sparse.linalg
+import scipy.spatial
 
 from gaussjax import constants
 from gaussjax._gaussians import Gaussians
@@ -27,6 +27,25 @@ SLIC_COVER_SCALE = 1.6
 # WᵀW: keeps the solve well posed where Gaussians overlap almost completely,
 # pulling such colours towards the segment's mean colour.
 SLIC_RIDGE = 1e-3
+
+# The colour solve is Jacobi-preconditioned conjugate gradients, stopped at this
+# residual relative to the right-hand side (a direct sparse solve fills in badly
+# past ~10k Gaussians). At 1e-8 the colours match the direct solve to ~1e-6;
+# times and PSNR in benchmarks/results/init_scale_cpu.md.
+SLIC_SOLVE_RTOL = 1e-8
+SLIC_SOLVE_MAX_ITERATIONS = 2000
+
+# _merge_smallest pairs a segment with the nearest untouched one among this
+# many nearest centroids (if all are taken, it waits for the next round).
+_MERGE_NEIGHBOURS = 8
+
+# When SLIC returns more than n segments, init_slic asks it again up to
+# SLIC_RETRIES times for SLIC_RETRY_FACTOR · n / k times the last request, and
+# keeps the first answer with at most n segments (then splits); if none has,
+# it merges the first. Splitting a coarser grid starts higher than merging a
+# finer one (benchmarks/results/init_scale_cpu.md, old vs new PSNR).
+SLIC_RETRIES = 2
+SLIC_RETRY_FACTOR = 0.95
 
 
 def _check_positive_int(name, value):
@@ -95,9 +114,15 @@ def _moments(labels: np.ndarray, k: int):
 
 
 def _split_largest(labels: np.ndarray, k: int, n: int, rng: np.random.Generator | None) -> tuple[np.ndarray, int]:
-  """Splits the largest segments across their principal axis until there are n."""
+  """Splits the largest segments across their principal axis until there are n.
+
+  Each round splits up to ``n - k`` of the largest segments at once (so at
+  most ``log2(n / k) + 1`` rounds), vectorised over pixels: O(H·W) per round.
+  """
   h, w = labels.shape
   ys, xs = np.mgrid[0:h, 0:w]
+  px = xs.ravel() + 0.5
+  py = ys.ravel() + 0.5
   while k < n:
     count, mean, cov = _moments(labels, k)
     order_key = count if rng is None else count + rng.uniform(0.0, 0.5, k)  # random tie-break
@@ -105,33 +130,99 @@ def _split_largest(labels: np.ndarray, k: int, n: int, rng: np.random.Generator 
     candidates = candidates[count[candidates] >= 2][: n - k]
     if len(candidates) == 0:  # cannot happen when n <= H·W; guards an endless loop
       raise RuntimeError(f"cannot split {k} segments into {n}")
-    for new_label, seg in enumerate(candidates, start=k):
-      sxx, sxy, syy = cov[seg]
-      # Principal axis of [[sxx, sxy], [sxy, syy]].
-      angle = 0.5 * math.atan2(2.0 * sxy, sxx - syy)
-      ax, ay = math.cos(angle), math.sin(angle)
-      mask = labels == seg
-      proj = (xs[mask] + 0.5 - mean[seg, 0]) * ax + (ys[mask] + 0.5 - mean[seg, 1]) * ay
-      side = proj > 0
-      if not side.any() or side.all():  # all pixels on the axis: split by order
-        side = np.arange(side.size) >= side.size // 2
-      sub = labels[mask]
-      sub[side] = new_label
-      labels[mask] = sub
+    # Principal axis of [[sxx, sxy], [sxy, syy]] per candidate (math, not
+    # numpy, so that the angles do not depend on numpy's SIMD paths).
+    axes = np.array([(math.cos(a), math.sin(a)) for a in
+                     (0.5 * math.atan2(2.0 * sxy, sxx - syy) for sxx, sxy, syy in cov[candidates])])
+    new_label = np.full(k, -1, np.int64)
+    new_label[candidates] = np.arange(k, k + len(candidates))
+    ax = np.zeros(k)
+    ay = np.zeros(k)
+    ax[candidates], ay[candidates] = axes[:, 0], axes[:, 1]
+    flat = labels.ravel()
+    pixel = np.flatnonzero(new_label[flat] >= 0)  # pixels of the candidates, raster order
+    seg = flat[pixel]
+    proj = (px[pixel] - mean[seg, 0]) * ax[seg] + (py[pixel] - mean[seg, 1]) * ay[seg]
+    side = proj > 0
+    # All pixels on one side of the axis (e.g. on it): split by raster order.
+    positive = np.bincount(seg, side, k)
+    degenerate = (positive == 0) | (positive == count)
+    if degenerate[candidates].any():
+      # Rank of each pixel within its segment, in raster order.
+      sizes = count[np.sort(candidates)].astype(np.int64)
+      first = np.cumsum(sizes) - sizes
+      rank = np.empty(len(seg), np.int64)
+      rank[np.argsort(seg, kind="stable")] = np.arange(len(seg)) - np.repeat(first, sizes)
+      fix = degenerate[seg]
+      side[fix] = rank[fix] >= count[seg[fix]].astype(np.int64) // 2
+    flat = flat.copy()
+    flat[pixel[side]] = new_label[seg[side]]
+    labels = flat.reshape(h, w)
     k += len(candidates)
   return labels, k
 
 
 def _merge_smallest(labels: np.ndarray, k: int, n: int) -> np.ndarray:
-  """Merges the k - n smallest segments into the segment with the nearest centroid."""
-  count, mean, _ = _moments(labels, k)
-  order = np.argsort(count, kind="stable")
-  dropped, kept = order[: k - n], np.sort(order[k - n:])
-  d2 = ((mean[dropped, None, :] - mean[None, kept, :]) ** 2).sum(-1)  # [k-n, n]
-  mapping = np.empty(k, np.int64)
-  mapping[kept] = np.arange(n)
-  mapping[dropped] = np.argmin(d2, axis=1)
-  return mapping[labels]
+  """Merges segments in pairs, smallest first, until there are n.
+
+  Each round walks the segments from the smallest (ties: lowest label) and
+  merges each one not yet touched this round into its nearest (by centroid)
+  untouched segment, until ``k - n`` merges are done, so a segment grows by at
+  most one partner per round and many small segments never pile into one
+  (at 35k-70k on a Kodak image SLIC returns up to every pixel as a segment).
+  Nearest centroids come from a k-d tree: O(k log k + H·W) per round, and
+  about ``log2(k / n) + 1`` rounds.
+  """
+  shape = labels.shape
+  while k > n:
+    count, mean, _ = _moments(labels, k)
+    order = np.argsort(count, kind="stable")
+    nearest = min(_MERGE_NEIGHBOURS + 1, k)
+    _, index = scipy.spatial.cKDTree(mean).query(mean, k=nearest)
+    index = index.reshape(k, nearest)
+    # Neighbours by exact squared distance, then label (k-d tree order is not a tie-break).
+    d2 = ((mean[:, None, :] - mean[index]) ** 2).sum(-1)
+    d2[index == np.arange(k)[:, None]] = np.inf  # never itself
+    rank = np.lexsort((index, d2), axis=-1)
+    neighbours = np.take_along_axis(index, rank, -1).tolist()
+    used = np.zeros(k, bool)
+    target = np.arange(k)
+    merges = 0
+    for seg in order.tolist():
+      if used[seg]:
+        continue
+      for other in neighbours[seg]:
+        if other != seg and not used[other]:
+          used[seg] = used[other] = True
+          target[seg] = other
+          merges += 1
+          break
+      if merges == k - n:
+        break
+    _, labels = np.unique(target[labels], return_inverse=True)  # relabel 0..k'-1
+    labels = labels.reshape(shape)
+    k -= merges
+  return labels
+
+
+def _slic_labels(image: np.ndarray, n_segments: int, compactness: float) -> tuple[np.ndarray, int]:
+  """SLIC labels ``[H, W]`` relabelled 0..k-1, and k."""
+  from skimage.segmentation import slic  # scikit-image is slow to import
+
+  height, width, channels = image.shape
+  if channels == 3:
+    labels = slic(image, n_segments=n_segments, compactness=compactness, start_label=0,
+                  convert2lab=True, channel_axis=-1)
+  elif channels == 1:
+    labels = slic(image[..., 0] * 100.0, n_segments=n_segments, compactness=compactness,
+                  start_label=0, channel_axis=None)
+  else:
+    labels = slic(image * 100.0, n_segments=n_segments, compactness=compactness, start_label=0,
+                  convert2lab=False, channel_axis=-1)
+  # Relabel to 0..k-1 (SLIC can leave gaps after enforcing connectivity).
+  _, labels = np.unique(np.asarray(labels, np.int64), return_inverse=True)
+  labels = labels.reshape(height, width)
+  return labels, int(labels.max()) + 1
 
 
 def _weight_matrix(means: np.ndarray, chol: np.ndarray, height: int, width: int) -> scipy.sparse.csr_matrix:
@@ -169,14 +260,37 @@ def _weight_matrix(means: np.ndarray, chol: np.ndarray, height: int, width: int)
 
 
 def _solve_colors(weights, pixels: np.ndarray, prior: np.ndarray) -> np.ndarray:
-  """Least-squares colours ``argmin ||W c - I||² + λ ||c - prior||²``."""
-  gram = (weights.T @ weights).tocsc()
+  """Least-squares colours ``argmin ||W c - I||² + λ ||c - prior||²``.
+
+  The normal equations ``(WᵀW + λI) c = Wᵀ I + λ prior`` are symmetric
+  positive definite: Jacobi-preconditioned conjugate gradients from ``prior``,
+  all channels at once, in a fixed order of operations (deterministic).
+  """
+  gram = (weights.T @ weights).tocsr()
   diag = gram.diagonal()
   lam = SLIC_RIDGE * max(float(diag.mean()), 1e-12)
-  system = gram + lam * scipy.sparse.identity(gram.shape[0], format="csc")
+  system = gram + lam * scipy.sparse.identity(gram.shape[0], format="csr")
   rhs = weights.T @ pixels + lam * prior
-  solution = scipy.sparse.linalg.spsolve(system, rhs)
-  return np.asarray(solution).reshape(prior.shape)
+  inverse_diag = 1.0 / (diag + lam)[:, None]
+  x = prior.astype(np.float64).copy()
+  r = rhs - system @ x
+  z = inverse_diag * r
+  p = z.copy()
+  rz = (r * z).sum(0)
+  goal = SLIC_SOLVE_RTOL * np.linalg.norm(rhs, axis=0)
+  for _ in range(SLIC_SOLVE_MAX_ITERATIONS):
+    active = np.linalg.norm(r, axis=0) > goal
+    if not active.any():
+      break
+    ap = system @ p
+    alpha = np.where(active, rz / np.where(active, (p * ap).sum(0), 1.0), 0.0)
+    x += alpha * p
+    r -= alpha * ap
+    z = inverse_diag * r
+    rz_new = (r * z).sum(0)
+    p = z + np.where(active, rz_new / np.where(rz > 0, rz, 1.0), 0.0) * p
+    rz = rz_new
+  return x
 
 
 def init_slic(
@@ -192,15 +306,20 @@ def init_slic(
 
   1. ``skimage.segmentation.slic`` with ``n_segments=n`` (in CIELAB for RGB;
      other channel counts are scaled to the same 0-100 range, so
-     ``compactness`` means the same for grey and RGBA).
+     ``compactness`` means the same for grey and RGBA). SLIC's grid step is a
+     whole number of pixels, so it can return many more than n segments (every
+     pixel one, near the pixel count); then it is asked again for fewer.
   2. SLIC returns about, not exactly, n segments: the largest segments are
-     split across their principal axis until there are n; if there are too
-     many, the smallest are merged into the segment with the nearest centroid.
+     split across their principal axis until there are n; if there are still
+     too many, segments are merged in pairs, smallest first, each with its
+     nearest (by centroid) partner. Both run in O(H·W) per round, about
+     ``log2`` of the ratio rounds: bounded time and memory at any n.
   3. Per segment (``numpy.bincount``): centroid → mean; pixel covariance plus
      the 1/12 px² pixel footprint, times ``cover_scale²`` → Cholesky factor.
   4. Colours: rendering is an unnormalised sum, so the colours are the
      least-squares solution of ``render(g) ≈ image`` for these fixed shapes
-     (sparse, ridge-regularised towards the segment mean colour). With
+     (sparse, ridge-regularised towards the segment mean colour; conjugate
+     gradients on the normal equations). With
      ``solve_colors=False`` the mean colour of each segment is used, divided
      by the mean total weight: faster, but 1.8 dB lower on average (20.45
      vs 18.62 dB, 4 Kodak images at 1/4 size, n = 300 and 1000).
@@ -229,8 +348,6 @@ def init_slic(
     >>> gaussjax.init_slic(image, 37).num_gaussians
     37
   """
-  from skimage.segmentation import slic  # scikit-image is slow to import
-
   array = _check_image(image)
   height, width, channels = array.shape
   _check_positive_int("n", n)
@@ -247,20 +364,18 @@ def init_slic(
     rng = np.random.default_rng(seed.astype(np.uint32).ravel().tolist())
 
   clipped = np.clip(array, 0.0, 1.0)
-  if channels == 3:
-    labels = slic(clipped, n_segments=n, compactness=compactness, start_label=0,
-                  convert2lab=True, channel_axis=-1)
-  elif channels == 1:
-    labels = slic(clipped[..., 0] * 100.0, n_segments=n, compactness=compactness,
-                  start_label=0, channel_axis=None)
-  else:
-    labels = slic(clipped * 100.0, n_segments=n, compactness=compactness, start_label=0,
-                  convert2lab=False, channel_axis=-1)
-  labels = np.asarray(labels, np.int64)
-  # Relabel to 0..k-1 (SLIC can leave gaps after enforcing connectivity).
-  _, labels = np.unique(labels, return_inverse=True)
-  labels = labels.reshape(height, width)
-  k = int(labels.max()) + 1
+  labels, k = _slic_labels(clipped, n, compactness)
+  # SLIC's grid step is a whole number of pixels, so past ~10k segments on a
+  # Kodak image it jumps (43k then 98k segments on kodim23). Splitting a
+  # coarser grid beats merging a finer one, so ask again for fewer.
+  request, k_request = n, k
+  for _ in range(SLIC_RETRIES):
+    if k <= n:
+      break
+    request = max(1, int(request * SLIC_RETRY_FACTOR * n / k_request))
+    coarser, k_request = _slic_labels(clipped, request, compactness)
+    if k_request <= n:
+      labels, k = coarser, k_request
   if k < n:
     labels, k = _split_largest(labels, k, n, rng)
   elif k > n:

@@ -118,3 +118,153 @@ def test_init_random_rejects_bad_sizes(n, height, width):
 def test_init_slic_refuses_traced_input():
   with pytest.raises(TypeError, match="outside jit"):
     jax.jit(lambda x: gaussjax.init_slic(x, 3))(np.zeros((4, 4, 3), np.float32))
+
+
+# The per-segment loops that _split_largest and _merge_smallest replaced: O(N · H·W)
+# and a dense [k - n, n] distance table. Kept here as oracles on small cases.
+def _split_reference(labels, k, n, rng):
+  from gaussjax._init import _moments
+
+  labels = labels.copy()
+  h, w = labels.shape
+  ys, xs = np.mgrid[0:h, 0:w]
+  while k < n:
+    count, mean, cov = _moments(labels, k)
+    order_key = count if rng is None else count + rng.uniform(0.0, 0.5, k)
+    candidates = np.argsort(-order_key, kind="stable")
+    candidates = candidates[count[candidates] >= 2][: n - k]
+    for new_label, seg in enumerate(candidates, start=k):
+      sxx, sxy, syy = cov[seg]
+      angle = 0.5 * np.arctan2(2.0 * sxy, sxx - syy)
+      mask = labels == seg
+      proj = ((xs[mask] + 0.5 - mean[seg, 0]) * np.cos(angle)
+              + (ys[mask] + 0.5 - mean[seg, 1]) * np.sin(angle))
+      side = proj > 0
+      if not side.any() or side.all():
+        side = np.arange(side.size) >= side.size // 2
+      sub = labels[mask]
+      sub[side] = new_label
+      labels[mask] = sub
+    k += len(candidates)
+  return labels
+
+
+def _blocky_labels(rng, height, width, k):
+  """Labels 0..k-1 of random rectangles of varied sizes (like SLIC output, with ties)."""
+  labels = np.zeros((height, width), np.int64)
+  for label in range(1, k):
+    y, x = rng.integers(0, height), rng.integers(0, width)
+    dy, dx = rng.integers(1, 9), rng.integers(1, 9)
+    labels[y:y + dy, x:x + dx] = label
+  _, labels = np.unique(labels, return_inverse=True)
+  return labels.reshape(height, width)
+
+
+@pytest.mark.parametrize("seed, n", [(0, 700), (1, 1900), (2, 1024)])
+@pytest.mark.parametrize("tie_break", [False, True])
+def test_split_largest_equals_per_segment_loop(seed, n, tie_break):
+  from gaussjax._init import _split_largest
+
+  rng = np.random.default_rng(seed)
+  labels = _blocky_labels(rng, 40, 48, 300)
+  k = int(labels.max()) + 1
+  make_rng = (lambda: np.random.default_rng(7)) if tie_break else (lambda: None)
+  actual, k_out = _split_largest(labels.copy(), k, n, make_rng())
+  expected = _split_reference(labels, k, n, make_rng())
+  assert k_out == n
+  np.testing.assert_array_equal(actual, expected)
+
+
+def test_split_largest_degenerate_axis_splits_by_raster_order(monkeypatch):
+  # With the covariances zeroed, the axis is x and a one-column segment lies
+  # on it: every pixel projects to 0, so both versions split it in raster order.
+  from gaussjax import _init
+
+  real = _init._moments
+
+  def flat_moments(labels, k):
+    count, mean, cov = real(labels, k)
+    return count, mean, np.zeros_like(cov)
+
+  monkeypatch.setattr(_init, "_moments", flat_moments)
+  labels = np.repeat(np.arange(6)[None, :], 10, axis=0)  # six vertical stripes
+  actual, _ = _init._split_largest(labels.copy(), 6, 40, None)
+  expected = _split_reference(labels, 6, 40, None)
+  np.testing.assert_array_equal(actual, expected)
+  assert len(np.unique(actual)) == 40
+
+
+@pytest.mark.parametrize("seed, fraction", [(0, 0.1), (1, 0.5), (2, 0.95)])
+def test_merge_smallest_coarsens_to_exactly_n(seed, fraction):
+  from gaussjax._init import _merge_smallest
+
+  labels = _blocky_labels(np.random.default_rng(seed), 40, 48, 300)
+  k = int(labels.max()) + 1
+  n = int(fraction * k)
+  merged = _merge_smallest(labels, k, n)
+  assert merged.shape == labels.shape
+  np.testing.assert_array_equal(np.unique(merged), np.arange(n))
+  # A coarsening: each input segment lands whole in one output segment.
+  pairs = np.unique(np.stack([labels.ravel(), merged.ravel()], 1), axis=0)
+  np.testing.assert_array_equal(pairs[:, 0], np.arange(k))
+  again = _merge_smallest(labels, k, n)
+  np.testing.assert_array_equal(merged, again)
+
+
+@pytest.mark.parametrize(
+    "n, sizes", [(2500, (1, 2)), (2048, (2, 2)), (1000, (4, 8)), (300, (8, 16))])
+def test_merge_smallest_pairs_neighbours_instead_of_piling_up(n, sizes):
+  # Every pixel its own segment, as SLIC returns at ~70k segments on a Kodak
+  # image. Merging the smallest into their nearest centroid in one pass piled
+  # whole rows of pixels into one segment; pairing keeps the sizes even.
+  from gaussjax._init import _merge_smallest, _moments
+
+  merged = _merge_smallest(np.arange(64 * 64).reshape(64, 64), 64 * 64, n)
+  count, _, cov = _moments(merged, n)
+  assert (count.min(), count.max()) == sizes
+  # Two-pixel segments are 4-neighbours (variance (1/2)² along their axis).
+  np.testing.assert_allclose((cov[:, 0] + cov[:, 2])[count == 2], 0.25)
+
+
+def test_init_slic_at_scale_merges_and_splits_without_all_pairs(kodak_crop):
+  """N near the pixel count: SLIC gives every pixel a segment and 25k are merged.
+
+  The dense merge needed a [25_536, 40_000, 2] float64 table (15 GiB) here; the
+  split path is driven from one segment to 30k (30k full-image masks before).
+  """
+  from gaussjax._init import _split_largest
+
+  image = np.tile(kodak_crop, (4, 4, 1))  # 256x256
+  n = 40_000
+  g = gaussjax.init_slic(image, n)
+  assert g.num_gaussians == n
+  assert np.all(np.isfinite(np.asarray(g.colors))) and np.all(np.isfinite(np.asarray(g.chol)))
+  render = np.clip(np.asarray(gaussjax.render(g, 256, 256, backend="xla")), 0, 1)
+  assert float(gaussjax.psnr(render, image)) > 30.0
+
+  labels, k = _split_largest(np.zeros((256, 256), np.int64), 1, 30_000, None)
+  count = np.bincount(labels.ravel())
+  assert k == 30_000 and len(count) == 30_000 and count.min() >= 1
+  # Halving the largest first keeps the segments even: 16384 of 4 pixels, then
+  # 13616 of them halved.
+  np.testing.assert_array_equal(np.bincount(count), [0, 0, 2 * 13_616, 0, 16_384 - 13_616])
+
+
+def test_init_slic_asks_slic_again_when_it_overshoots(kodak_crop, monkeypatch):
+  # At 3000 segments of a 64x64 image SLIC's grid step rounds to 1 pixel (4096
+  # segments): init_slic asks for fewer, then splits the coarser answer up to n.
+  from gaussjax import _init
+
+  calls = []
+  real = _init._slic_labels
+
+  def recording(image, n_segments, compactness):
+    labels, k = real(image, n_segments, compactness)
+    calls.append((n_segments, k))
+    return labels, k
+
+  monkeypatch.setattr(_init, "_slic_labels", recording)
+  g = gaussjax.init_slic(kodak_crop, 3000)
+  assert g.num_gaussians == 3000
+  assert calls[0] == (3000, 4096), calls
+  assert len(calls) >= 2 and calls[1][0] < 3000 and calls[-1][1] <= 3000, calls
