@@ -1,7 +1,5 @@
 """``python -m gaussjax``: the ``gaussjax`` command."""
 
-import sys
+from gaussjax._cli import entry_point
 
-from gaussjax._cli import main
-
-sys.exit(main())
+entry_point()

@@ -379,5 +379,21 @@ def main(argv=None) -> int:
     return EXIT_INTERRUPTED
 
 
+def entry_point() -> None:
+  """The ``gaussjax`` console script and ``python -m gaussjax``: ``main``, then exit.
+
+  After Ctrl-C the process leaves at once (``os._exit``): interpreter
+  shutdown while XLA still runs work of the interrupted computation can crash
+  (a segmentation fault seen on CPU), and there is nothing left to save, since
+  every output is written atomically or not at all.
+  """
+  status = main()
+  if status == EXIT_INTERRUPTED:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+  sys.exit(status)
+
+
 if __name__ == "__main__":  # pragma: no cover
-  sys.exit(main())
+  entry_point()

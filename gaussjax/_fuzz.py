@@ -109,3 +109,17 @@ def seed_files(cases) -> list[bytes]:
                     np.zeros((0, 3), np.float32))
   out.append(encode_gaussians(empty, 9, 9))
   return out
+
+
+def bomb(width: int = 65535, height: int = 4096, channels: int = 3) -> bytes:
+  """A valid file of no Gaussians whose header asks for ``width`` x ``height`` pixels.
+
+  With the defaults, 28 bytes that ask a decoder for 65535x4096x3 float32
+  values (3.2 GB): the decompression bomb that ``decode``'s ``max_pixels``
+  refuses before allocating anything.
+  """
+  from gaussjax._codec import encode_gaussians
+  from gaussjax._gaussians import Gaussians
+  empty = Gaussians(np.zeros((0, 2), np.float32), np.zeros((0, 3), np.float32),
+                    np.zeros((0, channels), np.float32))
+  return encode_gaussians(empty, height, width)
