@@ -29,6 +29,7 @@ from gaussjax._cli_common import FOLDER
 from gaussjax._cli_common import GJX
 from gaussjax._cli_common import IMAGE
 from gaussjax._cli_common import INPUT_HELP
+from gaussjax._cli_common import SAMPLES  # noqa: F401 - the names of sample:NAME, for callers
 from gaussjax._cli_common import CliError
 from gaussjax._cli_common import HelpFormatter
 from gaussjax._cli_common import add_output_argument
