@@ -12,6 +12,7 @@ Only acceptance and gaussjax.DecodeError are allowed; the run exits 1 otherwise.
 """
 
 import argparse
+import concurrent.futures
 import multiprocessing
 import os
 import sys
@@ -35,13 +36,12 @@ def header_seeds():
 
 def worker(job):
   """One process's share, under the memory ceiling."""
-  count, seed, memory_bytes, files, small_files = job
+  count, seed, memory_bytes, files, small_files, last_case = job
   import resource
   if memory_bytes:
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-  os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
   from gaussjax._fuzz import campaign
-  return campaign(files, small_files, count, seed=seed)
+  return campaign(files, small_files, count, seed=seed, last_case=last_case)
 
 
 def merge(parts):
@@ -66,8 +66,9 @@ def main():
   parser.add_argument("--count", type=int, default=100_000, help="cases in all")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--workers", type=int, default=2, help="processes")
-  parser.add_argument("--memory-gb", type=float, default=3.0,
-                      help="address-space ceiling per worker (0: none)")
+  parser.add_argument("--memory-gb", type=float, default=4.0,
+                      help="address-space ceiling per worker (0: none); the largest header asks "
+                           "for 4.3 GB of pixels")
   parser.add_argument("--name", default="fuzz", help="results file name")
   args = parser.parse_args()
   load_before = os.getloadavg()
@@ -75,11 +76,25 @@ def main():
   memory = int(args.memory_gb * (1 << 30))
   shares = [args.count // args.workers + (i < args.count % args.workers)
             for i in range(args.workers)]
-  jobs = [(n, args.seed * 1000 + i, memory, files, small_files) for i, n in enumerate(shares)]
+  last = [os.path.join(_machine.RESULTS_DIR, f".{args.name}-last-case-{i}.gjx")
+          for i in range(args.workers)]
+  jobs = [(n, args.seed * 1000 + i, memory, files, small_files, last[i])
+          for i, n in enumerate(shares)]
+  # Few malloc arenas: under RLIMIT_AS, glibc's 64 MB arena per thread (XLA
+  # runs many) would use up the ceiling without any allocation of the decoder.
+  os.environ["MALLOC_ARENA_MAX"] = "2"
   start = time.perf_counter()
-  with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
-    stats = merge(pool.map(worker, jobs))
+  with concurrent.futures.ProcessPoolExecutor(
+      args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    try:
+      stats = merge(list(pool.map(worker, jobs)))
+    except concurrent.futures.process.BrokenProcessPool:
+      sys.exit(f"a worker died (a crash is a failure of the decoder or of the ceiling); the case "
+               f"it was decoding, if a header case, is in {last}")
   wall = time.perf_counter() - start
+  for path in last:
+    if os.path.exists(path):
+      os.remove(path)
   rows = []
   for kind, counts in stats["outcomes"].items():
     rows.append({"kind": kind, "cases": sum(counts.values()),

@@ -288,7 +288,7 @@ def _settings(config: CodecConfig) -> str:
 def _run_encode_dir(args) -> int:
   from gaussjax._batch import encode_batch
   from gaussjax._codec import decode
-  from gaussjax._encode_dir import IMAGE_EXTENSIONS, encode_dir, list_images
+  from gaussjax._encode_dir import IMAGE_EXTENSIONS, SettingsChanged, encode_dir, list_images
 
   if not os.path.isdir(args.in_dir):
     raise CliError(f"IN_DIR {args.in_dir!r} is not a folder" if os.path.exists(args.in_dir)
@@ -301,12 +301,16 @@ def _run_encode_dir(args) -> int:
                    f"{', '.join(IMAGE_EXTENSIONS)})")
   config = _codec_config(args)
   backend_note("encode-dir", args.backend, quiet=args.quiet)
-  report = encode_dir(
-      args.in_dir, args.output,
-      encode_fn=lambda images: encode_batch(images, config),
-      decode_fn=lambda data: decode(data, backend=args.backend),
-      settings=_settings(config), batch_size=args.batch, overwrite=args.overwrite,
-      progress=not (args.quiet or args.no_progress))
+  try:
+    report = encode_dir(
+        args.in_dir, args.output,
+        encode_fn=lambda images: encode_batch(images, config),
+        decode_fn=lambda data: decode(data, backend=args.backend),
+        settings=_settings(config), batch_size=args.batch, overwrite=args.overwrite,
+        progress=not (args.quiet or args.no_progress))
+  except SettingsChanged as e:
+    raise CliError(f"{e.summary}; run again with the same settings to resume, or add "
+                   "--overwrite to re-encode them") from e
   failed = [row for row in report.rows if row.status != "ok"]
   parts = [f"{report.encoded} encoded", f"{report.failed} failed"]
   if report.skipped:

@@ -59,7 +59,15 @@ MANIFEST_COLUMNS = ("name", "width", "height", "bytes", "bpp", "psnr", "seconds"
 
 
 class SettingsChanged(ValueError):
-  """``out_dir`` holds images encoded with other settings (and no ``overwrite``)."""
+  """``out_dir`` holds images encoded with other settings (and no ``overwrite``).
+
+  Attributes:
+    summary: how many images, where, and which settings differ (one line).
+  """
+
+  def __init__(self, summary: str):
+    super().__init__(f"{summary}; pass overwrite=True to re-encode them")
+    self.summary = summary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -355,9 +363,7 @@ def _refuse_other_settings(rows: dict[str, ManifestRow], names: Sequence[str], o
     return
   raise SettingsChanged(
       f"{len(other)} image(s) in {str(out_dir)!r} were encoded with other settings "
-      f"({_settings_difference(other[0].settings, settings)}); run again with the same "
-      "settings to resume, or add --overwrite (encode_dir(..., overwrite=True)) to re-encode "
-      "them")
+      f"({_settings_difference(other[0].settings, settings)})")
 
 
 def _settings_difference(before: str, now: str) -> str:

@@ -115,9 +115,12 @@ def check_case(data: bytes, kind: str) -> str:
   (``decode`` with its default ``max_pixels`` and renderer).
   """
   from gaussjax._codec import MAX_GAUSSIANS, decode, decode_gaussians
+  from gaussjax.constants import MAX_DECODE_PIXELS
   try:
     if kind == "header":
       image = np.asarray(decode(data))
+      if image.shape[0] * image.shape[1] > MAX_DECODE_PIXELS:
+        return "over MAX_DECODE_PIXELS"
       if not np.all(np.isfinite(image)):
         return "non-finite pixels"
     else:
@@ -132,7 +135,7 @@ def check_case(data: bytes, kind: str) -> str:
 
 
 def campaign(seeds: list[bytes], header_seeds: list[bytes], count: int, *, seed: int = 0,
-             shares: dict[str, float] | None = None) -> dict:
+             shares: dict[str, float] | None = None, last_case: str | None = None) -> dict:
   """Runs ``count`` cases of every kind; counts outcomes instead of stopping at the first.
 
   Args:
@@ -144,6 +147,8 @@ def campaign(seeds: list[bytes], header_seeds: list[bytes], count: int, *, seed:
     shares: fraction of each kind (default 87% mutants, 3% headers, 10%
       random files: a header case that is accepted renders up to
       ``MAX_DECODE_PIXELS`` pixels, a hundred times the cost of a mutant).
+    last_case: a file that each header case is written to before it is
+      decoded, so that one that kills the process can be found.
 
   Returns:
     ``{"count", "seconds", "slowest_s", "outcomes": {kind: {outcome: n}},
@@ -169,6 +174,9 @@ def campaign(seeds: list[bytes], header_seeds: list[bytes], count: int, *, seed:
       data = header_mutant(header_seeds[k % len(header_seeds)], rng)
     else:
       data = random_file(MAGIC, rng)
+    if last_case and kind == "header":
+      with open(last_case, "wb") as f:
+        f.write(data)
     t = time.perf_counter()
     outcome = check_case(data, kind)
     slowest = max(slowest, time.perf_counter() - t)

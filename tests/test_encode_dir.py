@@ -112,7 +112,7 @@ def test_rerun_skips_finished_and_redoes_changed(tmp_path):
   assert sum(calls) == 2
   calls.clear()
   # Other settings are refused before any work, unless overwrite=True.
-  with pytest.raises(_encode_dir.SettingsChanged, match="4 image.*other settings.*overwrite"):
+  with pytest.raises(_encode_dir.SettingsChanged, match="4 image.*other settings.*overwrite=True"):
     encode_dir(tmp_path / "in", tmp_path / "out", settings="other", **kwargs)
   assert calls == []
   report = encode_dir(tmp_path / "in", tmp_path / "out", settings="other", overwrite=True,
