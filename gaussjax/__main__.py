@@ -2,4 +2,5 @@
 
 from gaussjax._cli import entry_point
 
-entry_point()
+if __name__ == "__main__":  # importing this module (doctests, tools) runs nothing
+  entry_point()

@@ -51,6 +51,7 @@ from gaussjax._cli_common import size_text
 from gaussjax._cli_common import ssim_text
 from gaussjax._codec import CodecConfig
 from gaussjax._render import BACKENDS
+from gaussjax.constants import MAX_PIXELS
 
 _DEFAULT_CODEC = CodecConfig()
 
@@ -190,7 +191,7 @@ def _run_encode(args) -> int:
     data = _encode(image, config, progress=progress)
     bar.update(bar.total - bar.n)
   elapsed = time.perf_counter() - start
-  decoded = np.asarray(decode(data, backend=args.backend))
+  decoded = np.asarray(decode(data, backend=args.backend, max_pixels=h * w))  # our own file
   _, psnr, ssim = _render_metrics(decoded, image)
   write_atomic(args.output, data)
   print(f"{len(data)} bytes  {8 * len(data) / (h * w):.4f} bpp  PSNR {psnr}  SSIM {ssim}  "
@@ -305,7 +306,8 @@ def _run_encode_dir(args) -> int:
     report = encode_dir(
         args.in_dir, args.output,
         encode_fn=lambda images: encode_batch(images, config),
-        decode_fn=lambda data: decode(data, backend=args.backend),
+        # The files are our own: decoded whatever their size (the limit guards foreign files).
+        decode_fn=lambda data: decode(data, backend=args.backend, max_pixels=MAX_PIXELS),
         settings=_settings(config), batch_size=args.batch, overwrite=args.overwrite,
         progress=not (args.quiet or args.no_progress))
   except SettingsChanged as e:

@@ -312,7 +312,7 @@ def stand_in_codec(monkeypatch):
     return fake_encode(images)
 
   monkeypatch.setattr(_batch, "encode_batch", encode_batch)
-  monkeypatch.setattr(_codec, "decode", lambda data, backend: fake_decode(data))
+  monkeypatch.setattr(_codec, "decode", lambda data, backend, max_pixels: fake_decode(data))
   return calls
 
 
