@@ -603,7 +603,7 @@ def _choose(image: jax.Array, g: Gaussians, base: qz.QuantSteps,
   n = g.num_gaussians
   if config.bpp is not None and config.num_gaussians is None:
     size = len(encode_gaussians(g, h, w, steps=steps))
-    n = int(min(max(round(n * config.bpp * h * w / 8.0 / size), 1), MAX_GAUSSIANS))
+    n = int(min(max(round(n * config.bpp * h * w / 8.0 / size), 1), MAX_GAUSSIANS, h * w))
   return steps, n
 
 
