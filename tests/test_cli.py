@@ -166,6 +166,22 @@ def test_unwritable_output_folder(tmp_path, small_png, capsys, no_work):
   assert rc == 2 and "is not writable" in err
 
 
+def test_unwritable_output_folder_as_the_os_reports_it(tmp_path, small_png, capsys, no_work,
+                                                       monkeypatch):
+  """The same check where the tests run as root (who may write anywhere): os.access says no."""
+  locked = tmp_path / "locked"
+  locked.mkdir()
+  real_access = os.access
+  monkeypatch.setattr(_cli_common.os, "access",
+                      lambda path, mode: False if os.fspath(path) == str(locked)
+                      else real_access(path, mode))
+  for argv in (["fit", small_png, "-o", locked / "k.png"],
+               ["encode", small_png, "--quality", "50", "-o", locked / "k.gjx"],
+               ["encode-dir", tmp_path, "--quality", "50", "-o", locked / "out"]):
+    rc, _, err = run(argv, capsys)
+    assert rc == 2 and f"folder '{locked}' is not writable" in err, err
+
+
 @pytest.mark.parametrize("flag", ["-o", "--output", "--out"])
 def test_every_command_takes_every_output_spelling(flag):
   parser = _cli.build_parser()
