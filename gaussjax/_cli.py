@@ -1,99 +1,93 @@
 """The ``gaussjax`` command line: a thin layer over the library.
 
-Subcommands are registered by ``register(subparsers)`` functions: this module
-registers ``fit``; other modules (``gaussjax._cli_codec`` for
-``encode``/``decode``/``info``, ...) are imported when present and register
-theirs, so the CLI grows without editing this file's parser code.
+One parser, ``build_parser``, with one subcommand per ``register_*`` function
+of ``SUBCOMMANDS``: ``fit``, ``encode``, ``decode``, ``info``, ``encode-dir``.
+A new subcommand lives in its own module, built from the blocks of
+``gaussjax._cli_common`` (``add_subcommand``, ``add_output_argument``,
+``check_output``, ``progress_bar``, ...), and is added to ``SUBCOMMANDS``
+here by a plain import.
+
+Every command checks its inputs and outputs before any work, writes its
+outputs atomically (never over an input), prints errors as one line (exit
+status 2) and Ctrl-C as one line (exit status 130, no partial file).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import dataclasses
+import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-# Modules that may add subcommands through a module-level register(subparsers).
-PLUGIN_MODULES = ("gaussjax._cli_codec", "gaussjax._cli_batch")
+from gaussjax._cli_common import EXIT_INTERRUPTED
+from gaussjax._cli_common import FOLDER
+from gaussjax._cli_common import GJX
+from gaussjax._cli_common import IMAGE
+from gaussjax._cli_common import INPUT_HELP
+from gaussjax._cli_common import SAMPLES  # noqa: F401 - the names of sample:NAME, for callers
+from gaussjax._cli_common import CliError
+from gaussjax._cli_common import HelpFormatter
+from gaussjax._cli_common import add_output_argument
+from gaussjax._cli_common import add_quiet_argument
+from gaussjax._cli_common import add_subcommand
+from gaussjax._cli_common import backend_note
+from gaussjax._cli_common import bpp_value
+from gaussjax._cli_common import check_input
+from gaussjax._cli_common import check_output
+from gaussjax._cli_common import non_negative_int
+from gaussjax._cli_common import note
+from gaussjax._cli_common import positive_float
+from gaussjax._cli_common import positive_int
+from gaussjax._cli_common import progress_bar
+from gaussjax._cli_common import psnr_text
+from gaussjax._cli_common import quality_value
+from gaussjax._cli_common import read_input_image
+from gaussjax._cli_common import size_text
+from gaussjax._cli_common import ssim_text
+from gaussjax._codec import CodecConfig
+from gaussjax._render import BACKENDS
+from gaussjax.constants import MAX_PIXELS
 
-# Built-in images for `sample:NAME` (scikit-image's bundled data, no download).
-SAMPLES = ("astronaut", "camera", "coffee", "chelsea", "rocket")
-
-SAMPLE_PREFIX = "sample:"
-
-INPUT_HELP = (
-    "input image file (PNG, JPEG, TIFF, ...), or sample:NAME for a built-in image from "
-    f"scikit-image ({', '.join(SAMPLES)}), e.g. sample:astronaut")
-
-
-class CliError(Exception):
-  """A user-facing error: printed as one line, exit status 2."""
-
-
-def read_input_image(spec: str) -> np.ndarray:
-  """Loads ``spec``: a file path, or ``sample:NAME`` for a scikit-image sample.
-
-  Returns:
-    ``[H, W, C]`` float32 image in [0, 1].
-  """
-  from gaussjax._io import load_image
-
-  if spec.startswith(SAMPLE_PREFIX):
-    name = spec[len(SAMPLE_PREFIX):]
-    if name not in SAMPLES:
-      raise CliError(f"unknown sample {name!r}; choose one of {', '.join(SAMPLES)}")
-    import skimage.data
-
-    array = np.asarray(getattr(skimage.data, name)(), np.float32) / 255.0
-    return array[..., None] if array.ndim == 2 else array
-  return load_image(spec)
+_DEFAULT_CODEC = CodecConfig()
 
 
-def is_same_file(a: str, b: str) -> bool:
-  """True when paths ``a`` and ``b`` name the same existing file."""
-  if a.startswith(SAMPLE_PREFIX):
-    return False
-  try:
-    return os.path.exists(b) and os.path.samefile(a, b)
-  except OSError:
-    return os.path.realpath(a) == os.path.realpath(b)
+def _add_backend_argument(parser: argparse.ArgumentParser, what: str) -> None:
+  parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                      help=f"renderer {what} (auto: pallas on a GPU, xla elsewhere)")
 
 
-class ProgressBar:
-  """A one-line progress bar on stderr (no dependency), redrawn in place."""
-
-  def __init__(self, total: int, *, width: int = 30, stream=None, enabled: bool = True):
-    self.total = max(int(total), 1)
-    self.width = width
-    self.stream = sys.stderr if stream is None else stream
-    self.enabled = enabled
-
-  def update(self, step: int, text: str = "") -> None:
-    if not self.enabled:
-      return
-    frac = min(max(step / self.total, 0.0), 1.0)
-    filled = round(frac * self.width)
-    bar = "#" * filled + "." * (self.width - filled)
-    self.stream.write(f"\r[{bar}] {step}/{self.total} {text}")
-    self.stream.flush()
-
-  def close(self) -> None:
-    if self.enabled:
-      self.stream.write("\n")
-      self.stream.flush()
+def _add_rate_arguments(parser: argparse.ArgumentParser) -> None:
+  """``--bpp`` / ``--quality`` and the step counts: the same for encode and encode-dir."""
+  rate = parser.add_mutually_exclusive_group(required=True)
+  rate.add_argument("--bpp", type=bpp_value,
+                    help="target bits per pixel of the whole file, in (0, 64]")
+  rate.add_argument("--quality", type=quality_value,
+                    help="quality 1..100 (no rate target; the only choice for images of a few "
+                         "pixels, whose smallest file is over 64 bpp)")
+  parser.add_argument("--fit-steps", type=non_negative_int, default=_DEFAULT_CODEC.fit_steps,
+                      help="optimiser steps of the float fit")
+  parser.add_argument("--qat-steps", type=non_negative_int, default=_DEFAULT_CODEC.qat_steps,
+                      help="steps of quantisation-aware fine-tuning")
 
 
-def _positive_int(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-  if value <= 0:
-    raise argparse.ArgumentTypeError(f"{value} must be positive")
-  return value
+def _codec_config(args) -> CodecConfig:
+  return CodecConfig(bpp=args.bpp, quality=None if args.bpp is not None else args.quality,
+                     fit_steps=args.fit_steps, qat_steps=args.qat_steps, backend=args.backend)
+
+
+def _render_metrics(render: np.ndarray, image: np.ndarray) -> tuple[float, str, str]:
+  """``(psnr, "PSNR text", "SSIM text")`` of a rendering against its source image."""
+  from gaussjax._metrics import psnr
+  value = float(psnr(render, image))
+  return value, psnr_text(value), ssim_text(render, image)
+
+
+# --------------------------------------------------------------------------- fit
 
 
 def _run_fit(args) -> int:
@@ -103,12 +97,14 @@ def _run_fit(args) -> int:
   from gaussjax._fit import initial_count
   from gaussjax._io import save_image
 
-  if is_same_file(args.image, args.out):
-    raise CliError(f"--out {args.out!r} is the input image; refusing to overwrite it")
+  check_input(args.image)
+  check_output(args.output, IMAGE, inputs=[args.image])
+  backend_note("fit", args.backend, quiet=args.quiet)
   image = read_input_image(args.image)
   height, width, channels = image.shape
   if args.gaussians > height * width:
-    raise CliError(f"--gaussians {args.gaussians} is more than the {height}x{width} pixels of the image")
+    raise CliError(f"--gaussians {args.gaussians} is more than the {height * width} pixels of "
+                   f"the {size_text(height, width)} image")
   key = jax.random.key(args.seed)
   start = time.perf_counter()
   log_every = max(1, args.steps // 100)
@@ -121,58 +117,243 @@ def _run_fit(args) -> int:
     gaussians = gaussjax.init_slic(image, initial_count(args.gaussians, config), key=key)
   else:
     gaussians = gaussjax.init_random(key, args.gaussians, height, width, channels)
-  bar = ProgressBar(args.steps, enabled=not args.quiet)
-  if not args.quiet:
-    backend = gaussjax.default_backend() if args.backend == "auto" else args.backend
-    print(f"fitting {args.gaussians} Gaussians to {height}x{width}x{channels} "
-          f"({args.init} init, {backend} backend)", file=sys.stderr)
-  fitted, history = gaussjax.fit(
-      image, gaussians, config, key=key,
-      callback=lambda step, m: bar.update(step, f"PSNR {m['psnr']:.2f} dB {m['wall_time']:.1f} s"))
-  bar.close()
+  backend = gaussjax.default_backend() if args.backend == "auto" else args.backend
+  note("fit", f"fitting {args.gaussians} Gaussians to {size_text(height, width, channels)} "
+       f"({args.init} init, {backend} backend)", quiet=args.quiet)
+  with progress_bar(args.steps, desc="fit", quiet=args.quiet) as bar:
+
+    def callback(step, metrics):
+      bar.update(step - bar.n)
+      bar.set_postfix_str(f"PSNR {psnr_text(metrics['psnr'])}", refresh=False)
+
+    fitted, history = gaussjax.fit(image, gaussians, config, key=key, callback=callback)
   elapsed = time.perf_counter() - start
-  render = np.clip(np.asarray(gaussjax.render(fitted, height, width, backend=args.backend)), 0.0, 1.0)
-  psnr = float(gaussjax.psnr(render, image))
-  ssim = float(gaussjax.ssim(render, image)) if min(height, width) >= 11 else float("nan")
-  save_image(args.out, render)
-  print(f"PSNR {psnr:.2f} dB  SSIM {ssim:.4f}  time {elapsed:.1f} s  "
-        f"({args.gaussians} Gaussians, {int(history.step[-1])} steps) -> {args.out}")
+  render = np.clip(np.asarray(gaussjax.render(fitted, height, width, backend=args.backend)),
+                   0.0, 1.0)
+  _, psnr, ssim = _render_metrics(render, image)
+  save_image(args.output, render)
+  print(f"PSNR {psnr}  SSIM {ssim}  time {elapsed:.1f} s  "
+        f"({args.gaussians} Gaussians, {int(history.step[-1])} steps, "
+        f"{size_text(height, width, channels)}) -> {args.output}")
   return 0
 
 
-def register(subparsers) -> None:
-  """Adds the ``fit`` subcommand."""
-  p = subparsers.add_parser(
-      "fit", help="fit Gaussians to an image and write their rendering",
-      description="Fit N Gaussians to IMAGE and write the rendered result to --out. "
-                  "Prints PSNR, SSIM and time; shows a progress bar on stderr.")
+def register_fit(subparsers) -> None:
+  """Adds ``fit``."""
+  p = add_subcommand(
+      subparsers, "fit", run=_run_fit, help="fit Gaussians to an image and write their rendering",
+      description="Fit N Gaussians to IMAGE and write the rendered result to --output. "
+                  "Prints PSNR, SSIM and time; shows a progress bar on stderr (on a terminal).")
   p.add_argument("image", metavar="IMAGE", help=INPUT_HELP)
-  p.add_argument("--gaussians", "-n", type=_positive_int, default=2000, help="number of Gaussians in the result (2000)")
-  p.add_argument("--steps", "-s", type=_positive_int, default=1000, help="optimisation steps (1000)")
-  p.add_argument("--init", choices=("slic", "random"), default="slic", help="initialisation (slic: superpixels for half of the Gaussians, the rest "
-                 "added while fitting where the error is largest; random: all of them at random)")
-  p.add_argument("--out", "-o", required=True, help="output image path (PNG recommended); never the input")
-  p.add_argument("--backend", default="auto", choices=("auto", "reference", "xla", "pallas"),
-                 help="renderer (auto: pallas on GPU, xla elsewhere)")
-  p.add_argument("--seed", type=int, default=0, help="PRNG seed (0)")
-  p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
-  p.add_argument("--target-psnr", type=float, default=None, help="stop once the PSNR reaches this (dB)")
-  p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-  p.set_defaults(func=_run_fit)
+  add_output_argument(p, "output image (.png, .jpg, .tif, ...); never the input")
+  p.add_argument("-n", "--gaussians", type=positive_int, default=2000,
+                 help="number of Gaussians in the result")
+  p.add_argument("-s", "--steps", type=positive_int, default=1000, help="optimisation steps")
+  p.add_argument("--init", choices=("slic", "random"), default="slic",
+                 help="initialisation (slic: superpixels for half of the Gaussians, the rest "
+                      "added while fitting where the error is largest; random: all at random)")
+  _add_backend_argument(p, "for fitting")
+  p.add_argument("--seed", type=int, default=0, help="PRNG seed")
+  p.add_argument("--time-budget", type=positive_float, default=None, metavar="SECONDS",
+                 help="stop after this many seconds")
+  p.add_argument("--target-psnr", type=positive_float, default=None, metavar="DB",
+                 help="stop once the PSNR reaches this")
+  add_quiet_argument(p)
 
 
-def registrars() -> list:
-  """The ``register(subparsers)`` functions: this module's, then plugins'."""
-  found = [register]
-  for name in PLUGIN_MODULES:
-    try:
-      module = importlib.import_module(name)
-    except ModuleNotFoundError as e:
-      if e.name != name:  # the plugin exists but one of its imports is missing
-        raise
-      continue
-    found.append(module.register)
-  return found
+# --------------------------------------------------------------------------- encode
+
+
+def _run_encode(args) -> int:
+  from gaussjax._codec import _encode, decode
+  from gaussjax._io import write_atomic
+
+  check_input(args.image)
+  check_output(args.output, GJX, inputs=[args.image])
+  config = _codec_config(args)
+  backend_note("encode", args.backend, quiet=args.quiet)
+  image = np.asarray(read_input_image(args.image))
+  h, w, c = image.shape
+  note("encode", f"{args.image}: {size_text(h, w, c)}, "
+       + (f"target {args.bpp} bpp" if args.bpp is not None else f"quality {args.quality:g}"),
+       quiet=args.quiet)
+  # The bar counts optimiser steps; the last unit is the coding (and the rate search).
+  weights = {"fit": 0, "fine-tune": config.fit_steps,
+             "code": config.fit_steps + config.qat_steps}
+  start = time.perf_counter()
+  with progress_bar(config.fit_steps + config.qat_steps + 1, desc="encode",
+                    quiet=args.quiet) as bar:
+
+    def progress(stage: str) -> None:
+      bar.update(weights[stage] - bar.n)
+      bar.set_description_str(f"encode: {'rate search' if stage == 'code' and args.bpp else stage}")
+
+    data = _encode(image, config, progress=progress)
+    bar.update(bar.total - bar.n)
+  elapsed = time.perf_counter() - start
+  decoded = np.asarray(decode(data, backend=args.backend, max_pixels=h * w))  # our own file
+  _, psnr, ssim = _render_metrics(decoded, image)
+  write_atomic(args.output, data)
+  print(f"{len(data)} bytes  {8 * len(data) / (h * w):.4f} bpp  PSNR {psnr}  SSIM {ssim}  "
+        f"time {elapsed:.1f} s  ({size_text(h, w, c)}) -> {args.output}")
+  return 0
+
+
+def register_encode(subparsers) -> None:
+  """Adds ``encode``."""
+  p = add_subcommand(
+      subparsers, "encode", run=_run_encode,
+      help="fit and compress an image into a .gjx file",
+      description="Fit Gaussians to IMAGE, quantise and entropy-code them into a .gjx file at "
+                  "a target rate (--bpp) or quality (--quality). Prints the size, bpp, PSNR "
+                  "and SSIM of the decoded file; shows a progress bar on stderr (fit, "
+                  "fine-tuning, rate search) on a terminal.")
+  p.add_argument("image", metavar="IMAGE", help=INPUT_HELP)
+  add_output_argument(p, "output .gjx file (never the input)")
+  _add_rate_arguments(p)
+  _add_backend_argument(p, "for fitting")
+  add_quiet_argument(p)
+
+
+# --------------------------------------------------------------------------- decode / info
+
+
+def _read_gjx(path: str) -> bytes:
+  from gaussjax._codec import MAX_FILE_BYTES
+  check_input(path)
+  size = os.path.getsize(path)
+  if size > MAX_FILE_BYTES:
+    raise CliError(f"input file {path!r}: {size} bytes is over the limit of {MAX_FILE_BYTES}")
+  with open(path, "rb") as f:
+    return f.read()
+
+
+def _run_decode(args) -> int:
+  from gaussjax._codec import decode
+  from gaussjax._io import save_image
+
+  check_input(args.input)
+  check_output(args.output, IMAGE, inputs=[args.input])
+  backend_note("decode", args.backend, quiet=args.quiet)
+  image = np.asarray(decode(_read_gjx(args.input), height=args.height, width=args.width,
+                            backend=args.backend, max_pixels=args.max_pixels))
+  save_image(args.output, image)
+  print(f"{size_text(*image.shape)} -> {args.output}")
+  return 0
+
+
+def register_decode(subparsers) -> None:
+  """Adds ``decode``."""
+  from gaussjax.constants import MAX_DECODE_PIXELS
+  p = add_subcommand(
+      subparsers, "decode", run=_run_decode, help="render a .gjx file to an image",
+      description="Render the Gaussians of a .gjx file to an image file, at the encoded size "
+                  "or any other (--width / --height; one of them keeps the aspect ratio).")
+  p.add_argument("input", metavar="FILE", help="input .gjx file")
+  add_output_argument(p, "output image; the format follows the extension (.png, .jpg, ...)")
+  p.add_argument("--width", type=positive_int, default=None, help="output width in pixels")
+  p.add_argument("--height", type=positive_int, default=None, help="output height in pixels")
+  p.add_argument("--max-pixels", type=positive_int, default=MAX_DECODE_PIXELS,
+                 help="refuse to render more pixels than this (a guard against files whose "
+                      "header asks for a huge image); raise it for files you trust")
+  _add_backend_argument(p, "for decoding")
+  add_quiet_argument(p)
+
+
+def _run_info(args) -> int:
+  from gaussjax._codec import info
+  header = info(_read_gjx(args.input))
+  header = {"size": size_text(header["height"], header["width"]), **header}
+  print(json.dumps(header, indent=2))
+  return 0
+
+
+def register_info(subparsers) -> None:
+  """Adds ``info``."""
+  p = add_subcommand(
+      subparsers, "info", run=_run_info, help="print a .gjx file's header as JSON",
+      description="Print the header of a .gjx file (size as WxH, channels, number of "
+                  "Gaussians, quantiser steps, bytes, bpp, entropy models) as JSON, without "
+                  "rendering it.")
+  p.add_argument("input", metavar="FILE", help="input .gjx file")
+
+
+# --------------------------------------------------------------------------- encode-dir
+
+
+def _settings(config: CodecConfig) -> str:
+  """The settings string the manifest records: the ``CodecConfig`` as sorted JSON."""
+  return json.dumps(dataclasses.asdict(config), sort_keys=True)
+
+
+def _run_encode_dir(args) -> int:
+  from gaussjax._batch import encode_batch
+  from gaussjax._codec import decode
+  from gaussjax._encode_dir import IMAGE_EXTENSIONS, SettingsChanged, encode_dir, list_images
+
+  if not os.path.isdir(args.in_dir):
+    raise CliError(f"IN_DIR {args.in_dir!r} is not a folder" if os.path.exists(args.in_dir)
+                   else f"IN_DIR {args.in_dir!r} does not exist")
+  check_output(args.output, FOLDER)
+  if os.path.realpath(args.output) == os.path.realpath(args.in_dir):
+    raise CliError(f"--output {args.output!r} is IN_DIR; use another folder")
+  if not list_images(Path(args.in_dir)):
+    raise CliError(f"no images found in {args.in_dir!r} (looked for "
+                   f"{', '.join(IMAGE_EXTENSIONS)})")
+  config = _codec_config(args)
+  backend_note("encode-dir", args.backend, quiet=args.quiet)
+  try:
+    report = encode_dir(
+        args.in_dir, args.output,
+        encode_fn=lambda images: encode_batch(images, config),
+        # The files are our own: decoded whatever their size (the limit guards foreign files).
+        decode_fn=lambda data: decode(data, backend=args.backend, max_pixels=MAX_PIXELS),
+        settings=_settings(config), batch_size=args.batch, overwrite=args.overwrite,
+        progress=not (args.quiet or args.no_progress))
+  except SettingsChanged as e:
+    raise CliError(f"{e.summary}; run again with the same settings to resume, or add "
+                   "--overwrite to re-encode them") from e
+  failed = [row for row in report.rows if row.status != "ok"]
+  parts = [f"{report.encoded} encoded", f"{report.failed} failed"]
+  if report.skipped:
+    parts.append(f"{report.skipped} already done")
+  print(", ".join(parts) + f"; manifest: {os.path.join(args.output, 'manifest.csv')}")
+  for row in failed:
+    print(f"  {row.name}: {row.reason}", file=sys.stderr)
+  return 1 if failed else 0
+
+
+def register_encode_dir(subparsers) -> None:
+  """Adds ``encode-dir``."""
+  p = add_subcommand(
+      subparsers, "encode-dir", run=_run_encode_dir,
+      help="encode every image of a folder into .gjx files, with a manifest",
+      interrupted="finished images are kept; run the same command again to resume",
+      description=(
+          "Encodes every image of IN_DIR into OUTPUT/<stem>.gjx, many at once on every device. "
+          "Writes OUTPUT/manifest.csv (name, width, height, bytes, bpp, PSNR, time, status) "
+          "and the journal OUTPUT/manifest.jsonl (one line per finished image, with its "
+          "settings). Re-running the same command skips finished images, so the job can be "
+          "killed at any moment and resumed; re-running with other settings is refused "
+          "unless --overwrite is given."))
+  p.add_argument("in_dir", metavar="IN_DIR", help="folder of images")
+  add_output_argument(p, "folder for the .gjx files and the manifest (created)",
+                      metavar="OUT_DIR")
+  _add_rate_arguments(p)
+  p.add_argument("--batch", type=positive_int, default=8, metavar="K",
+                 help="images fitted at once")
+  _add_backend_argument(p, "for fitting and for the PSNR check")
+  p.add_argument("--overwrite", action="store_true",
+                 help="re-encode images that OUT_DIR's manifest.jsonl records with other "
+                      "settings (otherwise refused)")
+  add_quiet_argument(p)
+  p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+# --------------------------------------------------------------------------- the parser
+
+SUBCOMMANDS = (register_fit, register_encode, register_decode, register_info,
+               register_encode_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,24 +361,46 @@ def build_parser() -> argparse.ArgumentParser:
   from gaussjax import __version__
 
   parser = argparse.ArgumentParser(
-      prog="gaussjax", description="Images as 2D Gaussians: fit, render, compress.")
+      prog="gaussjax", description="Images as 2D Gaussians: fit, render, compress.",
+      formatter_class=HelpFormatter)
   parser.add_argument("--version", action="version", version=f"gaussjax {__version__}")
   subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-  for register_fn in registrars():
-    register_fn(subparsers)
+  for register in SUBCOMMANDS:
+    register(subparsers)
   return parser
 
 
 def main(argv=None) -> int:
   """Entry point of the ``gaussjax`` command; returns the exit status."""
-  parser = build_parser()
-  args = parser.parse_args(argv)
+  from gaussjax._bitstream import DecodeError
+
+  args = build_parser().parse_args(argv)
   try:
     return int(args.func(args) or 0)
-  except (CliError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
+  except (CliError, DecodeError, ValueError, OSError) as e:
     print(f"gaussjax {args.command}: error: {e}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:
+    start = "\n" if sys.stderr.isatty() else ""  # off the line of a progress bar
+    print(f"{start}gaussjax {args.command}: interrupted; {args.interrupted}", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def entry_point() -> None:
+  """The ``gaussjax`` console script and ``python -m gaussjax``: ``main``, then exit.
+
+  After Ctrl-C the process leaves at once (``os._exit``): interpreter
+  shutdown while XLA still runs work of the interrupted computation can crash
+  (a segmentation fault seen on CPU), and there is nothing left to save, since
+  every output is written atomically or not at all.
+  """
+  status = main()
+  if status == EXIT_INTERRUPTED:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+  sys.exit(status)
 
 
 if __name__ == "__main__":  # pragma: no cover
-  sys.exit(main())
+  entry_point()

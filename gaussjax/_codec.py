@@ -351,8 +351,20 @@ def info(data: bytes) -> dict:
   return out
 
 
-def _output_size(header_hw, height, width):
+def _output_size(header_hw, height, width, max_pixels=None):
   h0, w0 = header_hw
+  if max_pixels is not None:
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or \
+        max_pixels < 1:
+      raise ValueError(f"max_pixels={max_pixels!r} must be a positive int")
+    if height is None and width is None and h0 * w0 > max_pixels:
+      # Checked before anything of the image's size is allocated: a file of a
+      # few bytes can ask for 65535x4096 pixels (a decompression bomb).
+      raise DecodeError(
+          f"the file's image is {w0}x{h0} = {h0 * w0} pixels, over the decoder's limit of "
+          f"{max_pixels} (gaussjax.constants.MAX_DECODE_PIXELS); if you trust the file, raise "
+          "the limit (decode(..., max_pixels=...), gaussjax decode --max-pixels) or decode it "
+          "smaller (height=/width=)")
   if height is None and width is None:
     return h0, w0
   if height is None:
@@ -364,11 +376,14 @@ def _output_size(header_hw, height, width):
       raise ValueError(f"{name}={v!r} must be a positive int")
   if height * width > constants.MAX_PIXELS:
     raise ValueError(f"output {height}x{width} is over MAX_PIXELS={constants.MAX_PIXELS}")
+  if max_pixels is not None and height * width > max_pixels:
+    raise ValueError(f"output {width}x{height} = {height * width} pixels is over "
+                     f"max_pixels={max_pixels}")
   return int(height), int(width)
 
 
 def decode(data: bytes, *, height: int | None = None, width: int | None = None,
-           backend: str = "auto") -> jax.Array:
+           backend: str = "auto", max_pixels: int = constants.MAX_DECODE_PIXELS) -> jax.Array:
   """Decodes a gaussjax file to an image, at the encoded or any other size.
 
   Args:
@@ -377,15 +392,20 @@ def decode(data: bytes, *, height: int | None = None, width: int | None = None,
       ratio when only ``width`` is given).
     width: output columns (likewise).
     backend: renderer, as in ``gaussjax.render``.
+    max_pixels: the most pixels the output may have
+      (``gaussjax.constants.MAX_DECODE_PIXELS`` by default), checked before
+      anything of the image's size is allocated; raise it for files you trust.
 
   Returns:
     ``[height, width, C]`` float32 image clipped to [0, 1].
 
   Raises:
-    DecodeError: the bytes are not a valid gaussjax file.
+    DecodeError: the bytes are not a valid gaussjax file, or the header's
+      image size is over ``max_pixels`` (when no output size is given).
+    ValueError: the requested output size is invalid or over ``max_pixels``.
   """
   gaussians, (h0, w0) = decode_gaussians(data)
-  h, w = _output_size((h0, w0), height, width)
+  h, w = _output_size((h0, w0), height, width, max_pixels)
   if gaussians.num_gaussians == 0:
     return jnp.zeros((h, w, gaussians.channels), jnp.float32)
   image = render_safe(gaussians, h, w, backend=backend, source_size=(h0, w0))
@@ -583,7 +603,7 @@ def _choose(image: jax.Array, g: Gaussians, base: qz.QuantSteps,
   n = g.num_gaussians
   if config.bpp is not None and config.num_gaussians is None:
     size = len(encode_gaussians(g, h, w, steps=steps))
-    n = int(min(max(round(n * config.bpp * h * w / 8.0 / size), 1), MAX_GAUSSIANS))
+    n = int(min(max(round(n * config.bpp * h * w / 8.0 / size), 1), MAX_GAUSSIANS, h * w))
   return steps, n
 
 
@@ -795,7 +815,8 @@ def _as_image(image) -> jax.Array:
 
 
 def _quality_settings(quality: float, height: int, width: int, channels: int):
-  n = max(16, int(round(height * width * 0.02 * (quality / 50.0) ** 2)))
+  # At least 16 Gaussians, but never more than pixels (a 1x1 image gets one).
+  n = min(max(16, int(round(height * width * 0.02 * (quality / 50.0) ** 2))), height * width)
   steps = qz.default_steps(channels).scaled(2.0 ** ((50.0 - quality) / 25.0))
   return n, steps
 
@@ -823,11 +844,28 @@ def encode(image, config: CodecConfig = CodecConfig()) -> bytes:
     ValueError: the image or config is invalid, or the rate target cannot be
       met (e.g. smaller than the header).
   """
+  return _encode(image, config)
+
+
+# The stages of ``encode``, in order, as ``_encode`` reports them to ``progress``.
+ENCODE_STAGES = ("fit", "fine-tune", "code")
+
+
+def _encode(image, config: CodecConfig, progress=None) -> bytes:
+  """``encode``, calling ``progress(stage)`` as each of ``ENCODE_STAGES`` starts.
+
+  ``"code"`` includes the rate search when ``config.bpp`` is set. The
+  ``gaussjax encode`` command draws its progress bar from these calls.
+  """
   if not isinstance(config, CodecConfig):
     raise TypeError(f"config must be a CodecConfig, got {type(config).__name__}")
+  report = progress or (lambda stage: None)
   image = _as_image(image)
+  report("fit")
   g, steps = _first_fit(image, config)
+  report("fine-tune")
   g = _finetune(g, image, steps, config)
+  report("code")
   return _code(image, g, steps, config)
 
 
@@ -846,12 +884,18 @@ def _fit_settings(h: int, w: int, c: int, config: CodecConfig):
     return config.num_gaussians or n, steps
   target = config.bpp * h * w / 8.0
   steps = qz.default_steps(c)
-  if len(encode_gaussians(Gaussians(np.zeros((1, 2), np.float32), np.ones((1, 3), np.float32),
-                                    np.zeros((1, c), np.float32)), h, w, steps=steps)) > \
-      target * (1 + config.rate_tolerance):
-    raise ValueError(f"bpp={config.bpp} ({target:.0f} bytes) is below the smallest file "
-                     f"for a {h}x{w} image")
+  smallest = len(encode_gaussians(
+      Gaussians(np.zeros((1, 2), np.float32), np.ones((1, 3), np.float32),
+                np.zeros((1, c), np.float32)), h, w, steps=steps))
+  if smallest > target * (1 + config.rate_tolerance):
+    least = 8.0 * smallest / (h * w)
+    raise ValueError(
+        f"a target of {config.bpp:g} bpp ({target:.0f} bytes) is below the smallest file for "
+        f"a {w}x{h} image ({smallest} bytes = {least:.3g} bpp)"
+        + ("; an image this small needs a quality instead (bpp is at most 64)"
+           if least > 64 else ""))
   n = config.num_gaussians or max(4, int(math.ceil(8 * target / config.bits_per_gaussian)))
+  n = min(n, h * w)  # never more Gaussians than pixels
   return n, steps
 
 

@@ -15,8 +15,10 @@ Crash safety (the job may be killed at any moment, ``kill -9`` included):
   on the next run;
 - a re-run skips every image whose journal line says ``ok`` for the same
   settings and source file (size and modification time) and whose output still
-  has the recorded size; everything else is (re-)encoded. Stale temporary
-  files of a killed run are removed;
+  has the recorded size; everything else is (re-)encoded. Images finished with
+  other settings are refused (``SettingsChanged``) unless ``overwrite=True``,
+  so a re-run with, say, another rate never silently replaces earlier
+  results. Stale temporary files of a killed run are removed;
 - ``out_dir/manifest.csv`` (one row per image of the folder: name, size,
   bytes, bpp, PSNR, time, status, reason) is rewritten atomically at the end of
   every run from the journal.
@@ -34,13 +36,13 @@ import dataclasses
 import io
 import json
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from gaussjax._cli_common import progress_bar
 from gaussjax._io import TMP_PREFIX as _TMP_PREFIX
 from gaussjax._io import write_atomic
 
@@ -54,6 +56,18 @@ OUTPUT_SUFFIX = ".gjx"
 
 MANIFEST_COLUMNS = ("name", "width", "height", "bytes", "bpp", "psnr", "seconds", "status", "reason",
                     "output")
+
+
+class SettingsChanged(ValueError):
+  """``out_dir`` holds images encoded with other settings (and no ``overwrite``).
+
+  Attributes:
+    summary: how many images, where, and which settings differ (one line).
+  """
+
+  def __init__(self, summary: str):
+    super().__init__(f"{summary}; pass overwrite=True to re-encode them")
+    self.summary = summary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +103,23 @@ class ManifestRow:
   settings: str = ""
   source_size: int = 0
   source_mtime_ns: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeDirReport:
+  """What an ``encode_dir`` run did.
+
+  Attributes:
+    rows: the manifest rows of every image of the folder, sorted by name.
+    encoded: images encoded by this run.
+    failed: images this run tried and could not encode.
+    skipped: images already finished by an earlier run, with the same settings.
+  """
+
+  rows: list[ManifestRow]
+  encoded: int
+  failed: int
+  skipped: int
 
 
 # --------------------------------------------------------------------------- files
@@ -208,65 +239,6 @@ def read_manifest(path: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(f))
 
 
-# --------------------------------------------------------------------------- progress
-
-
-class Progress:
-  """A one-line progress bar on a stream: images done, rate and ETA."""
-
-  def __init__(self, total: int, *, skipped: int = 0, stream=None, width: int = 28):
-    self.total = total
-    self.skipped = skipped
-    self.done = 0
-    self.failed = 0
-    self.stream = sys.stderr if stream is None else stream
-    self.width = width
-    self.start = time.perf_counter()
-    self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
-
-  def update(self, done: int = 0, failed: int = 0) -> None:
-    self.done += done
-    self.failed += failed
-    self._draw(final=False)
-
-  def close(self) -> None:
-    self._draw(final=True)
-
-  def line(self) -> str:
-    finished = self.done + self.failed
-    elapsed = time.perf_counter() - self.start
-    fraction = finished / self.total if self.total else 1.0
-    filled = int(round(self.width * fraction))
-    bar = "#" * filled + "." * (self.width - filled)
-    if finished and finished < self.total:
-      eta = _format_seconds(elapsed / finished * (self.total - finished))
-    elif finished >= self.total:
-      eta = "0:00:00"
-    else:
-      eta = "?"
-    parts = [f"[{bar}] {finished}/{self.total} images", f"elapsed {_format_seconds(elapsed)}",
-             f"ETA {eta}"]
-    if self.failed:
-      parts.append(f"{self.failed} failed")
-    if self.skipped:
-      parts.append(f"{self.skipped} already done")
-    return "  ".join(parts)
-
-  def _draw(self, *, final: bool) -> None:
-    if self.stream is False:
-      return
-    if self._tty:
-      self.stream.write("\r" + self.line() + ("\n" if final else ""))
-    elif not final:
-      self.stream.write(self.line() + "\n")
-    self.stream.flush()
-
-
-def _format_seconds(seconds: float) -> str:
-  seconds = int(round(seconds))
-  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
 # --------------------------------------------------------------------------- the job
 
 
@@ -301,8 +273,9 @@ def encode_dir(
     settings: str,
     batch_size: int = 8,
     read_fn: Callable[[Path], np.ndarray] | None = None,
-    progress=None,
-) -> list[ManifestRow]:
+    overwrite: bool = False,
+    progress: bool = True,
+) -> EncodeDirReport:
   """Encodes every image of a folder; resumable and safe to kill.
 
   Args:
@@ -316,10 +289,18 @@ def encode_dir(
       settings are encoded again.
     batch_size: images per ``encode_fn`` call.
     read_fn: loads one image file; defaults to ``gaussjax.load_image``.
-    progress: stream for the progress bar (``None``: stderr; ``False``: none).
+    overwrite: re-encode images that the journal records as finished with
+      other settings; without it they are refused before any work.
+    progress: show the command line's progress bar (``tqdm`` on stderr, when
+      stderr is a terminal).
 
   Returns:
-    The manifest rows of every image of ``in_dir``, sorted by name.
+    An ``EncodeDirReport``: the rows of every image of ``in_dir`` and the
+    counts of this run.
+
+  Raises:
+    SettingsChanged: images were finished with other settings and
+      ``overwrite`` is False.
   """
   in_dir, out_dir = Path(in_dir), Path(out_dir)
   if not in_dir.is_dir():
@@ -346,18 +327,22 @@ def encode_dir(
         {outputs[n] for n in mine} | {f"manifest.{process_index}.csv"})
     journal = Journal(out_dir / journal_name)
     try:
+      if not overwrite:
+        _refuse_other_settings(journal.rows, mine, out_dir, settings)
       pending = [name for name in mine
                  if not _is_finished(journal.rows.get(name), in_dir / name, out_dir, settings)]
-      bar = Progress(len(pending), skipped=len(mine) - len(pending),
-                     stream=sys.stderr if progress is None else progress)
-      bar.update()
-      for batch in _batches(in_dir, pending, batch_size):
-        rows = _encode_batch_files(in_dir, out_dir, batch, outputs, encode_fn, decode_fn, read_fn,
-                                   settings)
-        journal.append(rows)
-        bar.update(done=sum(r.status == "ok" for r in rows),
-                   failed=sum(r.status != "ok" for r in rows))
-      bar.close()
+      encoded = failed = 0
+      with progress_bar(len(pending), desc="encode-dir", unit="image",
+                        quiet=not progress) as bar:
+        if len(mine) > len(pending):
+          bar.set_postfix_str(f"{len(mine) - len(pending)} already done")
+        for batch in _batches(in_dir, pending, batch_size):
+          rows = _encode_batch_files(in_dir, out_dir, batch, outputs, encode_fn, decode_fn,
+                                     read_fn, settings)
+          journal.append(rows)
+          ok = sum(r.status == "ok" for r in rows)
+          encoded, failed = encoded + ok, failed + len(rows) - ok
+          bar.update(len(rows))
     finally:
       journal.close()
     rows = _all_rows(out_dir, names)
@@ -365,7 +350,32 @@ def encode_dir(
       write_manifest(out_dir / MANIFEST_NAME, rows)
     else:
       write_manifest(out_dir / f"manifest.{process_index}.csv", [r for r in rows if r.name in mine])
-  return rows
+  return EncodeDirReport(rows, encoded, failed, len(mine) - len(pending))
+
+
+def _refuse_other_settings(rows: dict[str, ManifestRow], names: Sequence[str], out_dir: Path,
+                           settings: str) -> None:
+  """Raises ``SettingsChanged`` when images of ``names`` were finished with other settings."""
+  other = [rows[n] for n in names
+           if n in rows and rows[n].status == "ok" and rows[n].settings != settings
+           and (out_dir / rows[n].output).exists()]
+  if not other:
+    return
+  raise SettingsChanged(
+      f"{len(other)} image(s) in {str(out_dir)!r} were encoded with other settings "
+      f"({_settings_difference(other[0].settings, settings)})")
+
+
+def _settings_difference(before: str, now: str) -> str:
+  """The settings that differ, as ``name before -> now`` (JSON objects), else both strings."""
+  try:
+    a, b = json.loads(before), json.loads(now)
+  except (json.JSONDecodeError, TypeError):
+    a = b = None
+  if not (isinstance(a, dict) and isinstance(b, dict)):
+    return f"{before!r}, now {now!r}"
+  return ", ".join(f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+                   if a.get(k) != b.get(k))
 
 
 def _process_share() -> tuple[int, int]:

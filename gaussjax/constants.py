@@ -38,3 +38,10 @@ WEIGHT_SCALE = 1.0 / (1.0 - WEIGHT_CUTOFF)
 # 2**28 pixels (16384²) at float32 RGB is 3 GiB: past this, the error is clearer
 # than an out-of-memory crash. Users can raise it through load_image(max_pixels=).
 MAX_PIXELS = 1 << 28
+
+# Largest image (pixels) that decode renders unless told otherwise
+# (decode(..., max_pixels=), gaussjax decode --max-pixels): the guard against
+# decompression bombs, files of a few bytes whose header asks for up to
+# MAX_PIXELS. 2**25 pixels (e.g. 8192x4096, a 33-megapixel photo) is 400 MB as
+# a float32 RGB image; decoding and saving it peaks at a few times that.
+MAX_DECODE_PIXELS = 1 << 25

@@ -1,11 +1,14 @@
 """Builds the notebooks of this folder from the cells written below.
 
-The .ipynb files are generated, committed without outputs, and executed by CI
-(``tests/test_notebooks.py``) at a small size. Edit this file, then run
+The .ipynb files are generated from this file and committed executed, with
+their outputs (figures included); CI (``tests/test_notebooks.py``) checks that
+their cells are these and executes them again at a small size. Edit this
+file, then run
 
-  python notebooks/_build.py
+  python notebooks/_build.py --execute full    # or: --execute small (what CI runs)
 
-Every notebook starts with an install cell that only runs inside Colab and a
+Every notebook starts with an install cell (from the project's own source, set in
+one place: ``GAUSSJAX_SOURCE``; it does nothing where gaussjax is installed) and a
 setup cell that reads the size knob ``GAUSSJAX_NOTEBOOK_SIZE``: ``"small"``
 (CI: crops of about 64-96 px, ~100 Gaussians, tens of steps) or ``"full"``
 (the default: a 512x512 image, thousands of Gaussians).
@@ -13,6 +16,7 @@ setup cell that reads the size knob ``GAUSSJAX_NOTEBOOK_SIZE``: ``"small"``
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 
@@ -29,23 +33,39 @@ def code(text: str):
   return nbformat.v4.new_code_cell(textwrap.dedent(text).strip())
 
 
-def install(extra: str = "") -> object:
-  """The Colab-only install cell (valid Python everywhere, a no-op outside Colab)."""
-  return code(f'''
-      # Colab only: installs gaussjax (and the JAX build for the runtime's accelerator).
-      # Elsewhere, install it yourself: pip install -e ".[notebooks]" from a checkout.
+def install() -> object:
+  """The install cell: gaussjax from the project's own source, set in one place.
+
+  gaussjax is not on PyPI (and a name there could be anyone's), so the cell
+  never runs ``pip install gaussjax``: it installs ``GAUSSJAX_SOURCE`` (a git
+  URL or a wheel path) when gaussjax is not importable, and says what to set
+  when that is empty. Inside Colab it first installs the JAX build of the
+  runtime's accelerator.
+  """
+  return code('''
+      # gaussjax is not on PyPI: it installs from the project's own source, set here.
+      GAUSSJAX_SOURCE = ""  # <- a git URL ("git+https://<host>/<you>/gaussjax.git") or a wheel path
+
+      import importlib.util
       import os
       import shutil
+      import subprocess
       import sys
 
-      GAUSSJAX_PIP = "gaussjax"  # <- what pip installs: a PyPI name, a wheel or a git URL
-      if "google.colab" in sys.modules:
-        ipython = get_ipython()
-        if shutil.which("nvidia-smi"):  # GPU runtime
-          ipython.run_line_magic("pip", 'install -q -U "jax[cuda12]"')
-        elif os.path.exists("/dev/accel0"):  # TPU runtime
-          ipython.run_line_magic("pip", 'install -q -U "jax[tpu]"')
-        ipython.run_line_magic("pip", f"install -q {{GAUSSJAX_PIP}} matplotlib{extra}")
+      GAUSSJAX_SOURCE = os.environ.get("GAUSSJAX_SOURCE", GAUSSJAX_SOURCE)  # or from the environment
+      if importlib.util.find_spec("gaussjax") is None:
+        if not GAUSSJAX_SOURCE:
+          raise RuntimeError(
+              "gaussjax is not installed and GAUSSJAX_SOURCE is empty: set it at the top of this "
+              "cell to the project's git URL (git+https://...) or to a wheel you built "
+              "(pip wheel . in a checkout); in a checkout, pip install -e '.[notebooks]' instead")
+        if "google.colab" in sys.modules:  # the JAX build for Colab's accelerator
+          if shutil.which("nvidia-smi"):
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-U", "jax[cuda12]"], check=True)
+          elif os.path.exists("/dev/accel0"):
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-U", "jax[tpu]"], check=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", GAUSSJAX_SOURCE,
+                        "matplotlib"], check=True)
       ''')
 
 
@@ -763,11 +783,63 @@ def build(name: str, cells) -> nbformat.NotebookNode:
   return nb
 
 
+def execute(nb: nbformat.NotebookNode, size: str, timeout_s: int = 3600) -> float:
+  """Runs ``nb`` in place at ``size`` with this interpreter's kernel; returns the seconds.
+
+  The outputs (figures included) are stored in the notebook, and its metadata
+  records the size (``metadata.gaussjax.executed_size``), so that a reader
+  knows what the stored pictures show.
+  """
+  import sys
+  import tempfile
+  import time
+
+  import nbclient
+
+  with tempfile.TemporaryDirectory() as tmp:
+    kernels = os.path.join(tmp, "jupyter", "kernels", "gaussjax-build")
+    os.makedirs(kernels)
+    with open(os.path.join(kernels, "kernel.json"), "w") as f:
+      json.dump({"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                 "display_name": "gaussjax build", "language": "python"}, f)
+    env = {"JUPYTER_PATH": os.path.join(tmp, "jupyter"), "GAUSSJAX_NOTEBOOK_SIZE": size,
+           "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    start = time.perf_counter()
+    try:
+      nbclient.NotebookClient(nb, kernel_name="gaussjax-build", timeout=timeout_s,
+                              allow_errors=False,
+                              resources={"metadata": {"path": tmp}}).execute()
+    finally:
+      for k, v in saved.items():
+        if v is None:
+          os.environ.pop(k, None)
+        else:
+          os.environ[k] = v
+  seconds = time.perf_counter() - start
+  nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                               "language": "python"}
+  nb.metadata["gaussjax"] = {"executed_size": size, "execute_seconds": round(seconds)}
+  return seconds
+
+
 def main() -> None:
+  import argparse
+  parser = argparse.ArgumentParser(description="Writes (and optionally executes) the notebooks.")
+  parser.add_argument("--execute", choices=("small", "full"), default=None,
+                      help="run each notebook at this size and store it with its outputs")
+  parser.add_argument("names", nargs="*", help="notebooks to write (default: all)")
+  args = parser.parse_args()
   for name, cells in NOTEBOOKS.items():
+    if args.names and name not in args.names:
+      continue
     path = os.path.join(HERE, name)
+    nb = build(name, cells)
+    if args.execute:
+      print(f"{name}: executed at {args.execute} size in {execute(nb, args.execute):.0f} s")
     with open(path, "w", encoding="utf-8") as f:
-      nbformat.write(build(name, cells), f)
+      nbformat.write(nb, f)
     print("wrote", os.path.relpath(path))
 
 

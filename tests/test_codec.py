@@ -306,7 +306,7 @@ class TestCli:
       assert parser.parse_args(cmd).command == cmd[0]
 
   def test_encode_info_decode(self, tmp_path, capsys):
-    from gaussjax._cli_codec import main
+    from gaussjax._cli import main
     img = (_crop(16, 24) * 255).astype(np.uint8)
     src = tmp_path / "in.png"
     Image.fromarray(img).save(src)
@@ -322,7 +322,7 @@ class TestCli:
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
   def test_never_overwrites_input(self, tmp_path, capsys):
-    from gaussjax._cli_codec import main
+    from gaussjax._cli import main
     src = tmp_path / "in.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src)
     before = src.read_bytes()
@@ -331,7 +331,7 @@ class TestCli:
     assert src.read_bytes() == before
 
   def test_bad_file_is_one_line_error(self, tmp_path, capsys):
-    from gaussjax._cli_codec import main
+    from gaussjax._cli import main
     bad = tmp_path / "bad.gjx"
     bad.write_bytes(b"\x89GJX\x01garbage" * 3)
     assert main(["decode", str(bad), "-o", str(tmp_path / "x.png")]) == 2

@@ -62,7 +62,7 @@ def make_folder(folder: Path, count: int, *, sizes=((8, 8),), corrupt: bool = Tr
 def run_job(in_dir, out_dir, **kwargs):
   kwargs.setdefault("batch_size", 3)
   return encode_dir(in_dir, out_dir, encode_fn=fake_encode, decode_fn=fake_decode,
-                    settings=SETTINGS, read_fn=read_png, progress=False, **kwargs)
+                    settings=SETTINGS, read_fn=read_png, progress=False, **kwargs).rows
 
 
 def test_manifest_rows_and_outputs(tmp_path):
@@ -111,8 +111,17 @@ def test_rerun_skips_finished_and_redoes_changed(tmp_path):
   encode_dir(tmp_path / "in", tmp_path / "out", settings=SETTINGS, **kwargs)
   assert sum(calls) == 2
   calls.clear()
-  encode_dir(tmp_path / "in", tmp_path / "out", settings="other", **kwargs)
+  # Other settings are refused before any work, unless overwrite=True.
+  with pytest.raises(_encode_dir.SettingsChanged, match="4 image.*other settings.*overwrite=True"):
+    encode_dir(tmp_path / "in", tmp_path / "out", settings="other", **kwargs)
+  assert calls == []
+  report = encode_dir(tmp_path / "in", tmp_path / "out", settings="other", overwrite=True,
+                      **kwargs)
   assert sum(calls) == 4
+  assert (report.encoded, report.failed, report.skipped) == (4, 1, 0)
+  calls.clear()
+  report = encode_dir(tmp_path / "in", tmp_path / "out", settings="other", **kwargs)
+  assert calls == [] and (report.encoded, report.failed, report.skipped) == (0, 1, 4)
 
 
 def test_cut_journal_line_and_stale_temporaries_are_cleaned(tmp_path):
@@ -145,7 +154,7 @@ def test_encoder_failure_is_isolated_to_its_image(tmp_path):
 
   rows = encode_dir(tmp_path / "in", tmp_path / "out", encode_fn=picky_encode,
                     decode_fn=fake_decode, read_fn=read, settings=SETTINGS, progress=False,
-                    batch_size=4)
+                    batch_size=4).rows
   assert [r.status for r in rows] == ["ok", "ok", "error", "ok"]
   assert "batch refused" in rows[2].reason
 
@@ -158,16 +167,6 @@ def test_bad_arguments(tmp_path):
     run_job(tmp_path / "missing", tmp_path / "out")
   with pytest.raises(ValueError, match="out_dir"):
     run_job(tmp_path / "in", tmp_path / "in")
-
-
-def test_progress_line_counts_and_eta():
-  stream = io.StringIO()
-  bar = _encode_dir.Progress(4, skipped=2, stream=stream)
-  bar.update(done=1)
-  bar.update(done=1, failed=1)
-  lines = stream.getvalue().splitlines()
-  assert "1/4 images" in lines[0] and "ETA" in lines[0] and "2 already done" in lines[0]
-  assert "3/4 images" in lines[1] and "1 failed" in lines[1]
 
 
 CHILD = textwrap.dedent("""
@@ -286,13 +285,104 @@ def test_cli_encode_dir_with_the_real_codec(tmp_path, capsys):
 
 
 def test_cli_encode_dir_rejects_bad_arguments(tmp_path, capsys):
-  from gaussjax._cli_batch import main
+  from gaussjax._cli import main
   with pytest.raises(SystemExit):
     main(["encode-dir", str(tmp_path), "-o", str(tmp_path / "o"), "--bpp", "1", "--quality", "5"])
   with pytest.raises(SystemExit):
     main(["encode-dir", str(tmp_path), "-o", str(tmp_path / "o"), "--bpp", "1", "--batch", "0"])
+  with pytest.raises(SystemExit):
+    main(["encode-dir", str(tmp_path), "-o", str(tmp_path / "o"), "--quality", "500"])
+  assert "argument --quality: '500' must be in 1..100" in capsys.readouterr().err
   assert main(["encode-dir", str(tmp_path / "missing"), "-o", str(tmp_path / "o"),
                "--bpp", "1"]) == 2
-  assert "is not a folder" in capsys.readouterr().err
-  assert main(["encode-dir", str(tmp_path), "-o", str(tmp_path / "o"), "--quality", "500"]) == 2
-  assert "quality" in capsys.readouterr().err
+  assert "does not exist" in capsys.readouterr().err
+  (tmp_path / "in").mkdir()
+  assert main(["encode-dir", str(tmp_path / "in"), "-o", str(tmp_path / "in"), "--bpp", "1"]) == 2
+  assert "is IN_DIR" in capsys.readouterr().err
+
+
+@pytest.fixture
+def stand_in_codec(monkeypatch):
+  """The CLI's encode-dir with the stand-in codec: the job's logic, at no fitting cost."""
+  from gaussjax import _batch, _codec
+  calls = []
+
+  def encode_batch(images, config):
+    calls.append((len(images), config.bpp))
+    return fake_encode(images)
+
+  monkeypatch.setattr(_batch, "encode_batch", encode_batch)
+  monkeypatch.setattr(_codec, "decode", lambda data, backend, max_pixels: fake_decode(data))
+  return calls
+
+
+def test_cli_encode_dir_empty_folder_says_so(tmp_path, capsys, stand_in_codec):
+  from gaussjax._cli import main
+  (tmp_path / "in").mkdir()
+  (tmp_path / "in" / "notes.txt").write_text("not an image")
+  assert main(["encode-dir", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--bpp", "1"]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("gaussjax encode-dir: error: no images found in") and ".png" in err
+  assert not (tmp_path / "out").exists() and stand_in_codec == []
+
+
+def test_cli_encode_dir_resume_counts_and_settings_guard(tmp_path, capsys, stand_in_codec):
+  from gaussjax._cli import main
+  make_folder(tmp_path / "in", 3, corrupt=False)
+  out = tmp_path / "out"
+  argv = ["encode-dir", str(tmp_path / "in"), "--out", str(out), "--no-progress"]
+  assert main([*argv, "--bpp", "0.5"]) == 0
+  assert capsys.readouterr().out.startswith("3 encoded, 0 failed; manifest: ")
+  assert main([*argv, "--bpp", "0.5"]) == 0
+  assert capsys.readouterr().out.startswith("0 encoded, 0 failed, 3 already done; manifest: ")
+  before = {p.name: p.read_bytes() for p in out.iterdir()}
+  assert main([*argv, "--bpp", "1"]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "3 image(s)" in err and "other settings" in err
+  assert "bpp 0.5 -> 1.0" in err and "--overwrite" in err
+  assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing touched
+  assert main([*argv, "--bpp", "1", "--overwrite"]) == 0
+  assert capsys.readouterr().out.startswith("3 encoded, 0 failed; manifest: ")
+  assert [bpp for _, bpp in stand_in_codec] == [0.5, 1.0]
+
+
+def test_cli_encode_dir_ctrl_c_keeps_finished_images(tmp_path, capsys, monkeypatch,
+                                                     stand_in_codec):
+  from gaussjax import _batch
+  from gaussjax._cli import main
+  make_folder(tmp_path / "in", 4, corrupt=False)
+  out = tmp_path / "out"
+  argv = ["encode-dir", str(tmp_path / "in"), "-o", str(out), "--bpp", "1", "--batch", "2", "-q"]
+  calls = []
+
+  def interrupted_after_one_batch(images, config):
+    if calls:
+      raise KeyboardInterrupt
+    calls.append(len(images))
+    return fake_encode(images)
+
+  monkeypatch.setattr(_batch, "encode_batch", interrupted_after_one_batch)
+  assert main(argv) == 130
+  err = capsys.readouterr().err
+  assert err == ("gaussjax encode-dir: interrupted; finished images are kept; run the same "
+                 "command again to resume\n")
+  assert len(ok_names(out / "manifest.jsonl")) == 2 and not list(out.glob(".tmp-*"))
+  calls.clear()
+  monkeypatch.setattr(_batch, "encode_batch", lambda images, config: fake_encode(images))
+  assert main(argv) == 0
+  assert capsys.readouterr().out.startswith("2 encoded, 0 failed, 2 already done")
+
+
+def test_cli_encode_dir_progress_bar_on_a_terminal(tmp_path, capsys, monkeypatch,
+                                                   stand_in_codec):
+  from gaussjax._cli import main
+
+  class FakeTty(io.StringIO):
+    def isatty(self):
+      return True
+
+  make_folder(tmp_path / "in", 3, corrupt=False)
+  monkeypatch.setattr(sys, "stderr", FakeTty())
+  assert main(["encode-dir", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--bpp", "1",
+               "--batch", "1"]) == 0
+  assert "encode-dir" in sys.stderr.getvalue() and "3/3" in sys.stderr.getvalue()

@@ -171,3 +171,20 @@ def test_16bit_rgb_png_loads_at_8_bit_precision(tmp_path):
   loaded = gaussjax.load_image(tmp_path / "rgb16.png")
   assert loaded.shape == (4, 5, 3)
   np.testing.assert_allclose(loaded, data / 65535.0, atol=1.0 / 255)  # Pillow keeps the high byte
+
+
+def test_interrupted_write_keeps_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+  """Ctrl-C (KeyboardInterrupt) in the middle of a write: the old file stays whole."""
+  from gaussjax import _io
+  path = tmp_path / "out.png"
+  gaussjax.save_image(path, np.zeros((4, 4, 3), np.float32))
+  before = path.read_bytes()
+
+  def interrupted(fd):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(_io.os, "fsync", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    gaussjax.save_image(path, np.ones((4, 4, 3), np.float32))
+  assert path.read_bytes() == before
+  assert sorted(os.listdir(tmp_path)) == ["out.png"]
