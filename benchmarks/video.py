@@ -63,7 +63,7 @@ def run_gaussjax(clip, frames, fps, mode, bpp, args) -> dict:
     frames = frames[::args.intra_every[clip]]
   t_len = frames.shape[0]
   cfg = VideoConfig(bpp=bpp, gop=1 if mode == "intra" else t_len, fit_steps=args.fit_steps,
-                    qat_steps=args.qat_steps, scene_cut_db=None)
+                    qat_steps=args.qat_steps)
   infos, times = [], []
   last = [time.perf_counter()]
 
@@ -210,7 +210,9 @@ def write(rows, clips, args, t0, load_before):
       "gaussjax": (f"I-frames: gaussjax.encode with fit_steps={args.fit_steps}, "
                    f"qat_steps={args.qat_steps} (fewer than the image defaults 1500/300, for a "
                    f"2-core CPU); P-frames: {VideoConfig(fit_steps=args.fit_steps).p_fit_steps} "
-                   "fit steps (a quarter); I+P: one GOP per clip, no scene cuts; intra: gop=1; "
+                   "fit steps (a quarter); I+P: gop = the clip length, plus an I-frame after a "
+                   f"P-frame {VideoConfig().refresh_db} dB below its I-frame (refresh_db) or at a "
+                   "scene cut; intra: gop=1; "
                    f"targets {args.bpp} bpp per frame; intra-only codes every k-th frame "
                    f"{args.intra_every} (each I-frame takes ~15 s on this loaded CPU)"),
       "x264": f"PyAV libx264 preset medium, tune psnr, CRF {X264_CRF}, one GOP, no B-frames, "
@@ -248,14 +250,14 @@ def write(rows, clips, args, t0, load_before):
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--clips", default=",".join(CLIPS))
-  parser.add_argument("--bpp", default="0.25,0.5,1.0,2.0")
-  parser.add_argument("--fit-steps", type=int, default=150)
-  parser.add_argument("--qat-steps", type=int, default=30)
+  parser.add_argument("--bpp", default="0.2,0.4,0.8,1.6")
+  parser.add_argument("--fit-steps", type=int, default=100)
+  parser.add_argument("--qat-steps", type=int, default=20)
   parser.add_argument("--frames", type=int, default=None, help="only the first N frames")
   parser.add_argument("--name", default="video")
   parser.add_argument("--plot", default=PLOT)
   parser.add_argument("--skip-intra", action="store_true")
-  parser.add_argument("--intra-every", default="bus:4,CiscoVT2people:2",
+  parser.add_argument("--intra-every", default="bus:4,CiscoVT2people:3",
                       help="intra-only codes every k-th frame of each clip (CPU time)")
   args = parser.parse_args(argv)
   clips = args.clips.split(",")

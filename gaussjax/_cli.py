@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 # Modules that may add subcommands through a module-level register(subparsers).
-PLUGIN_MODULES = ("gaussjax._cli_codec", "gaussjax._cli_batch")
+PLUGIN_MODULES = ("gaussjax._cli_codec", "gaussjax._cli_batch", "gaussjax._cli_video")
 
 # Built-in images for `sample:NAME` (scikit-image's bundled data, no download).
 SAMPLES = ("astronaut", "camera", "coffee", "chelsea", "rocket")

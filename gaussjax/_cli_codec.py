@@ -59,6 +59,13 @@ def _cmd_decode(args) -> int:
 
 def _cmd_info(args) -> int:
   from gaussjax._codec import info
+  from gaussjax._video import MAGIC as VIDEO_MAGIC, video_info
+  with open(args.input, "rb") as f:
+    is_video = f.read(len(VIDEO_MAGIC)) == VIDEO_MAGIC
+  if is_video:  # a .gjv video (gaussjax._video)
+    from gaussjax._cli_video import _read_gjv
+    print(json.dumps(video_info(_read_gjv(args.input)), indent=2))
+    return 0
   print(json.dumps(info(_read(args.input)), indent=2))
   return 0
 
@@ -82,8 +89,8 @@ def register(subparsers) -> None:
   p.add_argument("--height", type=int, default=None, help="output height (any size)")
   p.set_defaults(func=_guarded(_cmd_decode))
 
-  p = subparsers.add_parser("info", help="print a .gjx file's header as JSON")
-  p.add_argument("input", help="input .gjx file")
+  p = subparsers.add_parser("info", help="print a .gjx or .gjv file's header as JSON")
+  p.add_argument("input", help="input .gjx or .gjv file")
   p.set_defaults(func=_guarded(_cmd_info))
 
 

@@ -78,6 +78,9 @@ class VideoConfig:
     gop: an I-frame every ``gop`` frames (1: every frame an I-frame).
     scene_cut_db: also an I-frame when the previous reconstruction is below
       this PSNR (dB) against the new frame (a scene change); None: never.
+    refresh_db: also an I-frame after a P-frame whose reconstruction is
+      this many dB below its group's I-frame (the P-frames no longer keep
+      up, e.g. fast motion); None: never.
     fit_steps: float-fit steps of an I-frame (``CodecConfig.fit_steps``).
     qat_steps: fine-tuning steps of an I-frame (``CodecConfig.qat_steps``).
     p_steps: fit steps of a P-frame; None: ``fit_steps // 4``. Must be at
@@ -105,6 +108,7 @@ class VideoConfig:
   quality: float | None = None
   gop: int = 16
   scene_cut_db: float | None = 12.0
+  refresh_db: float | None = 3.0
   fit_steps: int = 1500
   qat_steps: int = 300
   p_steps: int | None = None
@@ -465,6 +469,8 @@ class _Encoder:
     self.recon: np.ndarray | None = None
     self.gop_left = 0  # frames left in the current GOP after this one
     self.budget = 0.0  # bytes left for the P-frames of this GOP (bpp mode)
+    self.i_psnr = 0.0  # PSNR of the current GOP's I-frame
+    self.refresh = False  # the next frame is an I-frame (P-frame quality fell)
 
   def frame_bytes(self) -> float:
     return self.config.bpp * self.h * self.w / 8.0
@@ -474,16 +480,21 @@ class _Encoder:
     scene_cut = False
     if self.state is not None and self.gop_left > 0 and cfg.scene_cut_db is not None:
       scene_cut = float(psnr(self.recon, frame)) < cfg.scene_cut_db
-    if self.state is None or self.gop_left <= 0 or scene_cut:
+    if self.state is None or self.gop_left <= 0 or scene_cut or self.refresh:
       kind, payload = SEGMENT_I, self._encode_i(index, frame)
     else:
       kind, payload = SEGMENT_P, self._encode_p(frame)
       self.gop_left -= 1
       self.budget -= len(payload)
     self.recon = _render(self.state, cfg.backend)
-    info = dict(frame=index, type=SEGMENT_NAMES[kind], bytes=len(payload),
-                psnr=float(psnr(self.recon, frame)), gaussians=self.state.count,
-                scene_cut=scene_cut)
+    quality = float(psnr(self.recon, frame))
+    if kind == SEGMENT_I:
+      self.i_psnr = quality
+    # P-frames that fell too far below their I-frame: the next frame is an I-frame.
+    self.refresh = (kind == SEGMENT_P and cfg.refresh_db is not None
+                    and quality < self.i_psnr - cfg.refresh_db)
+    info = dict(frame=index, type=SEGMENT_NAMES[kind], bytes=len(payload), psnr=quality,
+                gaussians=self.state.count, scene_cut=scene_cut)
     return kind, payload, info
 
   def _encode_i(self, index: int, frame: np.ndarray) -> bytes:
@@ -500,7 +511,8 @@ class _Encoder:
     self.state = _gjx_state(payload, None, self.h, self.w, self.c)
     self.slots = int(math.ceil(self.state.count * (1.0 + cfg.p_add_fraction)))
     if cfg.bpp is not None:
-      self.budget = length * self.frame_bytes() - len(payload)
+      # A GOP cut short (scene cut, refresh) passes its unspent bytes on.
+      self.budget = max(self.budget, 0.0) + length * self.frame_bytes() - len(payload)
     return payload
 
   def _fit_p(self, frame: np.ndarray, start: Gaussians) -> Gaussians:
@@ -511,14 +523,13 @@ class _Encoder:
     # A fixed slot count per GOP (the I-frame's count plus p_add_fraction):
     # every P-frame of the GOP fills the slots that removals freed, and shares
     # one compiled fit step (a new shape would compile anew).
-    add = max(0, self.slots - n)
     s = cfg.p_lr_scale
     base = FitConfig()
     fit_config = FitConfig(
         steps=steps, lr_means=base.lr_means * s, lr_chol=base.lr_chol * s,
         lr_colors=base.lr_colors * s, warmup_steps=min(base.warmup_steps, steps // 10),
         backend=cfg.backend, replan_every=max(1, min(base.replan_every, steps)),
-        log_every=steps, num_gaussians=n + add if add else None,
+        log_every=steps, num_gaussians=self.slots,
         densify_every=max(1, steps // 4) if steps >= 4 else 0, grow_until=0.5,
         densify_until=0.6, prune_fraction=0.02)
     fitted, _ = fit(frame, start, fit_config)
@@ -746,7 +757,8 @@ def iter_video_frames(data: bytes, *, start: int = 0, stop: int | None = None,
   return _decode_range(header, segments, start, stop, oh, ow, backend)
 
 
-def _decode_range(header, segments, start, stop, oh, ow, backend):
+def _states(header, segments, start, stop) -> Iterator[tuple[int, _State]]:
+  """``(k, decoder state)`` for frames ``start .. stop - 1``, from the I-frame before ``start``."""
   first = start
   while first > 0 and segments[first][0] != SEGMENT_I:
     first -= 1
@@ -755,12 +767,28 @@ def _decode_range(header, segments, start, stop, oh, ow, backend):
     kind, payload = segments[k]
     state = _apply(kind, payload, state, header)
     if k >= start:
-      g = state.gaussians()
-      if g.num_gaussians == 0:
-        yield np.zeros((oh, ow, header.channels), np.float32)
-        continue
-      image = render_safe(g, oh, ow, backend=backend, source_size=(header.height, header.width))
-      yield np.clip(np.asarray(image, np.float32), 0.0, 1.0)
+      yield k, state
+
+
+def decode_video_gaussians(data: bytes) -> Iterator[Gaussians]:
+  """The decoded Gaussians of every frame, without rendering (for tools and fuzzing).
+
+  Raises:
+    DecodeError: the bytes are not a valid ``.gjv`` file.
+  """
+  header, segments = _parse(data)
+  for _, state in _states(header, segments, 0, header.num_frames):
+    yield state.gaussians()
+
+
+def _decode_range(header, segments, start, stop, oh, ow, backend):
+  for _, state in _states(header, segments, start, stop):
+    g = state.gaussians()
+    if g.num_gaussians == 0:
+      yield np.zeros((oh, ow, header.channels), np.float32)
+      continue
+    image = render_safe(g, oh, ow, backend=backend, source_size=(header.height, header.width))
+    yield np.clip(np.asarray(image, np.float32), 0.0, 1.0)
 
 
 def decode_video(data: bytes, *, height: int | None = None, width: int | None = None,
