@@ -79,9 +79,11 @@ def run_gaussjax(clip, frames, fps, mode, bpp, args) -> dict:
   data = encode_video(frames, cfg, fps=fps, callback=callback)
   enc_s = time.perf_counter() - t0
   out = decode_video(data)  # first call compiles the renderer's plans
-  t1 = time.perf_counter()
-  out = decode_video(data)
-  dec_s = time.perf_counter() - t1
+  dec_s = float("inf")
+  for _ in range(3):  # best of 3 (a shared, loaded CPU)
+    t1 = time.perf_counter()
+    out = decode_video(data)
+    dec_s = min(dec_s, time.perf_counter() - t1)
   frame_psnr = psnrs(out, frames)
   assert np.allclose(frame_psnr, [i["psnr"] for i in infos], atol=0.05), "closed loop broke"
   h, w = frames.shape[1:3]

@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import struct
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -94,8 +93,9 @@ class VideoConfig:
     p_deadzone: deltas under ``0.5 + p_deadzone`` steps are rounded to 0,
       so Gaussians that barely changed are skipped.
     p_cost: planned size of a P-frame relative to an I-frame (``bpp``
-      mode): an I-frame gets ``gop / (1 + (gop - 1) · p_cost)`` times the
-      average rate and the P-frames share the rest.
+      mode): an I-frame gets ``1 / (1 + (L - 1) · p_cost)`` of the bytes
+      left for its group of L frames (the sequence's budget up to the
+      group's end, less what was spent), the P-frames share the rest.
     p_level: rate level of the P-frames, an index in ``P_LEVELS`` (delta
       step and share of Gaussians updated); None: chosen per frame (``bpp``:
       the finest that fits the frame's budget; ``quality``: from the
@@ -181,13 +181,6 @@ def _steps_of(payload: bytes) -> qz.QuantSteps:
   return qz.QuantSteps(s["pos"], s["scale"], s["shear"], tuple(s["color"]))
 
 
-def _symbols(g: Gaussians, h: int, w: int, steps: qz.QuantSteps) -> qz.Symbols:
-  """Symbols of ``g`` in their own order (not Morton order)."""
-  sym, order = qz.quantize(g, h, w, steps)
-  inverse = np.argsort(order)
-  return qz.Symbols(sym.pos[inverse], sym.chol[inverse], sym.color[inverse])
-
-
 def _clip(sym: qz.Symbols, h: int, w: int, steps: qz.QuantSteps) -> qz.Symbols:
   """Symbols clipped to the quantiser ranges (as the image decoder clips them)."""
   bits = qz.grid_bits(h, w, steps.pos)
@@ -217,10 +210,6 @@ def _gjx_state(payload: bytes, steps: qz.QuantSteps | None, h: int, w: int, c: i
 
 def _concat(a: qz.Symbols, b: qz.Symbols) -> qz.Symbols:
   return qz.Symbols(*(np.concatenate([getattr(a, f), getattr(b, f)]) for f in _FIELDS))
-
-
-def _select(s: qz.Symbols, index) -> qz.Symbols:
-  return qz.Symbols(*(getattr(s, f)[index] for f in _FIELDS))
 
 
 def _columns(s: qz.Symbols) -> np.ndarray:
@@ -468,7 +457,8 @@ class _Encoder:
     self.state: _State | None = None
     self.recon: np.ndarray | None = None
     self.gop_left = 0  # frames left in the current GOP after this one
-    self.budget = 0.0  # bytes left for the P-frames of this GOP (bpp mode)
+    self.spent = 0  # bytes of the frames coded so far
+    self.gop_end = 0  # one past the last frame the current GOP plans for
     self.i_psnr = 0.0  # PSNR of the current GOP's I-frame
     self.refresh = False  # the next frame is an I-frame (P-frame quality fell)
 
@@ -485,7 +475,7 @@ class _Encoder:
     else:
       kind, payload = SEGMENT_P, self._encode_p(frame)
       self.gop_left -= 1
-      self.budget -= len(payload)
+    self.spent += len(payload)
     self.recon = _render(self.state, cfg.backend)
     quality = float(psnr(self.recon, frame))
     if kind == SEGMENT_I:
@@ -503,16 +493,18 @@ class _Encoder:
     if self.num_frames is not None:
       length = max(1, min(length, self.num_frames - index))
     self.gop_left = length - 1
+    self.gop_end = index + length
     bpp = None
     if cfg.bpp is not None:
-      share = length / (1.0 + (length - 1) * cfg.p_cost)
-      bpp = min(cfg.bpp * share, 64.0)
+      # The sequence's account: what the frames up to the GOP's end may cost,
+      # less what was spent (a GOP cut short passes its unspent bytes on).
+      left = self.gop_end * self.frame_bytes() - self.spent
+      share = 1.0 / (1.0 + (length - 1) * cfg.p_cost)
+      bpp = 8.0 * left * share / (self.h * self.w)
+      bpp = float(np.clip(bpp, 0.5 * cfg.bpp, 64.0))
     payload = encode(frame, cfg.codec_config(bpp))
     self.state = _gjx_state(payload, None, self.h, self.w, self.c)
     self.slots = int(math.ceil(self.state.count * (1.0 + cfg.p_add_fraction)))
-    if cfg.bpp is not None:
-      # A GOP cut short (scene cut, refresh) passes its unspent bytes on.
-      self.budget = max(self.budget, 0.0) + length * self.frame_bytes() - len(payload)
     return payload
 
   def _fit_p(self, frame: np.ndarray, start: Gaussians) -> Gaussians:
@@ -596,7 +588,7 @@ class _Encoder:
       levels = P_LEVELS
     target = None
     if cfg.bpp is not None:
-      target = self.budget / max(self.gop_left + 1, 1)
+      target = (self.gop_end * self.frame_bytes() - self.spent) / max(self.gop_left, 1)
     best = None
     for m, keep_fraction in levels:
       mult = _multipliers(m)
@@ -651,12 +643,12 @@ def global_motion(previous: np.ndarray, current: np.ndarray) -> tuple[float, flo
 
 
 def _iter_frames(frames) -> tuple[Iterator[np.ndarray], int | None]:
-  if isinstance(frames, np.ndarray) or hasattr(frames, "__array__") and not hasattr(
-      frames, "__next__") and not hasattr(frames, "num_frames"):
+  """An iterator over the frames and their count (None when unknown)."""
+  if hasattr(frames, "shape") and hasattr(frames, "ndim"):  # a NumPy or JAX array
     arr = np.asarray(frames)
     if arr.ndim not in (3, 4):
       raise ValueError(f"frames must have shape [T, H, W, C], got {arr.shape}")
-    if arr.ndim == 3:
+    if arr.ndim == 3:  # [T, H, W] grey
       arr = arr[..., None]
     if arr.shape[0] == 0:
       raise ValueError("the video has no frames")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from fractions import Fraction
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -374,10 +375,10 @@ def write_video(path, frames, *, fps: float = 25.0, codec: str | None = None,
   """Writes frames to a container file through PyAV; returns the codec used.
 
   The file is written next to ``path`` and renamed into place at the end, so
-  a failure never leaves a partial file under ``path``.
+  a failure never leaves a partial file under ``path``. 4:2:0 needs even
+  sizes: an odd last row or column is dropped.
   """
   av = import_av("video files")
-  from fractions import Fraction
   path = os.fspath(path)
   if codec is None:
     ext = os.path.splitext(path)[1].lower()
@@ -398,7 +399,9 @@ def write_video(path, frames, *, fps: float = 25.0, codec: str | None = None,
         rgb = rgb[..., :3]
         if stream is None:
           stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-          stream.width, stream.height = rgb.shape[1] - rgb.shape[1] % 2, rgb.shape[0] - rgb.shape[0] % 2
+          # 4:2:0 needs even sizes: an odd last row or column is dropped.
+          stream.width = rgb.shape[1] - rgb.shape[1] % 2
+          stream.height = rgb.shape[0] - rgb.shape[0] % 2
           stream.pix_fmt = "yuv420p"
           if codec in ("libx264", "libvpx-vp9", "libaom-av1"):
             stream.options = {"crf": str(crf)}

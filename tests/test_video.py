@@ -76,15 +76,11 @@ def test_decode_at_any_size(coded):
   assert out.shape == (5, 48, 48, 3)
 
 
-def test_deterministic_bytes():
+def test_deterministic_bytes_from_an_array_or_an_iterator():
   frames = _clip(t=3, h=24, w=24)
   config = gaussjax.VideoConfig(quality=60, gop=3, fit_steps=24, qat_steps=4, backend="xla")
-  assert gaussjax.encode_video(frames, config) == gaussjax.encode_video(frames, config)
-
-
-def test_iterable_input_equals_array_input(coded):
-  frames, data, _ = coded
-  assert gaussjax.encode_video(iter(list(frames)), CONFIG, fps=10) == data
+  # Two encodes of the same clip, one read lazily from an iterator: the same bytes.
+  assert gaussjax.encode_video(frames, config) == gaussjax.encode_video(iter(list(frames)), config)
 
 
 def test_bpp_rate_control_hits_the_average():
@@ -107,7 +103,9 @@ def test_config_checks():
 
 
 def test_global_motion_finds_a_pan():
-  frames = _clip(t=1, h=48, w=64)[0]
+  rng = np.random.default_rng(0)
+  texture = rng.random((48, 64, 3)).astype(np.float32)
+  frames = (texture + np.roll(texture, 1, 0) + np.roll(texture, 1, 1)) / 3  # some texture
   moved = np.roll(frames, (2, 3), axis=(0, 1))
   dx, dy = _video.global_motion(frames, moved)
   assert abs(dx - 3) < 0.3 and abs(dy - 2) < 0.3
@@ -218,8 +216,8 @@ def test_raw_yuv_y4m_and_folder_readers(tmp_path):
   folder = read_video(tmp_path / "dir")
   assert raw.shape == y4m.shape == folder.shape == (3, 16, 20, 3)
   np.testing.assert_array_equal(raw, y4m)
-  assert float(gaussjax.psnr(raw, frames)) > 30.0
-  assert float(gaussjax.psnr(folder, frames)) > 40.0  # 8-bit PNG rounding only
+  assert float(np.min(gaussjax.psnr(raw, frames))) > 30.0
+  assert float(np.min(gaussjax.psnr(folder, frames))) > 40.0  # 8-bit PNG rounding only
   source = open_video(tmp_path / "a.y4m")
   assert (source.num_frames, source.fps) == (3, 10.0)
   assert next(iter(source)).shape == (16, 20, 3)
@@ -263,7 +261,7 @@ def test_container_round_trip_with_pyav(tmp_path):
   source = open_video(tmp_path / "a.mkv")
   out = np.stack(list(source))
   assert out.shape == frames.shape
-  assert float(gaussjax.psnr(out, frames)) > 25.0
+  assert float(np.min(gaussjax.psnr(out, frames))) > 25.0
 
 
 # ---------------------------------------------------------------------------
