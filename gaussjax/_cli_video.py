@@ -11,6 +11,7 @@ over the input.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 from gaussjax._cli import CliError, is_same_file
@@ -83,13 +84,15 @@ def _read_gjv(path: str) -> bytes:
 
 def _cmd_decode_video(args) -> int:
   from gaussjax._io import save_image
-  from gaussjax._video import iter_video_frames, video_info
+  from gaussjax._video import decode_video_gaussians, iter_video_frames, video_info
   from gaussjax._video_io import CONTAINER_EXTENSIONS, write_frames, write_video
 
   if is_same_file(args.input, args.output):
     raise CliError(f"output {args.output!r} is the input; refusing to overwrite it")
   data = _read_gjv(args.input)
   meta = video_info(data)  # validates every segment's checksum before any rendering
+  for _ in decode_video_gaussians(data):  # and every frame's entropy-coded data
+    pass
   t = meta["num_frames"]
   start, stop = 0, t
   if args.frame is not None:
@@ -119,7 +122,16 @@ def _cmd_decode_video(args) -> int:
                        "--frame, or a video file (.mp4, .mkv, .webm)")
       if os.path.isdir(args.output) and os.listdir(args.output):
         raise CliError(f"output folder {args.output!r} is not empty; refusing to overwrite it")
-      write_frames(args.output, counted(frames), start=start)
+      # Frames go to a sibling folder first, renamed into place when all are written.
+      tmp = f"{args.output.rstrip(os.sep)}.part{os.getpid()}"
+      try:
+        write_frames(tmp, counted(frames), start=start)
+        if os.path.isdir(args.output):
+          os.rmdir(args.output)  # empty (checked above)
+        os.replace(tmp, args.output)
+      finally:
+        if os.path.isdir(tmp):
+          shutil.rmtree(tmp)
       what = f"{stop - start} PNG frames"
   finally:
     bar.close()

@@ -57,6 +57,11 @@ MAX_MULTIPLIER = 16
 MAX_DELTA = 1000
 _FIELDS = ("pos", "chol", "color")
 
+# Rate levels of a P-frame, finest first: (delta step in quantiser steps,
+# fraction of the Gaussians, by importance of their change, that get a delta).
+P_LEVELS = ((1, 1.0), (1, 0.7), (1, 0.5), (1, 0.35), (2, 0.35), (2, 0.25), (3, 0.2), (4, 0.15),
+            (6, 0.1), (8, 0.05), (16, 0.0))
+
 
 # ---------------------------------------------------------------------------
 # Configuration
@@ -435,12 +440,6 @@ def _render(state: _State, backend: str) -> np.ndarray:
   return np.clip(np.asarray(render_safe(g, state.height, state.width, backend=backend)), 0, 1)
 
 
-# Rate levels of a P-frame, finest first: (delta step in quantiser steps,
-# fraction of the Gaussians, by importance of their change, that get a delta).
-P_LEVELS = ((1, 1.0), (1, 0.7), (1, 0.5), (1, 0.35), (2, 0.35), (2, 0.25), (3, 0.2), (4, 0.15),
-            (6, 0.1), (8, 0.05), (16, 0.0))
-
-
 def _quality_level(quality: float) -> int:
   """Index in ``P_LEVELS`` for a quality 1..100 (100: the finest)."""
   return int(np.clip(round((100.0 - quality) / 100.0 * (len(P_LEVELS) - 1)), 0,
@@ -654,7 +653,13 @@ def _iter_frames(frames) -> tuple[Iterator[np.ndarray], int | None]:
       raise ValueError("the video has no frames")
     return iter(arr), arr.shape[0]
   count = getattr(frames, "num_frames", None)
-  if count is None and hasattr(frames, "__len__"):
+  if isinstance(frames, (list, tuple)):  # all in memory: check the shapes before any work
+    shapes = {np.shape(f) for f in frames}
+    if len(shapes) > 1:
+      raise ValueError(f"frames have different shapes: {sorted(shapes)}; each frame differs "
+                       "from the first frame's shape")
+    count = len(frames)
+  elif count is None and hasattr(frames, "__len__"):
     count = len(frames)
   return iter(frames), count
 
