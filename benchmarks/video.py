@@ -216,7 +216,7 @@ def write(rows, clips, args, t0, load_before):
                    f"P-frame {VideoConfig().refresh_db} dB below its I-frame (refresh_db) or at a "
                    "scene cut; intra: gop=1; "
                    f"targets {args.bpp} bpp per frame; intra-only codes every k-th frame "
-                   f"{args.intra_every} (each I-frame takes ~15 s on this loaded CPU)"),
+                   f"{args.intra_every} (CPU time: see the I-frame encode seconds)"),
       "x264": f"PyAV libx264 preset medium, tune psnr, CRF {X264_CRF}, one GOP, no B-frames, "
               "bytes = packets",
       "jpeg2000": f"Pillow/OpenJPEG per frame, rates mode, bpp {J2K_BPP}",
