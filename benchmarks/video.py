@@ -31,6 +31,7 @@ import json
 import os
 import sys
 import time
+from fractions import Fraction
 
 import numpy as np
 from PIL import Image
@@ -102,7 +103,6 @@ def run_gaussjax(clip, frames, fps, mode, bpp, args) -> dict:
 
 def run_x264(clip, frames, fps, crf) -> dict:
   import av  # optional dependency ([video] extra)
-  from fractions import Fraction
   t_len, h, w, _ = frames.shape
   buf = io.BytesIO()
   sizes = []

@@ -5,7 +5,8 @@
 magic bytes to ``video_info``). Every input is checked before any fitting
 (``open_video``: readable, not empty, frames of one size, raw YUV of a whole
 number of frames with ``--size``); outputs are written atomically and never
-over the input.
+over the input. The library is imported inside the commands, as in
+``_cli_codec``, so that ``gaussjax --help`` starts quickly.
 """
 
 from __future__ import annotations
