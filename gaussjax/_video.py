@@ -673,7 +673,8 @@ def encode_video(frames, config: VideoConfig = VideoConfig(), *, fps: float | No
   frame's *decoded* Gaussians are fitted to the new frame for
   ``config.p_fit_steps`` steps (density control may relocate and add
   Gaussians), and only what changed is coded: per Gaussian skip, a
-  quantised delta or removal, plus new Gaussians.
+  quantised delta or removal, plus new Gaussians. Rate-distortion against
+  intra-only coding, x264 and JPEG 2000: ``benchmarks/results/video.md``.
 
   Args:
     frames: ``[T, H, W, C]`` float in [0, 1] (or uint8), or any iterable of
