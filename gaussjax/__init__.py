@@ -41,6 +41,14 @@ from gaussjax._render import make_plan
 from gaussjax._render import rasterize
 from gaussjax._render import render
 from gaussjax._render import render_reference
+from gaussjax._video import VideoConfig
+from gaussjax._video import decode_video
+from gaussjax._video import decode_video_frame
+from gaussjax._video import encode_video
+from gaussjax._video import iter_video_frames
+from gaussjax._video import video_info
+from gaussjax._video_io import open_video
+from gaussjax._video_io import read_video
 
 try:
   __version__ = _metadata.version("gaussjax")
@@ -55,6 +63,7 @@ __all__ = (
     "FitHistory",
     "FitState",
     "Gaussians",
+    "VideoConfig",
     "bpp",
     "choose_steps",
     "concatenate",
@@ -63,10 +72,13 @@ __all__ = (
     "covariances",
     "decode",
     "decode_gaussians",
+    "decode_video",
+    "decode_video_frame",
     "default_backend",
     "encode",
     "encode_batch",
     "encode_gaussians",
+    "encode_video",
     "extents",
     "fit",
     "fit_batch",
@@ -76,15 +88,19 @@ __all__ = (
     "init_fit_state",
     "init_random",
     "init_slic",
+    "iter_video_frames",
     "load_image",
     "make_optimizer",
     "make_plan",
     "ms_ssim",
+    "open_video",
     "psnr",
     "rasterize",
+    "read_video",
     "render",
     "render_reference",
     "save_image",
     "scale_gaussians",
     "ssim",
+    "video_info",
 )

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gaussjax import _cli_video
 from gaussjax._cli_common import EXIT_INTERRUPTED
 from gaussjax._cli_common import FOLDER
 from gaussjax._cli_common import GJX
@@ -262,6 +263,14 @@ def register_decode(subparsers) -> None:
 
 def _run_info(args) -> int:
   from gaussjax._codec import info
+  from gaussjax._video import MAGIC as VIDEO_MAGIC
+  from gaussjax._video import video_info
+  check_input(args.input)
+  with open(args.input, "rb") as f:
+    is_video = f.read(len(VIDEO_MAGIC)) == VIDEO_MAGIC
+  if is_video:  # a .gjv video (gaussjax._video)
+    print(json.dumps(video_info(_cli_video._read_gjv(args.input)), indent=2))
+    return 0
   header = info(_read_gjx(args.input))
   header = {"size": size_text(header["height"], header["width"]), **header}
   print(json.dumps(header, indent=2))
@@ -271,11 +280,11 @@ def _run_info(args) -> int:
 def register_info(subparsers) -> None:
   """Adds ``info``."""
   p = add_subcommand(
-      subparsers, "info", run=_run_info, help="print a .gjx file's header as JSON",
+      subparsers, "info", run=_run_info, help="print a .gjx or .gjv file's header as JSON",
       description="Print the header of a .gjx file (size as WxH, channels, number of "
                   "Gaussians, quantiser steps, bytes, bpp, entropy models) as JSON, without "
                   "rendering it.")
-  p.add_argument("input", metavar="FILE", help="input .gjx file")
+  p.add_argument("input", metavar="FILE", help="input .gjx or .gjv file")
 
 
 # --------------------------------------------------------------------------- encode-dir
@@ -353,7 +362,7 @@ def register_encode_dir(subparsers) -> None:
 # --------------------------------------------------------------------------- the parser
 
 SUBCOMMANDS = (register_fit, register_encode, register_decode, register_info,
-               register_encode_dir)
+               register_encode_dir, _cli_video.register)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ POSITIONAL_DEFAULTS = {
     ("encode", "config"),  # encode(image, config)
     ("encode_batch", "config"),  # encode_batch(images, config), as encode
     ("fit_batch", "config"),  # fit_batch(images, gaussians, config), as fit
+    ("encode_video", "config"),  # encode_video(frames, config), as encode
 }
 
 PRNG_NAMES = {"rng", "prng", "prng_key", "rng_key", "seed_key", "random_key"}

@@ -209,7 +209,8 @@ def test_errors_name_the_flag_and_agree_across_commands(tmp_path, small_png, cap
 def test_help_describes_every_command_and_shows_defaults(capsys):
   parser = _cli.build_parser()
   commands = parser._subparsers._group_actions[0].choices
-  assert sorted(commands) == ["decode", "encode", "encode-dir", "fit", "info"]
+  assert sorted(commands) == ["decode", "decode-video", "encode", "encode-dir", "encode-video",
+                             "fit", "info"]
   for name, sub in commands.items():
     assert sub.description and len(sub.description) > 40, name
   encode_help = commands["encode"].format_help()
