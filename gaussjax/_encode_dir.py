@@ -45,7 +45,8 @@ from gaussjax._io import TMP_PREFIX as _TMP_PREFIX
 from gaussjax._io import write_atomic
 
 IMAGE_EXTENSIONS = (
-    ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
+    ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm",
+    ".svg", ".svgz")
 
 JOURNAL_NAME = "manifest.jsonl"
 MANIFEST_NAME = "manifest.csv"
