@@ -41,6 +41,12 @@ from gaussjax._render import make_plan
 from gaussjax._render import rasterize
 from gaussjax._render import render
 from gaussjax._render import render_reference
+from gaussjax._tiles import MemoryBudgetError
+from gaussjax._tiles import TiledGaussians
+from gaussjax._tiles import decode_tiled
+from gaussjax._tiles import encode_tiled
+from gaussjax._tiles import fit_tiled
+from gaussjax._tiles import render_tiled
 
 try:
   __version__ = _metadata.version("gaussjax")
@@ -55,6 +61,8 @@ __all__ = (
     "FitHistory",
     "FitState",
     "Gaussians",
+    "MemoryBudgetError",
+    "TiledGaussians",
     "bpp",
     "choose_steps",
     "concatenate",
@@ -63,16 +71,19 @@ __all__ = (
     "covariances",
     "decode",
     "decode_gaussians",
+    "decode_tiled",
     "default_backend",
     "encode",
     "encode_batch",
     "encode_gaussians",
+    "encode_tiled",
     "extents",
     "fit",
     "fit_batch",
     "fit_image",
     "fit_loss",
     "fit_step",
+    "fit_tiled",
     "init_fit_state",
     "init_random",
     "init_slic",
@@ -84,6 +95,7 @@ __all__ = (
     "rasterize",
     "render",
     "render_reference",
+    "render_tiled",
     "save_image",
     "scale_gaussians",
     "ssim",

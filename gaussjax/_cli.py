@@ -16,6 +16,8 @@ import time
 
 import numpy as np
 
+from gaussjax import _cli_tiles
+
 # Modules that may add subcommands through a module-level register(subparsers).
 PLUGIN_MODULES = ("gaussjax._cli_codec", "gaussjax._cli_batch")
 
@@ -107,6 +109,9 @@ def _run_fit(args) -> int:
     raise CliError(f"--out {args.out!r} is the input image; refusing to overwrite it")
   image = read_input_image(args.image)
   height, width, channels = image.shape
+  _cli_tiles.check(args, image, "fit")  # big images: over the memory budget -> use --tile
+  if args.tile:
+    return _cli_tiles.fit(args, image)
   if args.gaussians > height * width:
     raise CliError(f"--gaussians {args.gaussians} is more than the {height}x{width} pixels of the image")
   key = jax.random.key(args.seed)
@@ -158,6 +163,7 @@ def register(subparsers) -> None:
   p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
   p.add_argument("--target-psnr", type=float, default=None, help="stop once the PSNR reaches this (dB)")
   p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+  _cli_tiles.add_arguments(p)
   p.set_defaults(func=_run_fit)
 
 

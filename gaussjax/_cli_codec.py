@@ -16,6 +16,7 @@ import sys
 import numpy as np
 
 
+from gaussjax import _cli_tiles
 from gaussjax._cli import INPUT_HELP, CliError, is_same_file, read_input_image
 from gaussjax._io import write_atomic
 
@@ -31,7 +32,8 @@ def _cmd_encode(args) -> int:
   if args.qat_steps is not None:
     kwargs["qat_steps"] = args.qat_steps
   config = gaussjax.CodecConfig(bpp=args.bpp, quality=args.quality, **kwargs)
-  data = gaussjax.encode(image, config)
+  _cli_tiles.check(args, image, "encode")  # big images: over the memory budget -> use --tile
+  data = _cli_tiles.encode(args, image, config) if args.tile else gaussjax.encode(image, config)
   write_atomic(args.output, data)
   h, w = image.shape[:2]
   print(f"{args.output}: {len(data)} bytes, {8 * len(data) / (h * w):.4f} bpp")
@@ -51,7 +53,11 @@ def _cmd_decode(args) -> int:
   import gaussjax
   if is_same_file(args.input, args.output):
     raise CliError(f"output {args.output!r} is the input file; refusing to overwrite it")
-  image = gaussjax.decode(_read(args.input), height=args.height, width=args.width)
+  data = _read(args.input)
+  if _cli_tiles.is_tiled(data):  # a tiled file: rendered band by band, with progress
+    image = _cli_tiles.decode(data, height=args.height, width=args.width)
+  else:
+    image = gaussjax.decode(data, height=args.height, width=args.width)
   gaussjax.save_image(args.output, np.asarray(image))
   print(f"{args.output}: {image.shape[1]}x{image.shape[0]}, {image.shape[2]} channels")
   return 0
@@ -73,6 +79,7 @@ def register(subparsers) -> None:
   rate.add_argument("--quality", type=float, help="quality 1..100 (no rate target)")
   p.add_argument("--fit-steps", type=int, default=None, help="float fit steps")
   p.add_argument("--qat-steps", type=int, default=None, help="quantisation-aware steps")
+  _cli_tiles.add_arguments(p)
   p.set_defaults(func=_guarded(_cmd_encode))
 
   p = subparsers.add_parser("decode", help="render a .gjx file to an image")

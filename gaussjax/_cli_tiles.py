@@ -1,0 +1,96 @@
+"""Command-line options for big images: ``--tile``, ``--margin``, ``--memory-budget``.
+
+``gaussjax fit`` and ``gaussjax encode`` call ``add_arguments`` on their
+parsers and, once the image is loaded, ``fit`` / ``encode`` here: with
+``--tile`` the image is worked on tile by tile (``gaussjax._tiles``); without
+it, ``check`` refuses an image whose one-piece work would exceed the memory
+budget, before any work, and says which ``--tile`` would fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from gaussjax import _tiles
+
+
+def _positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    value = 0
+  if value <= 0:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+  return value
+
+
+def _non_negative_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    value = -1
+  if value < 0:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
+  return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  """Adds ``--tile``, ``--margin`` and ``--memory-budget`` to a subcommand's parser."""
+  parser.add_argument(
+      "--tile", type=_positive_int, default=None, metavar="PIXELS",
+      help="work on tiles of this side (e.g. 512) for big images: memory bounded by the tile, "
+           "not the image")
+  parser.add_argument("--margin", type=_non_negative_int, default=_tiles.DEFAULT_MARGIN,
+                      help=f"with --tile: context around each tile, where tiles blend "
+                           f"({_tiles.DEFAULT_MARGIN})")
+  parser.add_argument(
+      "--memory-budget", type=float, default=float(_tiles.DEFAULT_MEMORY_BUDGET_MB),
+      metavar="MB", help=f"refuse work estimated over this many MB "
+                         f"({_tiles.DEFAULT_MEMORY_BUDGET_MB})")
+
+
+def check(args, image: np.ndarray, command: str) -> None:
+  """Raises ``MemoryBudgetError`` (a ``ValueError``) when the work would not fit the budget."""
+  h, w, c = image.shape
+  _tiles.check_budget(h, w, c, memory_budget_mb=args.memory_budget, tile=args.tile,
+                      margin=args.margin, command=command)
+
+
+def encode(args, image: np.ndarray, config) -> bytes:
+  """``gaussjax encode --tile``: the tiled file's bytes."""
+  return _tiles.encode_tiled(image, config, tile=args.tile, margin=args.margin,
+                             memory_budget_mb=args.memory_budget,
+                             progress=None if not getattr(args, "quiet", False) else False)
+
+
+def fit(args, image: np.ndarray) -> int:
+  """``gaussjax fit --tile``: fits tile by tile, writes the blended rendering."""
+  import gaussjax
+  from gaussjax._io import save_image
+  start = time.perf_counter()
+  config = gaussjax.FitConfig(steps=args.steps, backend=args.backend,
+                              log_every=max(1, args.steps // 10), replan_every=50,
+                              time_budget_s=args.time_budget, target_psnr=args.target_psnr)
+  import jax
+  tiled = gaussjax.fit_tiled(image, args.gaussians, config, tile=args.tile, margin=args.margin,
+                             memory_budget_mb=args.memory_budget, key=jax.random.key(args.seed),
+                             progress=False if args.quiet else None)
+  render = gaussjax.render_tiled(tiled, backend=args.backend)
+  psnr = _tiles.psnr_banded(image, render)
+  save_image(args.out, render)
+  print(f"PSNR {psnr:.2f} dB  time {time.perf_counter() - start:.1f} s  "
+        f"({tiled.num_gaussians} Gaussians in {len(tiled.grid)} tiles of {args.tile}) "
+        f"-> {args.out}", file=sys.stdout)
+  return 0
+
+
+is_tiled = _tiles.is_tiled
+
+
+def decode(data: bytes, *, height: int | None, width: int | None) -> np.ndarray:
+  """``gaussjax decode`` of a tiled file: float32 ``[H, W, C]``, a progress bar per tile."""
+  return _tiles.decode_tiled(data, height=height, width=width, progress=None)
