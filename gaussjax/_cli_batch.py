@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gaussjax import _cli_shard
 from gaussjax._render import BACKENDS
 
 
@@ -37,10 +38,11 @@ def register(subparsers) -> None:
           "Encodes every image of IN_DIR into OUT_DIR/<stem>.gjx, many at once on every "
           "device. Writes OUT_DIR/manifest.csv (name, size, bytes, bpp, PSNR, time). "
           "Re-running skips finished images; the job can be killed at any moment."))
-  parser.add_argument("in_dir", metavar="IN_DIR", help="folder of images")
-  parser.add_argument("-o", "--output", dest="out_dir", metavar="OUT_DIR", required=True,
+  parser.add_argument("in_dir", metavar="IN_DIR", nargs="?", help="folder of images")
+  parser.add_argument("-o", "--output", dest="out_dir", metavar="OUT_DIR", default=None,
                       help="folder for the .gjx files and the manifest")
-  target = parser.add_mutually_exclusive_group(required=True)
+  _cli_shard.add_arguments(parser)
+  target = parser.add_mutually_exclusive_group()
   target.add_argument("--bpp", type=_positive_float, help="target bits per pixel")
   target.add_argument("--quality", type=_positive_float, help="quality 1..100 (no rate target)")
   parser.add_argument("--batch", type=_positive_int, default=8, metavar="K",
@@ -70,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
   from gaussjax._codec import decode
   from gaussjax._encode_dir import encode_dir
 
+  if _cli_shard.not_an_encode(args):
+    return _cli_shard.run_merge_or_usage(args)  # --merge OUT_DIR, or what is missing
   try:
     config = codec_config(args)
   except ValueError as e:
@@ -82,13 +86,17 @@ def run(args: argparse.Namespace) -> int:
         decode_fn=lambda data: decode(data, backend=args.backend),
         settings=repr(config),
         batch_size=args.batch,
-        progress=False if args.no_progress else None)
+        progress=False if args.no_progress else None,
+        shard=args.shard)
   except (ValueError, RuntimeError, OSError) as e:  # bad folders, a second job: one line
     print(f"gaussjax encode-dir: error: {e}", file=sys.stderr)
     return 2
   failed = [row for row in rows if row.status != "ok"]
   ok = len(rows) - len(failed)
-  print(f"{ok} encoded, {len(failed)} failed; manifest: {args.out_dir}/manifest.csv")
+  if _cli_shard.report(args, ok, len(failed)):
+    pass
+  else:
+    print(f"{ok} encoded, {len(failed)} failed; manifest: {args.out_dir}/manifest.csv")
   for row in failed:
     print(f"  {row.name}: {row.reason}", file=sys.stderr)
   return 1 if failed else 0

@@ -199,3 +199,24 @@ def test_same_shard_twice_is_refused(tmp_path):
     with pytest.raises(RuntimeError, match="another encode-dir job"):
       run_job(tmp_path / "in", tmp_path / "out", shard=(1, 2))
     run_job(tmp_path / "in", tmp_path / "out", shard=(0, 2))  # another shard may run
+
+
+def test_cli_shard_and_merge(tmp_path, capsys):
+  from gaussjax._cli import main
+  make_folder(tmp_path / "in", 3, corrupt=False)
+  out = tmp_path / "out"
+  with pytest.raises(SystemExit):  # argparse: a bad --shard
+    main(["encode-dir", str(tmp_path / "in"), "-o", str(out), "--bpp", "1", "--shard", "2/2"])
+  assert "shard" in capsys.readouterr().err
+  assert main(["encode-dir", str(tmp_path / "in"), "-o", str(out)]) == 2
+  assert "--bpp" in capsys.readouterr().err
+  assert main(["encode-dir", "--merge", str(tmp_path / "nothing")]) == 2
+  assert "not a folder" in capsys.readouterr().err
+  # Shard 0/2 of the stand-in job, then a merge: refused with IN_DIR (a shard is
+  # missing), written without it.
+  run_job(tmp_path / "in", out, shard=(0, 2))
+  assert main(["encode-dir", str(tmp_path / "in"), "--merge", str(out)]) == 1
+  assert "no row yet" in capsys.readouterr().err
+  assert main(["encode-dir", "--merge", str(out)]) == 0
+  assert [m["name"] for m in _encode_dir.read_manifest(out / "manifest.csv")] == [
+      "img00.png", "img02.png"]
