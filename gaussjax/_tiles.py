@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
+from gaussjax import constants
 from gaussjax._bitstream import DecodeError, Reader, Writer
 from gaussjax._gaussians import Gaussians
 
@@ -383,6 +384,8 @@ def unpack(data) -> TiledFile:
   width, height = r.u32("width"), r.u32("height")
   if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
     raise DecodeError(f"image size {width}x{height} must be within 1..{MAX_SIDE} per side")
+  if width * height > constants.MAX_PIXELS:
+    raise DecodeError(f"image size {width}x{height} is over MAX_PIXELS={constants.MAX_PIXELS}")
   rows = r.varint("tile rows", MAX_TILES)
   cols = r.varint("tile columns", MAX_TILES)
   margin = r.varint("margin", 1 << 16)
@@ -405,6 +408,18 @@ def unpack(data) -> TiledFile:
     raise DecodeError(f"segments end at byte {offset} but the file has {len(data)} bytes")
   if grid.crop_height > 65535 or grid.crop_width > 65535:
     raise DecodeError(f"tile crops of {grid.crop_height}x{grid.crop_width} are over 65535")
+  # Every segment's own checksum and header, before the output is allocated.
+  from gaussjax._codec import _read_header
+  for index, (offset, length) in enumerate(segments):
+    try:
+      header, _ = _read_header(data[offset:offset + length])
+    except DecodeError as e:
+      raise DecodeError(f"tile {index}: {e}") from e
+    if header.version != 1 or (header.height, header.width) != (grid.crop_height, grid.crop_width) \
+        or header.channels != channels:
+      raise DecodeError(f"tile {index} is a {header.width}x{header.height}x{header.channels} "
+                        f"version-{header.version} file; expected the "
+                        f"{grid.crop_width}x{grid.crop_height}x{channels} crop in version 1")
   return TiledFile(grid, channels, tuple(segments), data)
 
 

@@ -108,3 +108,15 @@ def test_codec_round_trip():
   flat = np.full_like(image, image.mean())
   assert float(gaussjax.psnr(flat, image)) < 13.0
   assert float(gaussjax.psnr(decoded, image)) > 20.0
+
+
+def test_encode_dir_reads_svg_files(tmp_path):
+  # encode-dir picks .svg files by extension and reads them with load_image.
+  from gaussjax._encode_dir import encode_dir
+  from test_encode_dir import fake_decode, fake_encode
+  (tmp_path / "in").mkdir()
+  (tmp_path / "in" / "shapes.svg").write_bytes((DATA / "shapes.svg").read_bytes())
+  rows = encode_dir(tmp_path / "in", tmp_path / "out", encode_fn=fake_encode,
+                    decode_fn=fake_decode, settings="stand-in", progress=False, shard=(0, 1))
+  assert [(r.name, r.status, r.width, r.height) for r in rows] == [("shapes.svg", "ok", 48, 32)]
+  assert rows[0].psnr > 40  # the stand-in codec is 8-bit PNG
