@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from gaussjax import _cli_shard
+from gaussjax import _cli_tiles
 from gaussjax._render import BACKENDS
 
 
@@ -42,6 +43,7 @@ def register(subparsers) -> None:
   parser.add_argument("-o", "--output", dest="out_dir", metavar="OUT_DIR", default=None,
                       help="folder for the .gjx files and the manifest")
   _cli_shard.add_arguments(parser)
+  _cli_tiles.add_arguments(parser)
   target = parser.add_mutually_exclusive_group()
   target.add_argument("--bpp", type=_positive_float, help="target bits per pixel")
   target.add_argument("--quality", type=_positive_float, help="quality 1..100 (no rate target)")
@@ -68,7 +70,6 @@ def codec_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
   """Runs ``encode-dir``; returns the exit status (1 when some image failed)."""
-  from gaussjax._batch import encode_batch
   from gaussjax._codec import decode
   from gaussjax._encode_dir import encode_dir
 
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
   try:
     rows = encode_dir(
         args.in_dir, args.out_dir,
-        encode_fn=lambda images: encode_batch(images, config),
+        encode_fn=lambda images: _cli_tiles.encode_images(images, config, args),
         decode_fn=lambda data: decode(data, backend=args.backend),
         settings=repr(config),
         batch_size=args.batch,

@@ -94,3 +94,32 @@ is_tiled = _tiles.is_tiled
 def decode(data: bytes, *, height: int | None, width: int | None) -> np.ndarray:
   """``gaussjax decode`` of a tiled file: float32 ``[H, W, C]``, a progress bar per tile."""
   return _tiles.decode_tiled(data, height=height, width=width, progress=None)
+
+
+def encode_images(images: list[np.ndarray], config, args) -> list[bytes]:
+  """``encode-dir``'s encoder: ``encode_batch`` for images that fit the budget in one piece.
+
+  An image over the budget is encoded in tiles with ``--tile``, and refused
+  (``MemoryBudgetError``, before any work; ``encode_dir`` records it as that
+  image's error) without it. The batch's estimate is per image: ``--batch``
+  multiplies it.
+  """
+  from gaussjax._batch import encode_batch
+  big = []
+  for i, image in enumerate(images):
+    h, w, c = image.shape
+    if _tiles.fit_memory_mb(h, w) > args.memory_budget:
+      if args.tile is None:
+        _tiles.check_budget(h, w, c, memory_budget_mb=args.memory_budget, margin=args.margin,
+                            command="encode-dir")
+      check(args, image, "encode-dir")
+      big.append(i)
+  small = [i for i in range(len(images)) if i not in big]
+  out: list[bytes | None] = [None] * len(images)
+  if small:
+    for i, data in zip(small, encode_batch([images[i] for i in small], config)):
+      out[i] = data
+  for i in big:
+    out[i] = _tiles.encode_tiled(images[i], config, tile=args.tile, margin=args.margin,
+                                 memory_budget_mb=args.memory_budget, progress=False)
+  return out

@@ -168,3 +168,27 @@ def test_cli_guard_and_tiled_encode(tmp_path, capsys, monkeypatch):
   png = tmp_path / "back.png"
   assert main(["decode", str(out), "-o", str(png)]) == 0
   assert Image.open(png).size == (96, 64)
+
+
+def test_encode_dir_routes_big_images(tmp_path, capsys, monkeypatch):
+  from gaussjax import _cli_tiles
+  from gaussjax._cli import main
+  monkeypatch.setattr(_tiles, "FIT_BASE_MB", 10.0)
+  monkeypatch.setattr(_tiles, "FIT_BYTES_PER_PIXEL", 2**20 / 1000)  # 1 MB per 1000 pixels
+  (tmp_path / "in").mkdir()
+  Image.fromarray(np.round(photo() * 255).astype(np.uint8)).save(tmp_path / "in" / "big.png")
+  # Without --tile: that image's row says what to do; nothing was fitted.
+  assert main(["encode-dir", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--quality",
+               "50", "--memory-budget", "12", "--margin", "4", "--no-progress"]) == 1
+  assert "--tile" in capsys.readouterr().err
+  # With --tile: big images go to encode_tiled, the others to encode_batch.
+  calls = []
+  monkeypatch.setattr(_tiles, "encode_tiled", lambda image, *a, **k: calls.append(
+      ("tiled", image.shape)) or b"t")
+  monkeypatch.setattr("gaussjax._batch.encode_batch", lambda images, *a, **k: calls.append(
+      ("batch", [i.shape for i in images])) or [b"b"] * len(images))
+  args = type("Args", (), {"memory_budget": 12.0, "tile": 32, "margin": 4})()
+  small = np.zeros((8, 8, 3), np.float32)
+  out = _cli_tiles.encode_images([small, photo(), small], None, args)
+  assert out == [b"b", b"t", b"b"]
+  assert calls == [("batch", [(8, 8, 3), (8, 8, 3)]), ("tiled", (64, 96, 3))]
