@@ -368,17 +368,18 @@ def encode_dir(
     finally:
       journal.close()
     if process_count == 1:
-      rows = _all_rows(out_dir, names)
+      rows = _all_rows(out_dir, names, settings, in_dir)
       write_manifest(out_dir / MANIFEST_NAME, rows)
   if process_count > 1:  # the last shard to finish writes the merged manifest
     _shard.merge(out_dir, names, settings=settings, in_dir=in_dir)
-    rows = _all_rows(out_dir, names)
+    rows = _all_rows(out_dir, names, settings, in_dir)
   return rows
 
 
-def _all_rows(out_dir: Path, names: Sequence[str]) -> list[ManifestRow]:
+def _all_rows(out_dir: Path, names: Sequence[str], settings: str,
+              in_dir: Path) -> list[ManifestRow]:
   """The row of each image, over every journal in ``out_dir`` (``_shard.merged_rows``)."""
-  rows = _shard.merged_rows(out_dir)
+  rows = _shard.merged_rows(out_dir, settings, in_dir)
   return [rows[name] for name in names if name in rows]
 
 

@@ -87,10 +87,14 @@ def lock_name(index: int, count: int) -> str:
 
 
 def journals(out_dir: Path) -> list[Path]:
-  """Every journal of a folder: ``manifest.jsonl`` first, then the shards' in name order."""
+  """Every journal of a folder: the shards' in name order, then ``manifest.jsonl``.
+
+  ``manifest.jsonl`` comes last: it is the single-process journal, or the
+  merge of the shards', so on a tie (see ``merged_rows``) its row wins.
+  """
   out_dir = Path(out_dir)
   found = [out_dir / "manifest.jsonl"] if (out_dir / "manifest.jsonl").exists() else []
-  return found + sorted(p for p in out_dir.iterdir() if SHARD_JOURNAL.match(p.name))
+  return sorted(p for p in out_dir.iterdir() if SHARD_JOURNAL.match(p.name)) + found
 
 
 @contextlib.contextmanager
@@ -116,18 +120,16 @@ def merged_rows(out_dir: Path, settings: str | None = None, in_dir: Path | None 
   the later journal in ``journals`` order wins.
   """
   from gaussjax._encode_dir import _is_finished, read_journal
+
+  def done(row) -> bool:
+    if in_dir is not None and settings is not None:
+      return _is_finished(row, Path(in_dir) / row.name, Path(out_dir), settings)
+    return row.status == "ok" and (settings is None or row.settings == settings)
+
   best: dict = {}
   for path in journals(out_dir):
     for name, row in read_journal(path).items():
-      if name not in best:
-        best[name] = row
-        continue
-
-      def done(r):
-        if in_dir is not None and settings is not None:
-          return _is_finished(r, Path(in_dir) / r.name, Path(out_dir), settings)
-        return r.status == "ok" and (settings is None or r.settings == settings)
-      if done(row) or not done(best[name]):
+      if name not in best or done(row) or not done(best[name]):
         best[name] = row
   return best
 
