@@ -396,6 +396,9 @@ def decode(data: bytes, *, height: int | None = None, width: int | None = None,
   h, w = _output_size((h0, w0), height, width)
   if gaussians.num_gaussians == 0:
     return jnp.zeros((h, w, gaussians.channels), jnp.float32)
+  if h * w > _tiles.BAND_PIXELS:  # big outputs: rendered in bands (bounded working memory)
+    return jnp.asarray(_tiles.render_banded(gaussians, h, w, source_size=(h0, w0),
+                                            backend=backend))
   image = render_safe(gaussians, h, w, backend=backend, source_size=(h0, w0))
   return jnp.clip(image, 0.0, 1.0)
 

@@ -574,6 +574,35 @@ def decode_tiled(data, *, height: int | None = None, width: int | None = None,
   return out
 
 
+# Outputs larger than this (pixels) are rendered in bands of BAND_ROWS rows.
+BAND_PIXELS = 1 << 22
+BAND_ROWS = 256
+
+
+def render_banded(gaussians: Gaussians, height: int, width: int, *,
+                  source_size: tuple[int, int] | None = None, backend: str = "auto",
+                  rows: int | None = None) -> np.ndarray:
+  """Renders Gaussians ``rows`` (``BAND_ROWS``) output rows at a time into ``[H, W, C]`` float32.
+
+  The same image as ``render`` (each band is the full render's rows: the means
+  are shifted up by the band's first row), clipped to [0, 1], with the
+  renderer's working memory bounded by one band instead of the whole output.
+  """
+  from gaussjax._codec import render_safe
+  from gaussjax._gaussians import scale_gaussians
+  g = Gaussians(*(np.asarray(a, np.float32) for a in gaussians))
+  if source_size is not None and tuple(source_size) != (height, width):
+    g = scale_gaussians(g, height / source_size[0], width / source_size[1])
+    g = Gaussians(*(np.asarray(a, np.float32) for a in g))
+  out = np.empty((height, width, g.channels), np.float32)
+  rows = BAND_ROWS if rows is None else rows
+  for y0 in range(0, height, rows):
+    y1 = min(y0 + rows, height)
+    band = g._replace(means=g.means - np.asarray([0.0, y0], np.float32))
+    out[y0:y1] = np.clip(np.asarray(render_safe(band, y1 - y0, width, backend=backend)), 0, 1)
+  return out
+
+
 def _segment_gaussians(parsed: TiledFile, index: int) -> Gaussians:
   from gaussjax._codec import decode_gaussians
   g, size = decode_gaussians(parsed.segment(index))
