@@ -21,10 +21,12 @@ same size ``P = min(L, max_i(b_{i+1} - b_i) + 2 · margin)`` and starts at
 ``clip(b_i - margin, 0, L - P)``. One crop size for all tiles means one
 compiled fit for the whole image.
 
-Memory budget: ``FIT_BASE_MB + FIT_BYTES_PER_PIXEL · crop pixels`` (a
-conservative bound measured on this machine, ``benchmarks/results/big_cpu.json``),
-plus the image itself and a band of the output. ``check_budget`` refuses
-work over the budget up front, with the tile size that would fit.
+Memory budget: ``FIT_BASE_MB + FIT_BYTES_PER_PIXEL · crop pixels`` for one
+crop's work (a conservative bound of one-piece encodes measured on the CPU
+machine, ``benchmarks/results/big_cpu.json``, ``memory_model``), plus, when
+tiled, ``IMAGE_BYTES_PER_SAMPLE`` per image sample and ``TILES_EXTRA_MB``.
+``check_budget`` refuses work over the budget up front, with the tile size
+that would fit.
 
 Call chain::
 
@@ -53,15 +55,15 @@ TILED_VERSION = 2
 MAX_SIDE = 1 << 20
 MAX_TILES = 1 << 16
 
-# Default tile (interior) side and context margin, in pixels. A 512 tile with a
-# 16 margin is a 544x544 crop; its fit stays under ~1 GB (see FIT_BYTES_PER_PIXEL).
+# Default tile (interior) side and context margin, in pixels: a 544x544 crop,
+# whose work is estimated at under 1 GB (fit_memory_mb).
 DEFAULT_TILE = 512
 DEFAULT_MARGIN = 16
 
 # Peak memory of fitting or encoding one piece of P pixels, in MB, is at most
 # FIT_BASE_MB + FIT_BYTES_PER_PIXEL · P / 2**20. Measured on this 2-core machine
-# (jax 0.10, CPU, xla backend): see benchmarks/results/big_cpu.json ("memory_model").
-# The issue's own measure, 6.1 GB for 20 fit steps at 3000x2000, is ~1000 B/pixel.
+# (jax 0.10, CPU, xla backend): see benchmarks/results/big_cpu.json ("memory_model"),
+# which lists the measured peaks next to these estimates.
 FIT_BASE_MB = 600.0
 FIT_BYTES_PER_PIXEL = 1000.0
 
@@ -81,9 +83,17 @@ def fit_memory_mb(height: int, width: int) -> float:
   return FIT_BASE_MB + FIT_BYTES_PER_PIXEL * height * width / 2**20
 
 
+# Bytes per image sample that a tiled job holds besides one crop's work: the
+# float32 image, the transient copies of reading it (8-bit decode, a float
+# temporary) and the 8-bit output: 9. (5, the image and output alone, fell
+# short of the tiled encode's peak in benchmarks/results/big_cpu.json.)
+IMAGE_BYTES_PER_SAMPLE = 9
+# Compiled programs and caches that build up over many tiles (MB).
+TILES_EXTRA_MB = 256.0
+
+
 def _image_mb(height: int, width: int, channels: int) -> float:
-  # The image as float32 plus its uint8 output: what a tiled job holds besides one crop.
-  return height * width * channels * 5 / 2**20
+  return height * width * channels * IMAGE_BYTES_PER_SAMPLE / 2**20 + TILES_EXTRA_MB
 
 
 def largest_tile(memory_budget_mb: float, *, height: int = 0, width: int = 0, channels: int = 3,
