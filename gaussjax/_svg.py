@@ -88,7 +88,8 @@ def load_svg(path, *, supersample: int = DEFAULT_SUPERSAMPLE,
     ValueError: not a valid SVG, a bad option, or too many pixels.
   """
   path = os.fspath(path)
-  if isinstance(supersample, bool) or not isinstance(supersample, int) or not 1 <= supersample <= 16:
+  if (isinstance(supersample, bool) or not isinstance(supersample, int)
+      or not 1 <= supersample <= 16):
     raise ValueError(f"supersample={supersample!r} must be an int in 1..16")
   if size is not None:
     if (len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0

@@ -31,7 +31,7 @@ that would fit.
 Call chain::
 
   encode_tiled(image, config, tile=, margin=)   per tile: encode(crop) → version-2 file
-  decode_tiled(data, height=, width=)           per band of tiles: decode_gaussians → render → blend
+  decode_tiled(data, height=, width=)           per band of tiles: decode_gaussians, render, blend
   fit_tiled(image, n, config, tile=)            per tile: fit_image(crop) → TiledGaussians
   render_tiled(tiled, height=, width=)          per band: render each crop, blend
 """
@@ -483,7 +483,8 @@ def encode_tiled(image, config=None, *, tile: int = DEFAULT_TILE, margin: int = 
       y0, y1, x0, x1 = grid.interior(index)
       tile_config = config
       if config.bpp is not None:
-        tile_config = dataclasses.replace(config, bpp=config.bpp * (y1 - y0) * (x1 - x0) / crop_area)
+        share = (y1 - y0) * (x1 - x0) / crop_area
+        tile_config = dataclasses.replace(config, bpp=config.bpp * share)
       segments.append(encode(_crop_float(array, grid.crop(index)), tile_config))
       tick(f"{8 * sum(map(len, segments)) / (h * w):.3f} bpp so far")
   finally:
