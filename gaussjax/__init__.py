@@ -49,6 +49,12 @@ from gaussjax._video import iter_video_frames
 from gaussjax._video import video_info
 from gaussjax._video_io import open_video
 from gaussjax._video_io import read_video
+from gaussjax._tiles import MemoryBudgetError
+from gaussjax._tiles import TiledGaussians
+from gaussjax._tiles import decode_tiled
+from gaussjax._tiles import encode_tiled
+from gaussjax._tiles import fit_tiled
+from gaussjax._tiles import render_tiled
 
 try:
   __version__ = _metadata.version("gaussjax")
@@ -63,6 +69,8 @@ __all__ = (
     "FitHistory",
     "FitState",
     "Gaussians",
+    "MemoryBudgetError",
+    "TiledGaussians",
     "VideoConfig",
     "bpp",
     "choose_steps",
@@ -72,12 +80,14 @@ __all__ = (
     "covariances",
     "decode",
     "decode_gaussians",
+    "decode_tiled",
     "decode_video",
     "decode_video_frame",
     "default_backend",
     "encode",
     "encode_batch",
     "encode_gaussians",
+    "encode_tiled",
     "encode_video",
     "extents",
     "fit",
@@ -85,6 +95,7 @@ __all__ = (
     "fit_image",
     "fit_loss",
     "fit_step",
+    "fit_tiled",
     "init_fit_state",
     "init_random",
     "init_slic",
@@ -99,6 +110,7 @@ __all__ = (
     "read_video",
     "render",
     "render_reference",
+    "render_tiled",
     "save_image",
     "scale_gaussians",
     "ssim",

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gaussjax import _cli_shard
+from gaussjax import _cli_tiles
 from gaussjax import _cli_video
 from gaussjax._cli_common import EXIT_INTERRUPTED
 from gaussjax._cli_common import FOLDER
@@ -62,9 +64,9 @@ def _add_backend_argument(parser: argparse.ArgumentParser, what: str) -> None:
                       help=f"renderer {what} (auto: pallas on a GPU, xla elsewhere)")
 
 
-def _add_rate_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_rate_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
   """``--bpp`` / ``--quality`` and the step counts: the same for encode and encode-dir."""
-  rate = parser.add_mutually_exclusive_group(required=True)
+  rate = parser.add_mutually_exclusive_group(required=required)
   rate.add_argument("--bpp", type=bpp_value,
                     help="target bits per pixel of the whole file, in (0, 64]")
   rate.add_argument("--quality", type=quality_value,
@@ -103,6 +105,9 @@ def _run_fit(args) -> int:
   backend_note("fit", args.backend, quiet=args.quiet)
   image = read_input_image(args.image)
   height, width, channels = image.shape
+  _cli_tiles.check(args, image, "fit")  # big images: over the memory budget -> use --tile
+  if args.tile:
+    return _cli_tiles.fit(args, image)
   if args.gaussians > height * width:
     raise CliError(f"--gaussians {args.gaussians} is more than the {height * width} pixels of "
                    f"the {size_text(height, width)} image")
@@ -159,6 +164,7 @@ def register_fit(subparsers) -> None:
                  help="stop after this many seconds")
   p.add_argument("--target-psnr", type=positive_float, default=None, metavar="DB",
                  help="stop once the PSNR reaches this")
+  _cli_tiles.add_arguments(p)
   add_quiet_argument(p)
 
 
@@ -175,6 +181,7 @@ def _run_encode(args) -> int:
   backend_note("encode", args.backend, quiet=args.quiet)
   image = np.asarray(read_input_image(args.image))
   h, w, c = image.shape
+  _cli_tiles.check(args, image, "encode")  # big images: over the memory budget -> use --tile
   note("encode", f"{args.image}: {size_text(h, w, c)}, "
        + (f"target {args.bpp} bpp" if args.bpp is not None else f"quality {args.quality:g}"),
        quiet=args.quiet)
@@ -189,7 +196,10 @@ def _run_encode(args) -> int:
       bar.update(weights[stage] - bar.n)
       bar.set_description_str(f"encode: {'rate search' if stage == 'code' and args.bpp else stage}")
 
-    data = _encode(image, config, progress=progress)
+    if args.tile:  # tile by tile (gaussjax._tiles), its own progress per tile
+      data = _cli_tiles.encode(args, image, config)
+    else:
+      data = _encode(image, config, progress=progress)
     bar.update(bar.total - bar.n)
   elapsed = time.perf_counter() - start
   decoded = np.asarray(decode(data, backend=args.backend, max_pixels=h * w))  # our own file
@@ -213,6 +223,7 @@ def register_encode(subparsers) -> None:
   add_output_argument(p, "output .gjx file (never the input)")
   _add_rate_arguments(p)
   _add_backend_argument(p, "for fitting")
+  _cli_tiles.add_arguments(p)
   add_quiet_argument(p)
 
 
@@ -236,8 +247,12 @@ def _run_decode(args) -> int:
   check_input(args.input)
   check_output(args.output, IMAGE, inputs=[args.input])
   backend_note("decode", args.backend, quiet=args.quiet)
-  image = np.asarray(decode(_read_gjx(args.input), height=args.height, width=args.width,
-                            backend=args.backend, max_pixels=args.max_pixels))
+  data = _read_gjx(args.input)
+  if _cli_tiles.is_tiled(data):  # a tiled file: rendered band by band, with progress
+    image = _cli_tiles.decode(data, height=args.height, width=args.width)
+  else:
+    image = np.asarray(decode(data, height=args.height, width=args.width,
+                              backend=args.backend, max_pixels=args.max_pixels))
   save_image(args.output, image)
   print(f"{size_text(*image.shape)} -> {args.output}")
   return 0
@@ -296,10 +311,11 @@ def _settings(config: CodecConfig) -> str:
 
 
 def _run_encode_dir(args) -> int:
-  from gaussjax._batch import encode_batch
   from gaussjax._codec import decode
   from gaussjax._encode_dir import IMAGE_EXTENSIONS, SettingsChanged, encode_dir, list_images
 
+  if _cli_shard.not_an_encode(args):
+    return _cli_shard.run_merge_or_usage(args)  # --merge OUT_DIR, or what is missing
   if not os.path.isdir(args.in_dir):
     raise CliError(f"IN_DIR {args.in_dir!r} is not a folder" if os.path.exists(args.in_dir)
                    else f"IN_DIR {args.in_dir!r} does not exist")
@@ -314,11 +330,11 @@ def _run_encode_dir(args) -> int:
   try:
     report = encode_dir(
         args.in_dir, args.output,
-        encode_fn=lambda images: encode_batch(images, config),
+        encode_fn=lambda images: _cli_tiles.encode_images(images, config, args),
         # The files are our own: decoded whatever their size (the limit guards foreign files).
         decode_fn=lambda data: decode(data, backend=args.backend, max_pixels=MAX_PIXELS),
         settings=_settings(config), batch_size=args.batch, overwrite=args.overwrite,
-        progress=not (args.quiet or args.no_progress))
+        progress=not (args.quiet or args.no_progress), shard=args.shard)
   except SettingsChanged as e:
     raise CliError(f"{e.summary}; run again with the same settings to resume, or add "
                    "--overwrite to re-encode them") from e
@@ -326,7 +342,8 @@ def _run_encode_dir(args) -> int:
   parts = [f"{report.encoded} encoded", f"{report.failed} failed"]
   if report.skipped:
     parts.append(f"{report.skipped} already done")
-  print(", ".join(parts) + f"; manifest: {os.path.join(args.output, 'manifest.csv')}")
+  if not _cli_shard.report(args, report.encoded, report.failed):
+    print(", ".join(parts) + f"; manifest: {os.path.join(args.output, 'manifest.csv')}")
   for row in failed:
     print(f"  {row.name}: {row.reason}", file=sys.stderr)
   return 1 if failed else 0
@@ -345,10 +362,14 @@ def register_encode_dir(subparsers) -> None:
           "settings). Re-running the same command skips finished images, so the job can be "
           "killed at any moment and resumed; re-running with other settings is refused "
           "unless --overwrite is given."))
-  p.add_argument("in_dir", metavar="IN_DIR", help="folder of images")
+  # Not required by argparse: `--merge OUT_DIR` stands alone (gaussjax._cli_shard
+  # says what is missing otherwise).
+  p.add_argument("in_dir", metavar="IN_DIR", nargs="?", help="folder of images")
   add_output_argument(p, "folder for the .gjx files and the manifest (created)",
-                      metavar="OUT_DIR")
-  _add_rate_arguments(p)
+                      metavar="OUT_DIR", required=False)
+  _add_rate_arguments(p, required=False)
+  _cli_shard.add_arguments(p)
+  _cli_tiles.add_arguments(p)
   p.add_argument("--batch", type=positive_int, default=8, metavar="K",
                  help="images fitted at once")
   _add_backend_argument(p, "for fitting and for the PSNR check")

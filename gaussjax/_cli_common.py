@@ -83,10 +83,10 @@ def add_subcommand(subparsers, name: str, *, help: str, description: str, run,  
 
 
 def add_output_argument(parser: argparse.ArgumentParser, help: str,  # noqa: A002
-                        metavar: str = "OUTPUT") -> None:
-  """``-o`` / ``--output`` / ``--out`` (one spelling for every command), required."""
-  parser.add_argument("-o", "--output", "--out", dest="output", metavar=metavar, required=True,
-                      help=help)
+                        metavar: str = "OUTPUT", *, required: bool = True) -> None:
+  """``-o`` / ``--output`` / ``--out`` (one spelling for every command)."""
+  parser.add_argument("-o", "--output", "--out", dest="output", metavar=metavar,
+                      required=required, help=help)
 
 
 def add_quiet_argument(parser: argparse.ArgumentParser) -> None:

@@ -33,6 +33,7 @@ from gaussjax._bitstream import (DecodeError, Decoder, Encoder, Model, Reader, W
                                  choose_model, MAX_ALPHABET)
 from gaussjax._gaussians import Gaussians, validate
 from gaussjax import _quantize as qz
+from gaussjax import _tiles
 
 MAGIC = b"\x89GJX"
 VERSION = 1
@@ -329,12 +330,17 @@ def decode_gaussians(data: bytes) -> tuple[Gaussians, tuple[int, int]]:
   Raises:
     DecodeError: the bytes are not a valid file (see FORMAT.md for limits).
   """
+  if _tiles.is_tiled(data):
+    raise DecodeError("a tiled file (format version 3) has one set of Gaussians per tile: "
+                      "decode it with gaussjax.decode, or read its tiles with gaussjax._tiles")
   header, r = _read_header(data)
   return _DECODERS[header.version](header, r), (header.height, header.width)
 
 
 def info(data: bytes) -> dict:
   """Header fields and stream models of a gaussjax file, without rendering."""
+  if _tiles.is_tiled(data):
+    return _tiles.info_tiled(data)
   header, r = _read_header(data)
   out = {
       "version": header.version, "width": header.width, "height": header.height,
@@ -404,10 +410,17 @@ def decode(data: bytes, *, height: int | None = None, width: int | None = None,
       image size is over ``max_pixels`` (when no output size is given).
     ValueError: the requested output size is invalid or over ``max_pixels``.
   """
+  if _tiles.is_tiled(data):  # a tiled file (gaussjax.encode_tiled): rendered band by band
+    grid = _tiles.unpack(data).grid  # checks the header before anything of its size exists
+    h, w = _output_size((grid.height, grid.width), height, width, max_pixels)
+    return jnp.asarray(_tiles.decode_tiled(data, height=h, width=w, backend=backend))
   gaussians, (h0, w0) = decode_gaussians(data)
   h, w = _output_size((h0, w0), height, width, max_pixels)
   if gaussians.num_gaussians == 0:
     return jnp.zeros((h, w, gaussians.channels), jnp.float32)
+  if h * w > _tiles.BAND_PIXELS:  # big outputs: rendered in bands (bounded working memory)
+    return jnp.asarray(_tiles.render_banded(gaussians, h, w, source_size=(h0, w0),
+                                            backend=backend))
   image = render_safe(gaussians, h, w, backend=backend, source_size=(h0, w0))
   return jnp.clip(image, 0.0, 1.0)
 

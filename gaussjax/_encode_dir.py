@@ -42,12 +42,14 @@ from pathlib import Path
 
 import numpy as np
 
+from gaussjax import _shard
 from gaussjax._cli_common import progress_bar
 from gaussjax._io import TMP_PREFIX as _TMP_PREFIX
 from gaussjax._io import write_atomic
 
 IMAGE_EXTENSIONS = (
-    ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
+    ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm",
+    ".svg", ".svgz")
 
 JOURNAL_NAME = "manifest.jsonl"
 MANIFEST_NAME = "manifest.csv"
@@ -154,9 +156,9 @@ def _remove_stale_temporaries(out_dir: Path, owned: set[str] | None = None) -> N
 
 
 @contextlib.contextmanager
-def _exclusive(out_dir: Path):
-  """Refuses a second job on the same output folder while one runs."""
-  lock_path = out_dir / LOCK_NAME
+def _exclusive(out_dir: Path, lock_name: str = LOCK_NAME):
+  """Refuses a second job on the same output folder (or shard of it) while one runs."""
+  lock_path = out_dir / lock_name
   f = open(lock_path, "a+")
   try:
     try:
@@ -165,7 +167,7 @@ def _exclusive(out_dir: Path):
     except ImportError:  # Windows: no advisory lock, run unguarded
       pass
     except OSError as e:
-      raise RuntimeError(f"another encode-dir job is writing to {out_dir}") from e
+      raise RuntimeError(f"another encode-dir job is writing to {out_dir} ({lock_name})") from e
     yield
   finally:
     f.close()
@@ -275,6 +277,7 @@ def encode_dir(
     read_fn: Callable[[Path], np.ndarray] | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    shard: tuple[int, int] | str | None = None,
 ) -> EncodeDirReport:
   """Encodes every image of a folder; resumable and safe to kill.
 
@@ -293,9 +296,15 @@ def encode_dir(
       other settings; without it they are refused before any work.
     progress: show the command line's progress bar (``tqdm`` on stderr, when
       stderr is a terminal).
+    shard: ``(I, N)`` or ``"I/N"``: this process encodes shard ``I`` of ``N``
+      of the sorted file list and writes its own journal; the last shard to
+      finish writes the merged manifest (``gaussjax._shard``). None: from
+      ``jax.process_index()``/``jax.process_count()`` (``0/1`` unless
+      ``jax.distributed`` is initialised).
 
   Returns:
-    An ``EncodeDirReport``: the rows of every image of ``in_dir`` and the
+    An ``EncodeDirReport``: the rows of every image of ``in_dir`` that has
+    one (all of them once the job, every shard included, is done) and the
     counts of this run.
 
   Raises:
@@ -313,24 +322,22 @@ def encode_dir(
   out_dir.mkdir(parents=True, exist_ok=True)
 
   names = list_images(in_dir)
-  mine = names
-  process_count, process_index = _process_share()
-  journal_name = JOURNAL_NAME
-  if process_count > 1:  # multi-host: each process takes its own share
-    mine = names[process_index::process_count]
-    journal_name = f"manifest.{process_index}.jsonl"
+  # Many processes: each takes its own share and journal (gaussjax._shard).
+  process_index, process_count = _shard.resolve(shard)
+  mine = _shard.select(names, process_index, process_count)
   outputs = output_names(names)
 
-  with _exclusive(out_dir) if process_count == 1 else contextlib.nullcontext():
+  with _exclusive(out_dir, _shard.lock_name(process_index, process_count)):
     _remove_stale_temporaries(
-        out_dir, None if process_count == 1 else
-        {outputs[n] for n in mine} | {f"manifest.{process_index}.csv"})
-    journal = Journal(out_dir / journal_name)
+        out_dir, None if process_count == 1 else {outputs[n] for n in mine})
+    done = _shard.merged_rows(out_dir, settings, in_dir)  # every journal: resume across modes
+    journal = Journal(out_dir / _shard.journal_name(process_index, process_count))
     try:
       if not overwrite:
-        _refuse_other_settings(journal.rows, mine, out_dir, settings)
+        _refuse_other_settings({**done, **journal.rows}, mine, out_dir, settings)
       pending = [name for name in mine
-                 if not _is_finished(journal.rows.get(name), in_dir / name, out_dir, settings)]
+                 if not _is_finished(journal.rows.get(name), in_dir / name, out_dir, settings)
+                 and not _is_finished(done.get(name), in_dir / name, out_dir, settings)]
       encoded = failed = 0
       with progress_bar(len(pending), desc="encode-dir", unit="image",
                         quiet=not progress) as bar:
@@ -345,11 +352,12 @@ def encode_dir(
           bar.update(len(rows))
     finally:
       journal.close()
-    rows = _all_rows(out_dir, names)
     if process_count == 1:
+      rows = _all_rows(out_dir, names, settings, in_dir)
       write_manifest(out_dir / MANIFEST_NAME, rows)
-    else:
-      write_manifest(out_dir / f"manifest.{process_index}.csv", [r for r in rows if r.name in mine])
+  if process_count > 1:  # the last shard to finish writes the merged manifest
+    _shard.merge(out_dir, names, settings=settings, in_dir=in_dir)
+    rows = _all_rows(out_dir, names, settings, in_dir)
   return EncodeDirReport(rows, encoded, failed, len(mine) - len(pending))
 
 
@@ -378,16 +386,10 @@ def _settings_difference(before: str, now: str) -> str:
                    if a.get(k) != b.get(k))
 
 
-def _process_share() -> tuple[int, int]:
-  import jax
-  return jax.process_count(), jax.process_index()
-
-
-def _all_rows(out_dir: Path, names: Sequence[str]) -> list[ManifestRow]:
-  """The latest row of each image, over every journal in ``out_dir``."""
-  rows: dict[str, ManifestRow] = {}
-  for path in sorted(out_dir.glob("manifest*.jsonl")):
-    rows.update(read_journal(path))
+def _all_rows(out_dir: Path, names: Sequence[str], settings: str,
+              in_dir: Path) -> list[ManifestRow]:
+  """The row of each image, over every journal in ``out_dir`` (``_shard.merged_rows``)."""
+  rows = _shard.merged_rows(out_dir, settings, in_dir)
   return [rows[name] for name in names if name in rows]
 
 

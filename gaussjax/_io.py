@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from gaussjax import _svg
 from gaussjax import constants
 
 # Formats ``save_image`` writes, by file extension.
@@ -33,7 +34,8 @@ SAVE_FORMATS = {
 }
 
 
-def load_image(path, *, max_pixels: int = constants.MAX_PIXELS) -> np.ndarray:
+def load_image(path, *, max_pixels: int = constants.MAX_PIXELS, svg_supersample: int = 4,
+               svg_size: tuple[int, int] | None = None) -> np.ndarray:
   """Reads an image file as float32 ``[H, W, C]`` in [0, 1].
 
   Grey (and bilevel) files give C = 1, colour files C = 3, files with an alpha
@@ -47,6 +49,11 @@ def load_image(path, *, max_pixels: int = constants.MAX_PIXELS) -> np.ndarray:
     max_pixels: refuse images with more pixels than this
       (``gaussjax.constants.MAX_PIXELS``, 2**28, by default); checked from the
       header before any pixel is decoded.
+    svg_supersample: ``.svg``/``.svgz`` files only: rendered at this many
+      times the output size per axis, then area-averaged (``gaussjax._svg``;
+      needs ``pip install "gaussjax[svg]"``).
+    svg_size: SVG files only: output ``(height, width)``; defaults to the
+      SVG's own size.
 
   Returns:
     ``[H, W, C]`` float32 NumPy array.
@@ -63,6 +70,8 @@ def load_image(path, *, max_pixels: int = constants.MAX_PIXELS) -> np.ndarray:
     raise ValueError(f"image path {path!r} is a directory, not a file")
   if os.path.getsize(path) == 0:
     raise ValueError(f"image file {path!r} is empty (0 bytes)")
+  if _svg.is_svg(path):
+    return _svg.load_svg(path, supersample=svg_supersample, size=svg_size, max_pixels=max_pixels)
   try:
     with warnings.catch_warnings():
       # Pillow's own decompression-bomb guard is replaced by max_pixels below.

@@ -19,6 +19,8 @@ POSITIONAL_DEFAULTS = {
     ("encode_batch", "config"),  # encode_batch(images, config), as encode
     ("fit_batch", "config"),  # fit_batch(images, gaussians, config), as fit
     ("encode_video", "config"),  # encode_video(frames, config), as encode
+    ("encode_tiled", "config"),  # encode_tiled(image, config), as encode
+    ("fit_tiled", "config"),  # fit_tiled(image, num_gaussians, config), as fit_image
 }
 
 PRNG_NAMES = {"rng", "prng", "prng_key", "rng_key", "seed_key", "random_key"}

@@ -1,0 +1,107 @@
+"""Command-line options for big images: ``--tile``, ``--margin``, ``--memory-budget``.
+
+``gaussjax fit`` and ``gaussjax encode`` call ``add_arguments`` on their
+parsers and, once the image is loaded, ``fit`` / ``encode`` here: with
+``--tile`` the image is worked on tile by tile (``gaussjax._tiles``); without
+it, ``check`` refuses an image whose one-piece work would exceed the memory
+budget, before any work, and says which ``--tile`` would fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from gaussjax import _tiles
+from gaussjax._cli_common import non_negative_int
+from gaussjax._cli_common import positive_int
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  """Adds ``--tile``, ``--margin`` and ``--memory-budget`` to a subcommand's parser."""
+  parser.add_argument(
+      "--tile", type=positive_int, default=None, metavar="PIXELS",
+      help="work on tiles of this side (e.g. 512) for big images: memory bounded by the tile, "
+           "not the image")
+  parser.add_argument("--margin", type=non_negative_int, default=_tiles.DEFAULT_MARGIN,
+                      help=f"with --tile: context around each tile, where tiles blend "
+                           f"({_tiles.DEFAULT_MARGIN})")
+  parser.add_argument(
+      "--memory-budget", type=float, default=float(_tiles.DEFAULT_MEMORY_BUDGET_MB),
+      metavar="MB", help=f"refuse work estimated over this many MB "
+                         f"({_tiles.DEFAULT_MEMORY_BUDGET_MB})")
+
+
+def check(args, image: np.ndarray, command: str) -> None:
+  """Raises ``MemoryBudgetError`` (a ``ValueError``) when the work would not fit the budget."""
+  h, w, c = image.shape
+  _tiles.check_budget(h, w, c, memory_budget_mb=args.memory_budget, tile=args.tile,
+                      margin=args.margin, command=command)
+
+
+def encode(args, image: np.ndarray, config) -> bytes:
+  """``gaussjax encode --tile``: the tiled file's bytes."""
+  return _tiles.encode_tiled(image, config, tile=args.tile, margin=args.margin,
+                             memory_budget_mb=args.memory_budget,
+                             progress=None if not getattr(args, "quiet", False) else False)
+
+
+def fit(args, image: np.ndarray) -> int:
+  """``gaussjax fit --tile``: fits tile by tile, writes the blended rendering."""
+  import gaussjax
+  from gaussjax._io import save_image
+  start = time.perf_counter()
+  config = gaussjax.FitConfig(steps=args.steps, backend=args.backend,
+                              log_every=max(1, args.steps // 10), replan_every=50,
+                              time_budget_s=args.time_budget, target_psnr=args.target_psnr)
+  import jax
+  tiled = gaussjax.fit_tiled(image, args.gaussians, config, tile=args.tile, margin=args.margin,
+                             memory_budget_mb=args.memory_budget, key=jax.random.key(args.seed),
+                             progress=False if args.quiet else None)
+  render = gaussjax.render_tiled(tiled, backend=args.backend)
+  psnr = _tiles.psnr_banded(image, render)
+  save_image(args.out, render)
+  print(f"PSNR {psnr:.2f} dB  time {time.perf_counter() - start:.1f} s  "
+        f"({tiled.num_gaussians} Gaussians in {len(tiled.grid)} tiles of {args.tile}) "
+        f"-> {args.output}", file=sys.stdout)
+  return 0
+
+
+is_tiled = _tiles.is_tiled
+
+
+def decode(data: bytes, *, height: int | None, width: int | None) -> np.ndarray:
+  """``gaussjax decode`` of a tiled file: float32 ``[H, W, C]``, a progress bar per tile."""
+  return _tiles.decode_tiled(data, height=height, width=width, progress=None)
+
+
+def encode_images(images: list[np.ndarray], config, args) -> list[bytes]:
+  """``encode-dir``'s encoder: ``encode_batch`` for images that fit the budget in one piece.
+
+  An image over the budget is encoded in tiles with ``--tile``, and refused
+  (``MemoryBudgetError``, before any work; ``encode_dir`` records it as that
+  image's error) without it. The batch's estimate is per image: ``--batch``
+  multiplies it.
+  """
+  from gaussjax._batch import encode_batch
+  big = []
+  for i, image in enumerate(images):
+    h, w, c = image.shape
+    if _tiles.fit_memory_mb(h, w) > args.memory_budget:
+      if args.tile is None:
+        _tiles.check_budget(h, w, c, memory_budget_mb=args.memory_budget, margin=args.margin,
+                            command="encode-dir")
+      check(args, image, "encode-dir")
+      big.append(i)
+  small = [i for i in range(len(images)) if i not in big]
+  out: list[bytes | None] = [None] * len(images)
+  if small:
+    for i, data in zip(small, encode_batch([images[i] for i in small], config)):
+      out[i] = data
+  for i in big:
+    out[i] = _tiles.encode_tiled(images[i], config, tile=args.tile, margin=args.margin,
+                                 memory_budget_mb=args.memory_budget, progress=False)
+  return out
