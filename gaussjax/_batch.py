@@ -372,7 +372,7 @@ def fit_batch(images, gaussians, config=None, *, devices=None, vectorize: bool |
     state = jax.vmap(lambda g: init_fit_state(g, config))(
         _stack([_density.to_buffer(initial[i], schedule.target) for i in members]))
     state, info = run_batch(
-        _fit._loop_step, state, (images_b, masks_b), mesh=mesh, num_steps=config.steps,
+        _fit._loop_step, state, (images_b, masks_b, None), mesh=mesh, num_steps=config.steps,
         static=_fit.loop_static(config, schedule, hb, wb), height=hb, width=wb, backend=backend,
         chunk=_fit.chunk_steps(config), replan_every=config.replan_every,
         batch=_loop_batch(vectorize))

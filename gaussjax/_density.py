@@ -364,12 +364,16 @@ class Schedule:
 # and added) follow the same ``Schedule``; the random choices come from the
 # PRNG key of the fit state, so runs are deterministic. The colours of new
 # Gaussians are the same ridge least-squares fit to the residual as on the
-# host, solved by a fixed number of conjugate-gradient iterations through the
+# host, solved by a fixed number of preconditioned iterations through the
 # renderer (its forward and transpose) instead of a sparse factorisation.
 
-# Conjugate-gradient iterations of the colour solve of new Gaussians.
-CG_ITERATIONS = 8
+# Iterations of the colour solve of new Gaussians (each a render of them and
+# its transpose), and its ridge relative to a Gaussian's squared norm.
+SOLVE_ITERATIONS = 12
 RIDGE = SLIC_RIDGE
+# Lower end of the spectrum the Chebyshev iteration of the solve is tuned for
+# (the upper end is 1 after its preconditioning).
+SOLVE_SPECTRUM_MIN = 0.03
 
 
 @dataclasses.dataclass(frozen=True)
@@ -411,12 +415,13 @@ class EventSpec:
     else:
       steps = schedule.events
       targets, splits, new = [], [], []
+      live = schedule.initial  # what the buffer holds before each event
       for step in steps:
         target, prune, split = schedule.event(step)
-        previous = schedule.live(max(step - 1, 0)) if step else schedule.initial
         targets.append(target)
         splits.append(split)
-        new.append(target - (previous - min(prune, previous)))
+        new.append(target - (live - min(prune, live)))
+        live = max(target, live - min(prune, live))
     smallest = min([schedule.initial, *targets] if targets else [schedule.initial]) or 1
     sigma = sigma_scale * math.sqrt(pixels / max(smallest, 1))
     radius = int(min(4.0 * sigma + 1.5, max(height, width)))
@@ -497,7 +502,7 @@ def _pixel_uniform(key, height: int, width: int):
 
 
 def _solve_colors_device(means, chol, valid, residual, mask, prior, sigma, backend):
-  """Ridge least squares ``argmin ||W c - r||² + λ ||c - prior||²`` by conjugate gradients.
+  """Ridge least squares ``argmin ||W c - r||² + λ ||c - prior||²``, iteratively.
 
   ``W c`` is the render of these Gaussians with colours ``c`` (linear in
   ``c``); its transpose is the render's VJP. Falls back to ``prior`` where
@@ -516,25 +521,35 @@ def _solve_colors_device(means, chol, valid, residual, mask, prior, sigma, backe
   _, vjp_fn, overflow = jax.vjp(forward, prior, has_aux=True)
   normal = lambda c: vjp_fn(forward(c)[0])[0]
   lam = RIDGE * math.pi * (sigma * sigma + constants.COV_FLOOR)
-  matvec = lambda c: (normal(c) + lam * c) * valid[:, None]
-  rhs = (vjp_fn(residual * weight)[0] + lam * prior) * valid[:, None]
-  x = prior * valid[:, None]
+  keep = valid[:, None].astype(prior.dtype)
+  matvec = lambda c: (normal(c) + lam * c) * keep
+  rhs = (vjp_fn(residual * weight)[0] + lam * prior) * keep
+  # Chebyshev iteration preconditioned by the row sums of the (nonnegative)
+  # normal matrix, which puts its spectrum in (0, 1]: it converges for any
+  # overlap, and unlike conjugate gradients its coefficients do not depend on
+  # the data, so float rounding (a padded image in a batch) changes the
+  # result by rounding only. Directions with eigenvalues below
+  # SOLVE_SPECTRUM_MIN (Gaussians that overlap almost completely) converge
+  # slowly; the ridge would hold them near the prior anyway.
+  rows = matvec(jnp.ones_like(prior))
+  rows = jnp.where(rows > 0, rows, 1.0)
+  theta = 0.5 * (1.0 + SOLVE_SPECTRUM_MIN)
+  delta = 0.5 * (1.0 - SOLVE_SPECTRUM_MIN)
+  sigma1 = theta / delta
+  x = prior * keep
   r = rhs - matvec(x)
-  p = r
-  rr = jnp.sum(r * r)
+  d = r / rows / theta
+  rho = 1.0 / sigma1
 
   def body(_, carry):
-    x, r, p, rr = carry
-    ap = matvec(p)
-    denom = jnp.sum(p * ap)
-    alpha = jnp.where(denom > 0, rr / jnp.where(denom > 0, denom, 1.0), 0.0)
-    x = x + alpha * p
-    r = r - alpha * ap
-    new_rr = jnp.sum(r * r)
-    beta = jnp.where(rr > 0, new_rr / jnp.where(rr > 0, rr, 1.0), 0.0)
-    return x, r, r + beta * p, new_rr
+    x, r, d, rho = carry
+    x = x + d
+    r = r - matvec(d)
+    rho_next = 1.0 / (2.0 * sigma1 - rho)
+    d = rho_next * rho * d + (2.0 * rho_next / delta) * (r / rows)
+    return x, r, d, rho_next
 
-  x, _, _, _ = jax.lax.fori_loop(0, CG_ITERATIONS, body, (x, r, p, rr))
+  x, _, _, _ = jax.lax.fori_loop(0, SOLVE_ITERATIONS, body, (x, r, d, rho))
   ok = jnp.logical_not(overflow) & jnp.all(jnp.isfinite(x))
   return jnp.where(ok, x, prior)
 

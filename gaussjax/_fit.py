@@ -2,32 +2,37 @@
 
 Call chain::
 
-  fit(image, gaussians, config)            host loop: plans, logging, stopping
-    ├─ make_plan(g, H, W, backend)         outside jit, from concrete Gaussians
-    └─ fit_step(state, image, config=, plan=)   jitted, pure
-         └─ rasterize(g, H, W, backend, plan) -> (image, overflow)
+  fit(image, gaussians, config)             host: validation, history, stopping rules
+    └─ _loop.run(_loop_step, state, ...)    the one training loop: compiled chunks
+         │                                  of steps; plans and overflow redo by
+         │                                  the render layer (_render.plan_for /
+         │                                  replan); logging at chunk boundaries
+         └─ _loop_step(state, data, t)      jitted, pure, inside a lax.scan
+              ├─ _event (lax.cond on t)     density control on the device
+              │    └─ _density.densify_device
+              └─ fit_step(state, image, config=, plan=)   pure, public
+                   └─ rasterize(g, H, W, backend, plan) -> (image, overflow)
+  finish(...)                               free slots filled (a run stopped while
+                                            growing), the last history entry
 
 ``fit_step`` is pure: users who write their own loop call it directly (jit it
 with ``config`` and ``plan`` static). A step whose render overflowed the plan
 returns the state unchanged (never a step computed on an incomplete image) and
-``overflow=True``; the caller re-plans from the current Gaussians and goes on.
-Since an unchanged state with the same plan overflows again, ``fit`` only
-reads the step counter at the end of each chunk of steps (up to the next log
-or re-plan point), so the device is never synchronised inside a chunk; the
-steps lost to an overflow are at most one chunk.
+``overflow=True``. ``fit`` never sees that: the training loop redoes any chunk
+of steps that overflowed from its start state with a fresh plan.
 
-Adaptive density control (``gaussjax._density``, off by default) runs on the
-host between chunks: ``fit`` keeps a buffer of exactly ``num_gaussians``
-slots, unused ones parked off the image, so the compiled step never changes
-shape; an event prunes, splits and adds Gaussians where the error is
-largest, and resets the optimiser moments of the slots it wrote. If ``fit``
-stops early while growing, the free slots are filled before returning, so
-the count is always exactly N.
+Adaptive density control (``gaussjax._density``) runs inside the compiled
+loop: ``fit`` keeps a buffer of exactly ``num_gaussians`` slots, unused ones
+parked off the image, so the compiled step never changes shape; at the event
+steps of the ``Schedule`` an event prunes, splits and adds Gaussians where
+the error is largest (random choices from the state's PRNG key), and resets
+the optimiser moments of the slots it wrote. If ``fit`` stops early while
+growing, the free slots are filled before returning, so the count is always
+exactly N.
 
-Plans (xla backend): each new plan is a new compiled step, so ``fit`` keeps
-its plan while it still holds the Gaussians (checked on the host), gives new
-plans room for Gaussians that grow into larger classes, and never re-plans
-when the native kernel (which ignores plans) renders.
+The host reads the device once per chunk (metrics of every step of it, for
+the history and the stopping rules); ``benchmarks/results/fit_overhead_cpu.md``
+measures what the loop costs over bare forward and backward passes.
 """
 
 from __future__ import annotations
@@ -225,6 +230,24 @@ def _schedule(lr: float, config: FitConfig) -> optax.Schedule:
       end_value=lr * config.final_lr_fraction)
 
 
+def lr_shape(step, horizon, config: FitConfig):
+  """The learning-rate schedule of ``make_optimizer`` relative to its peak, for a run of ``horizon`` steps.
+
+  ``step`` and ``horizon`` may be traced: the same warmup and cosine decay
+  as ``_schedule`` (optax's ``warmup_cosine_decay_schedule``) in jnp.
+  """
+  step = jnp.asarray(step, jnp.float32)
+  horizon = jnp.asarray(horizon, jnp.int32)
+  warmup = jnp.minimum(config.warmup_steps, horizon // 10).astype(jnp.float32)
+  decay = jnp.maximum(horizon.astype(jnp.float32), warmup + 1.0)
+  start = 1.0 / (warmup + 1.0)
+  rising = start + (1.0 - start) * step / jnp.maximum(warmup, 1.0)
+  progress = jnp.clip((step - warmup) / (decay - warmup), 0.0, 1.0)
+  end = config.final_lr_fraction
+  falling = end + (1.0 - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+  return jnp.where(step < warmup, rising, falling)
+
+
 def gaussian_spacing(height: int, width: int, n: int) -> float:
   """The mean spacing ``sqrt(H·W / N)`` in pixels of N Gaussians covering an image."""
   return math.sqrt(height * width / max(n, 1))
@@ -323,7 +346,7 @@ def fit_loss(gaussians: Gaussians, image: Array, *, config: FitConfig, plan=None
 
 
 def fit_step(state: FitState, image: Array, *, config: FitConfig, plan=None,
-             mask: Array | None = None) -> tuple[FitState, dict]:
+             mask: Array | None = None, horizon: Array | None = None) -> tuple[FitState, dict]:
   """One optimisation step; pure (jit it with ``config`` and ``plan`` static).
 
   Args:
@@ -332,6 +355,9 @@ def fit_step(state: FitState, image: Array, *, config: FitConfig, plan=None,
     config: ``FitConfig``.
     plan: from ``make_plan(state.gaussians, H, W, backend=config.backend)``.
     mask: ``[H, W]`` loss mask, as in ``fit_loss`` (None: every pixel).
+    horizon: the step at which the learning-rate schedule ends (a traced
+      int scalar; None: ``config.steps``). ``fit`` shortens it to the steps
+      that fit ``config.time_budget_s``.
 
   Returns:
     ``(new_state, metrics)`` with metrics ``loss``, ``psnr`` (of the Gaussians
@@ -363,6 +389,12 @@ def fit_step(state: FitState, image: Array, *, config: FitConfig, plan=None,
     updates, opt_state = make_optimizer(config).update(grads, state.opt_state, state.gaussians)
     spacing = jnp.sqrt(jnp.sum(mask) / max(n, 1))
     updates = Gaussians(updates.means * spacing, updates.chol * spacing, updates.colors)
+  if horizon is not None:
+    # The schedule of `horizon` steps instead of `config.steps`: Adam's update
+    # is linear in the learning rate, and every field has the same shape.
+    planned = lr_shape(state.step, config.steps, config)
+    ratio = jnp.where(planned > 0, lr_shape(state.step, horizon, config) / planned, 0.0)
+    updates = jax.tree_util.tree_map(lambda u: u * ratio, updates)
   gaussians = optax.apply_updates(state.gaussians, updates)
   key, _ = jax.random.split(state.key)
   new_state = FitState(gaussians, opt_state, state.step + 1, key)
@@ -413,18 +445,29 @@ def _event(state: FitState, image, mask, target, split, plan, config: FitConfig,
 def _loop_step(state: FitState, data, t, plan, static):
   """The step of the training loop (``gaussjax._loop``): density event at ``t`` if any, then ``fit_step``."""
   config, spec = static
-  image, mask = data
+  image, mask, horizon = data
   overflow = jnp.zeros((), bool)
   if spec is not None and spec.steps:
     steps = jnp.asarray(spec.steps, jnp.int32)
-    index = jnp.clip(jnp.searchsorted(steps, t), 0, len(spec.steps) - 1)
+    if horizon is None:
+      due = jnp.any(steps == t)
+      index = jnp.clip(jnp.searchsorted(steps, t), 0, len(spec.steps) - 1)
+    else:
+      # The schedule's events at the same fractions of a shorter horizon:
+      # the last event passed since the previous step (its targets include
+      # the growth of any event passed with it).
+      virtual = lambda u: jnp.where(u < 0, -1, (u * config.steps) // horizon)
+      index = jnp.searchsorted(steps, virtual(t), side="right") - 1
+      due = (index >= 0) & (steps[jnp.maximum(index, 0)] > virtual(t - 1))
+      index = jnp.maximum(index, 0)
     target = jnp.asarray(spec.targets, jnp.int32)[index]
     split = jnp.asarray(spec.splits, jnp.int32)[index]
     state, overflow = jax.lax.cond(
-        steps[index] == t,
+        due,
         lambda s: _event(s, image, mask, target, split, plan, config, spec),
         lambda s: (s, jnp.zeros((), bool)), state)
-  new_state, metrics = fit_step(state, image, config=config, plan=plan, mask=mask)
+  new_state, metrics = fit_step(state, image, config=config, plan=plan, mask=mask,
+                                horizon=horizon)
   return new_state, {"loss": metrics["loss"], "psnr": metrics["psnr"],
                      "overflow": overflow | metrics["overflow"]}
 
@@ -576,6 +619,14 @@ def fit(
     if callback is not None:
       callback(step, {"loss": losses[-1], "psnr": psnrs[-1], "wall_time": wall})
 
+  # With a time budget the learning-rate schedule (and the density events)
+  # are fitted to the steps that the budget allows, estimated from the speed
+  # of the chunks after the first (which compiles), instead of cutting a
+  # schedule planned for more steps.
+  budget = config.time_budget_s
+  horizon = [config.steps]
+  timing = []  # (seconds, steps done) at the end of each chunk
+
   def on_chunk(first, count, state, metrics):
     # One synchronisation per chunk; the chunk's steps share its time span
     # (the Gaussians of step `first` existed when the chunk started).
@@ -594,15 +645,27 @@ def fit(
       if (config.plateau_db is not None and len(psnrs) >= 2
           and steps[-1] - steps[-2] == config.log_every and psnrs[-1] - psnrs[-2] < config.plateau_db):
         stop = True
-    if config.time_budget_s is not None and now >= config.time_budget_s:
-      stop = True
+    done = first + count
+    if budget is not None:
+      timing.append((now, done))
+      if now >= budget or done >= horizon[0]:
+        stop = True
+      elif len(timing) >= 2:
+        (t0, s0), (t1, s1) = timing[0], timing[-1]
+        per_step = (t1 - t0) / max(s1 - s0, 1)
+        fits = done + int((budget - now) / max(per_step, 1e-9))
+        horizon[0] = int(min(max(fits, done + 1), config.steps))
     return stop
 
+  def refresh(data):
+    return data[:2] + (jnp.asarray(horizon[0], jnp.int32),)
+
   state, info = _loop.run(
-      _loop_step, state, (image, None), num_steps=config.steps,
-      static=loop_static(config, schedule, height, width), height=height, width=width,
-      backend=backend, chunk=chunk_steps(config), replan_every=config.replan_every,
-      boundary=lambda done: (done // config.log_every + 1) * config.log_every, on_chunk=on_chunk)
+      _loop_step, state, (image, None, None if budget is None else jnp.int32(config.steps)),
+      num_steps=config.steps, static=loop_static(config, schedule, height, width), height=height,
+      width=width, backend=backend, chunk=chunk_steps(config), replan_every=config.replan_every,
+      boundary=lambda done: min((done // config.log_every + 1) * config.log_every, horizon[0]),
+      on_chunk=on_chunk, refresh=None if budget is None else refresh)
   # Final entry: the fitted Gaussians themselves (free slots filled first).
   end_time = time.perf_counter() - start
   state, loss, psnr_value, made = finish(state, image, None, schedule, config, info.plan,

@@ -136,6 +136,7 @@ def run(
     mesh: Mesh | None = None,
     plan=None,
     on_chunk: Callable | None = None,
+    refresh: Callable | None = None,
 ):
   """Runs ``num_steps`` steps of ``step`` in compiled chunks: ``(state, LoopInfo)``.
 
@@ -167,6 +168,9 @@ def run(
       accepted chunk: steps ``first ... first + count - 1`` were made,
       ``metrics`` stacked ``[chunk, ...]`` (the first ``count`` valid),
       ``state`` the state after them. Returning True stops the loop.
+    refresh: ``refresh(data) -> data`` before each chunk (traced inputs that
+      the host adjusts between chunks, e.g. a schedule's horizon; same
+      shapes, so nothing compiles again).
 
   Returns:
     ``(state, LoopInfo)``.
@@ -189,6 +193,8 @@ def run(
       plan, made = _render.plan_for(view(state), height, width, backend=backend,
                                     previous=plan if planned else None)
       planned, planned_at, replans = True, done, replans + int(made)
+    if refresh is not None:
+      data = refresh(data)
     end = min(done + chunk, num_steps)
     if boundary is not None:
       end = min(end, max(boundary(start + done) - start, done + 1))
