@@ -6,17 +6,18 @@ Call chain::
     ├─ bucket_images                          groups of one padded size
     ├─ pad_images                             [B, Hb, Wb, C] + loss mask [B, Hb, Wb]
     ├─ batch_mesh / shard_batch               the batch axis split over devices
-    └─ run_steps(fit_step)                    under one jit: shard_map over devices,
-                                              vmap over each device's images (a
-                                              loop on the CPU without the native
-                                              kernel); one plan per batch,
-                                              re-planned on overflow (none for the
-                                              native kernel, which ignores plans)
+    └─ run_batch → _loop.run(_fit._loop_step) the one training loop of gaussjax.fit:
+                                              compiled chunks of steps, density events
+                                              inside, vmap over each device's images
+                                              (lax.map on the CPU without the native
+                                              kernel), shard_map over devices; plans
+                                              and overflow redo by the render layer
   encode_batch(images, config) -> [bytes]     SLIC initialisation on a thread per core,
-                                              the codec's float fit (padded buckets)
-                                              and quantisation-aware fine-tuning
-                                              (exact sizes), batched the same way;
-                                              entropy coding per image on the host
+                                              the codec's float fit (fit_batch, padded
+                                              buckets) and its fine-tuning (_qat_batch:
+                                              the codec's _train_step in the same loop,
+                                              exact sizes); entropy coding per image on
+                                              the host
 
 Padding never influences a result: images are padded at the bottom and right
 (pixel coordinates of the real pixels do not move) and the loss of every padded
@@ -35,7 +36,6 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gaussjax import _loop

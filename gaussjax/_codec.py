@@ -7,7 +7,10 @@ Call chain::
     │    ├─ _fit_float                        SLIC + gaussjax.fit at the first guess of N
     │    ├─ _choose                           choose_steps (RD search) and N for the rate
     │    └─ _refit                            gaussjax.fit again, N moved to its new value
-    ├─ _finetune                              quantisation-aware fine-tuning
+    ├─ _finetune                              quantisation-aware fine-tuning:
+    │    └─ _train → _loop.run(_train_step)   the training loop of gaussjax.fit with
+    │                                         the codec's step (fake quantisation,
+    │                                         frozen fields)
     └─ _code → encode_gaussians               quantise, Morton order, ANS-code, frame;
                                               the rate controller (_encode_rate)
   decode(data, height=, width=)               decode_gaussians → render at any size

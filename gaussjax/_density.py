@@ -5,7 +5,7 @@ step never changes shape while the number of live Gaussians grows:
 
   * an *inactive* slot holds a Gaussian parked off the image with colour 0; it
     renders nothing, gets zero gradients and costs the rasteriser nothing;
-  * a densification event (host side, between chunks of jitted steps)
+  * a densification event
     1. prunes the live Gaussians that contribute least (``contributions``),
     2. splits the largest live Gaussians among those with the largest
        positional gradient (``split_gaussians``),
@@ -13,11 +13,14 @@ step never changes shape while the number of live Gaussians grows:
        blurred residual is largest (``sample_from_error``),
     and resets the optimiser moments of every slot it wrote.
 
-All functions here are NumPy on concrete arrays (they choose indices, which
-is host work); ``fit`` calls them between chunks of jitted steps, so the
-compiled step never changes shape (N is fixed) and only re-plans, at most.
-Enable it through ``FitConfig`` (``num_gaussians``, ``densify_every``,
-``prune_fraction``, ``split_fraction``, ``grow_until``, ``densify_until``).
+Two implementations of the event: ``densify`` (NumPy/SciPy on concrete
+arrays, host side, a reference and a tool) and ``densify_device`` (jnp with
+static shapes: the one ``fit`` runs, inside the compiled training loop of
+``gaussjax._loop`` at the steps of a ``Schedule``, described statically by
+an ``EventSpec``; random choices from the fit state's PRNG key). Both make
+the same counts of pruned, split and added Gaussians. Enable it through
+``FitConfig`` (``num_gaussians``, ``densify_every``, ``prune_fraction``,
+``split_fraction``, ``grow_until``, ``densify_until``).
 
 Measured (``benchmarks/represent.py`` ablation, Kodak 03 and 23 at 1/4 size,
 625 Gaussians, 300 steps): from SLIC at N, pruning and re-adding 2 % per
@@ -488,7 +491,7 @@ def _mix32(h):
 
 
 def _pixel_uniform(key, height: int, width: int):
-  """``[H, W]`` uniforms in (0, 1) that depend on the pixel's coordinates only (not the array shape).
+  """``[H, W]`` uniforms in (0, 1) that depend on the pixel coordinates only, not the array shape.
 
   A padded image draws the same numbers at its real pixels as the image
   alone. A hash of (key, row, column): cheap, and plenty for sampling.

@@ -102,11 +102,15 @@ class FitConfig:
       0 by default).
     backend: renderer (``"auto"``, ``"reference"``, ``"xla"``, ``"pallas"``).
     replan_every: re-plan the binning from the current Gaussians this often
-      (they move and grow; a stale plan would overflow or waste work).
+      (at the first chunk boundary after it; they move and grow; a stale plan
+      would overflow or waste work; a plan that still holds is kept).
     log_every: record a history entry this often (also the stopping-rule
-      check interval).
-    time_budget_s: stop after this many seconds (checked every
-      ``log_every`` steps), or None.
+      check interval; compiled chunks of steps end at these points).
+    time_budget_s: fit in about this many seconds, or None. After the
+      first chunks (the first one compiles) ``fit`` estimates the steps that
+      fit the budget and runs the learning-rate schedule and the density
+      events over that horizon instead of ``steps`` (a shorter schedule,
+      not a cut one); it also stops once the budget is spent.
     target_psnr: stop once the PSNR reaches this (dB), or None.
     plateau_db: stop once the PSNR gained less than this (dB) over the last
       ``log_every`` steps (a plateau), or None.
@@ -231,7 +235,7 @@ def _schedule(lr: float, config: FitConfig) -> optax.Schedule:
 
 
 def lr_shape(step, horizon, config: FitConfig):
-  """The learning-rate schedule of ``make_optimizer`` relative to its peak, for a run of ``horizon`` steps.
+  """``make_optimizer``'s learning-rate schedule over its peak, for a run of ``horizon`` steps.
 
   ``step`` and ``horizon`` may be traced: the same warmup and cosine decay
   as ``_schedule`` (optax's ``warmup_cosine_decay_schedule``) in jnp.
@@ -443,7 +447,7 @@ def _event(state: FitState, image, mask, target, split, plan, config: FitConfig,
 
 
 def _loop_step(state: FitState, data, t, plan, static):
-  """The step of the training loop (``gaussjax._loop``): density event at ``t`` if any, then ``fit_step``."""
+  """The step of the training loop (``gaussjax._loop``): the density event of ``t``, then ``fit_step``."""
   config, spec = static
   image, mask, horizon = data
   overflow = jnp.zeros((), bool)
@@ -643,7 +647,8 @@ def fit(
       if config.target_psnr is not None and psnrs[-1] >= config.target_psnr:
         stop = True
       if (config.plateau_db is not None and len(psnrs) >= 2
-          and steps[-1] - steps[-2] == config.log_every and psnrs[-1] - psnrs[-2] < config.plateau_db):
+          and steps[-1] - steps[-2] == config.log_every
+          and psnrs[-1] - psnrs[-2] < config.plateau_db):
         stop = True
     done = first + count
     if budget is not None:

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
 from gaussjax import _render
+from gaussjax._gaussians import Gaussians
 
 # Steps per compiled chunk (one dispatch, one host round trip) unless the
 # caller asks for other boundaries.
@@ -64,6 +65,13 @@ class LoopInfo(NamedTuple):
   plan: Any
 
 
+def _gaussians_of(state) -> Gaussians:
+  """The Gaussians of a loop state: the state itself, its ``gaussians`` or its first field."""
+  if isinstance(state, Gaussians):
+    return state
+  return state.gaussians if hasattr(state, "gaussians") else state[0]
+
+
 def _batched_step(step, state, data, t, plan, static, batch):
   if batch is None:
     return step(state, data, t, plan, static)
@@ -74,7 +82,9 @@ def _batched_step(step, state, data, t, plan, static, batch):
 
 @functools.partial(jax.jit, static_argnames=("step", "static", "plan", "length", "batch", "mesh"))
 def _chunk(state, data, start, num_valid, *, step, static, plan, length, batch, mesh):
-  """``num_valid`` (traced, at most ``length``) steps from ``start``: ``(state, metrics, overflowed)``.
+  """``num_valid`` (traced, at most ``length``) steps from ``start``.
+
+  Returns ``(state, metrics, overflowed)``.
 
   Steps past ``num_valid`` or after an overflow are skipped (``lax.cond``);
   their metrics are zeros. On overflow the state stays that of the last good
@@ -151,8 +161,8 @@ def run(
     height: rows of the rendered images (for plans).
     width: columns.
     backend: the renderer (resolved).
-    view: ``view(state) -> Gaussians`` to plan from (default ``state.gaussians``
-      or ``state[0]``); called only for backends that use plans.
+    view: ``view(state) -> Gaussians`` to plan from (default: the state's
+      Gaussians, ``_gaussians_of``); called only for backends that use plans.
     start: index of the first step.
     chunk: steps per compiled chunk (static: one compilation).
     boundary: ``boundary(done) -> step`` where the chunk starting at ``done``
@@ -179,8 +189,9 @@ def run(
     RuntimeError: fresh plans keep overflowing (``_render.replan``).
   """
   if view is None:
-    view = lambda s: s.gaussians if hasattr(s, "gaussians") else s[0]
-  uses_plans = _render.uses_plans(backend, view(state).colors.shape[-1])
+    view = _gaussians_of
+  # The channels of the parameters (a view, e.g. fake quantisation, keeps them).
+  uses_plans = _render.uses_plans(backend, _gaussians_of(state).colors.shape[-1])
   replans = overflows = 0
   planned = plan is not None or not uses_plans
   if not uses_plans:

@@ -270,7 +270,7 @@ def test_fit_batch_matches_fit_one_at_a_time_and_padding_changes_nothing(vectori
 
 def test_fit_batch_runs_the_density_events_of_fit():
   # Growth from 8 to 12 Gaussians and prune/re-add events at steps 5, 10, 15
-  # (host side, per image): the batch makes the same events as fit alone.
+  # (on the device, per image): the batch makes the same events as fit alone.
   images = toy_images(2, 16, 20)
   initial = [gaussjax.init_slic(im, 8) for im in images]
   config = tiny_fit_config(num_gaussians=12, densify_every=5, densify_until=0.6, grow_until=0.3,
