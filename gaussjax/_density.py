@@ -471,13 +471,17 @@ def _blur(residual, mask, sigma, radius: int):
   weights = jnp.exp(-0.5 * taps * taps / (sigma * sigma))
   weights = jnp.where(jnp.abs(taps) <= jnp.floor(4.0 * sigma + 0.5), weights, 0.0)
   weights = weights / jnp.sum(weights)
-  x = jnp.pad(x, ((radius, radius), (radius, radius), (0, 0)), mode="edge")
-  spec = ("NHWC", "HWIO", "NHWC")
-  for shape in ((2 * radius + 1, 1), (1, 2 * radius + 1)):
-    kernel = jnp.broadcast_to(weights.reshape(*shape, 1, 1), (*shape, 1, channels))
-    x = jax.lax.conv_general_dilated(x[None], kernel, (1, 1), "VALID", dimension_numbers=spec,
-                                     feature_group_count=channels,
-                                     precision=jax.lax.Precision.HIGHEST)[0]
+  # A loop of shifted multiply-adds per axis (XLA:CPU runs a grouped
+  # convolution with a long kernel element by element).
+  for axis, size in ((0, height), (1, width)):
+    pad = [(0, 0)] * 3
+    pad[axis] = (radius, radius)
+    padded = jnp.pad(x, pad, mode="edge")
+
+    def tap(k, out, padded=padded, axis=axis, size=size):
+      return out + weights[k] * jax.lax.dynamic_slice_in_dim(padded, k, size, axis)
+
+    x = jax.lax.fori_loop(0, 2 * radius + 1, tap, jnp.zeros_like(x))
   return x
 
 
