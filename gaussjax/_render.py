@@ -15,7 +15,8 @@ classes, tile lists). A *plan* is the hashable, static description of those
 shapes, chosen from concrete Gaussians by ``make_plan`` outside ``jit``.
 ``rasterize`` renders with a given plan and returns an ``overflow`` flag that is
 True when some Gaussian did not fit the plan; then the image is incomplete and
-the caller must re-plan and render again (``fit`` and ``encode`` do this).
+the caller must re-plan and render again (the training loop, ``gaussjax._loop``,
+does this with ``replan``).
 ``render`` hides all this: with concrete Gaussians it plans from them, so it
 never overflows; under a transformation (``jit``, ``grad``, ``vmap``), where the
 values are unknown, it uses the backend's default plan and returns an image
