@@ -7,8 +7,9 @@ of ``value_and_grad`` of the MSE through ``rasterize`` on the fitted N
 Gaussians, in the same process. The target (issue 13): fit / bare <= 1.15.
 
 Both are timed cold (compilation included) and warm (a second identical run,
-compilations cached); the bare loop runs before and after the fits and its
-mean is used, since the machine may be shared (load averages recorded).
+compilations cached); the warm bare loop runs before the fits (on SLIC
+Gaussians at N) and after them (on the fitted ones) and its mean is used,
+since the machine may be shared (load averages recorded).
 With ``--baseline DIR`` (another commit's source tree) the fit is also timed
 with that code, in its own process, for an old-versus-new step time.
 
@@ -108,6 +109,7 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=1000)
   parser.add_argument("--scale", type=int, default=1, help="downscale kodim23 by this factor")
   parser.add_argument("--baseline", help="source tree of a baseline gaussjax to time the fit with")
+  parser.add_argument("--name", help="results name (default fit_overhead_cpu[_quick])")
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.quick:
@@ -118,8 +120,12 @@ def main() -> None:
   import _machine
   load_before = [round(v, 2) for v in os.getloadavg()]
   image = load(args)
+  # Bare runs before and after the fits, their mean against the fit: a load
+  # that drifts during the run biases neither side.
+  import gaussjax
+  slic = gaussjax.init_slic(image, args.n)  # N Gaussians of the fit's kind, for the first bare run
+  bare_cold, bare_warm = time_bare(image, slic, args.steps)
   fit = time_fit(args, image)
-  bare_cold, bare_warm = time_bare(image, fit["fitted"], args.steps)
   _, bare_warm_after = time_bare(image, fit["fitted"], args.steps)
   bare = 0.5 * (bare_warm + bare_warm_after)
   rows = [{
@@ -145,7 +151,8 @@ def main() -> None:
   meta["load_after"] = [round(v, 2) for v in os.getloadavg()]
   print(_machine.format_table(rows))
   print(f"load before {load_before}, after {meta['load_after']}")
-  _machine.write_results("fit_overhead_cpu_quick" if args.quick else "fit_overhead_cpu", rows, meta)
+  name = args.name or ("fit_overhead_cpu_quick" if args.quick else "fit_overhead_cpu")
+  _machine.write_results(name, rows, meta)
 
 
 if __name__ == "__main__":
