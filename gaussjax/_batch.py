@@ -6,17 +6,18 @@ Call chain::
     ├─ bucket_images                          groups of one padded size
     ├─ pad_images                             [B, Hb, Wb, C] + loss mask [B, Hb, Wb]
     ├─ batch_mesh / shard_batch               the batch axis split over devices
-    └─ run_steps(fit_step)                    under one jit: shard_map over devices,
-                                              vmap over each device's images (a
-                                              loop on the CPU without the native
-                                              kernel); one plan per batch,
-                                              re-planned on overflow (none for the
-                                              native kernel, which ignores plans)
+    └─ run_batch → _loop.run(_fit._loop_step) the one training loop of gaussjax.fit:
+                                              compiled chunks of steps, density events
+                                              inside, vmap over each device's images
+                                              (lax.map on the CPU without the native
+                                              kernel), shard_map over devices; plans
+                                              and overflow redo by the render layer
   encode_batch(images, config) -> [bytes]     SLIC initialisation on a thread per core,
-                                              the codec's float fit (padded buckets)
-                                              and quantisation-aware fine-tuning
-                                              (exact sizes), batched the same way;
-                                              entropy coding per image on the host
+                                              the codec's float fit (fit_batch, padded
+                                              buckets) and its fine-tuning (_qat_batch:
+                                              the codec's _train_step in the same loop,
+                                              exact sizes); entropy coding per image on
+                                              the host
 
 Padding never influences a result: images are padded at the bottom and right
 (pixel coordinates of the real pixels do not move) and the loss of every padded
@@ -35,11 +36,11 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from gaussjax import _loop
 from gaussjax._gaussians import Gaussians
-from gaussjax._render import make_plan, resolve_backend
+from gaussjax._render import resolve_backend, vectorizes
 
 Array = jax.Array
 
@@ -210,15 +211,6 @@ def pad_batch(tree, multiple: int):
 
 # --------------------------------------------------------------------------- the batched loop
 
-# Steps per jitted chunk: one loop on the device runs up to this many steps of
-# the whole batch between two host round trips (overflow check, re-plan).
-CHUNK_STEPS = 25
-
-# Re-plan from the current Gaussians at least this often (steps); in between,
-# the plan's headroom absorbs their motion, and an overflow re-plans at once.
-# Each new plan compiles the step again, so plans are kept while they fit.
-REPLAN_STEPS = 100
-
 
 def default_vectorize() -> bool:
   """Whether images of a batch are ``vmap``-ed (True) or looped (False) per device.
@@ -226,139 +218,36 @@ def default_vectorize() -> bool:
   ``vmap`` turns a batch into wide array operations: what accelerators are
   built for, and on the CPU what the native kernel of the XLA backend
   (``_splat.cc``) needs to run the images of a batch in parallel, one core
-  per image (a lone small image leaves the other cores idle). Without the
-  native kernel the pure-XLA renderer's per-Gaussian window updates become
-  scatters under ``vmap``, slower per image than a single one, so there each
-  device loops over its images inside the compiled step (``lax.map``), which
-  still saves the per-image host round trips, plans and compilations.
+  per image. Without the native kernel the pure-XLA renderer's per-Gaussian
+  window updates become scatters under ``vmap``, slower per image than a
+  single one, so there each device loops over its images inside the compiled
+  step (``lax.map``). The renderer decides (``_render.vectorizes``).
   """
-  if jax.default_backend() != "cpu":
-    return True
-  from gaussjax import _native
-  return _native.usable(jnp.float32, 3)
+  return vectorizes()
 
 
-def _native_renders(backend: str, channels: int) -> bool:
-  """Whether ``backend`` renders with the native CPU kernel, which ignores plans."""
-  from gaussjax import _native
-  return backend == "xla" and _native.usable(jnp.float32, channels)
+def _loop_batch(vectorize: bool | None) -> str:
+  vectorize = default_vectorize() if vectorize is None else bool(vectorize)
+  return "vmap" if vectorize else "map"
 
 
-@functools.partial(jax.jit, static_argnames=("step", "plan", "static", "mesh", "vectorize"))
-def _run_chunk(state, batch, count, *, step, plan, static, mesh, vectorize):
-  """``count`` (traced) steps of ``step`` on every image; the state and whether any overflowed.
-
-  The trip count is a traced value, so one compilation serves every chunk
-  length (a ``while`` loop on the device). With a mesh, each device runs the
-  loop on its own images (``shard_map``): no communication inside a step.
-  """
-  def one(s, example):
-    return step(s, example, plan, static)
-
-  def local(state, batch, count):
-    def body(_, carry):
-      s, overflowed = carry
-      if vectorize:
-        s, overflow = jax.vmap(one)(s, batch)
-      else:
-        s, overflow = jax.lax.map(lambda args: one(*args), (s, batch))
-      return s, overflowed | overflow
-
-    size = jax.tree_util.tree_leaves(batch)[0].shape[0]
-    return jax.lax.fori_loop(0, count, body, (state, jnp.zeros((size,), bool)))
-
-  if mesh is None:
-    state, overflowed = local(state, batch, count)
-  else:
-    spec = PartitionSpec(BATCH_AXIS)
-    state, overflowed = jax.shard_map(
-        local, mesh=mesh, in_specs=(spec, spec, PartitionSpec()), out_specs=(spec, spec),
-        check_vma=False)(state, batch, count)
-  return state, jnp.any(overflowed)
-
-
-def run_steps(step, state, batch, *, num_steps: int, plan_fn, static, mesh: Mesh | None = None,
-              chunk: int = CHUNK_STEPS, replan_steps: int = REPLAN_STEPS,
-              vectorize: bool | None = None):
-  """Runs ``num_steps`` steps of a one-image ``step`` on a whole batch at once.
-
-  The step runs on every image of the batch (``vmap``, or a loop inside the
-  compiled step, see ``vectorize``), looped on the device over chunks of
-  ``chunk`` steps under one ``jit``; the batch axis is split over ``mesh``'s
-  devices (``shard_map``, each device on its own images). One rendering plan (``plan_fn``, outside jit, from the
-  concrete batched state) serves the whole batch; it is remade every
-  ``replan_steps`` steps and whenever it overflows: then the chunk is
-  discarded and redone one step at a time, re-planning before each step that
-  overflows; a fresh plan that still overflows is an error. So every image
-  makes exactly ``num_steps`` steps and no contribution is ever dropped.
-
-  Args:
-    step: ``step(state, example, plan, static) -> (state, overflow)`` for one
-      image; a top-level (hashable) function so compilations are cached.
-    state: pytree, leaves ``[B, ...]``.
-    batch: pytree, leaves ``[B, ...]`` (e.g. ``(image, mask)``).
-    num_steps: steps to make.
-    plan_fn: ``plan_fn(state) -> plan`` (hashable).
-    static: hashable extra argument of ``step`` (config, sizes, backend).
-    mesh: from ``batch_mesh``; ``None`` runs on the default device.
-    chunk: steps per device loop (host round trip).
-    replan_steps: re-plan at least this often.
-    vectorize: ``vmap`` the images (True) or loop over them per device
-      (False); ``None``: ``default_vectorize()``.
+def run_batch(step, state, data, *, mesh: Mesh | None, **kwargs):
+  """``gaussjax._loop.run`` over a batch: padded to the devices of ``mesh`` and split over them.
 
   Returns:
-    The state after ``num_steps`` steps, leaves ``[B, ...]``.
+    ``(state with the padding dropped, LoopInfo)``.
   """
   size = None
   if mesh is not None:
-    (state, batch), size = pad_batch((state, batch), mesh.devices.size)
-    state, batch = shard_batch((state, batch), mesh)
-
-  vectorize = default_vectorize() if vectorize is None else bool(vectorize)
-
-  def run(state, count, plan):
-    return _run_chunk(state, batch, jnp.asarray(count, jnp.int32), step=step, plan=plan,
-                      static=static, mesh=mesh, vectorize=vectorize)
-
-  done, plan, planned_at = 0, None, 0
-  while done < num_steps:
-    if plan is None or done - planned_at >= replan_steps:
-      plan, planned_at = plan_fn(state), done
-    count = min(chunk, num_steps - done)
-    new_state, overflowed = run(state, count, plan)
-    if not bool(overflowed):
-      state, done = new_state, done + count
-      continue
-    for _ in range(count):  # slow path: one step at a time, re-plan on overflow
-      new_state, overflowed = run(state, 1, plan)
-      if bool(overflowed):
-        plan, planned_at = plan_fn(state), done
-        new_state, overflowed = run(state, 1, plan)
-        if bool(overflowed):
-          raise RuntimeError(f"a plan made for this batch overflowed on it: {plan!r}")
-      state, done = new_state, done + 1
+    (state, data), size = pad_batch((state, data), mesh.devices.size)
+    state, data = shard_batch((state, data), mesh)
+  state, info = _loop.run(step, state, data, mesh=mesh, **kwargs)
   if size is not None:
     state = jax.tree_util.tree_map(lambda x: x[:size], state)
-  return state
+  return state, info
 
 
 # --------------------------------------------------------------------------- fitting
-
-
-def _fit_step(state, example, plan, config):
-  """``gaussjax.fit_step`` on one padded image with its loss mask."""
-  from gaussjax._fit import fit_step
-  image, mask = example
-  state, metrics = fit_step(state, image, config=config, plan=plan, mask=mask)
-  return state, metrics["overflow"]
-
-
-@functools.partial(jax.jit, static_argnames=("config", "plan"))
-def _final_metrics(gaussians, images, masks, *, config, plan):
-  from gaussjax._fit import fit_loss
-  loss, aux = jax.vmap(lambda g, image, mask: fit_loss(g, image, config=config, plan=plan,
-                                                       mask=mask))(gaussians, images, masks)
-  return loss, aux["psnr"], jnp.any(aux["overflow"])
 
 
 def _as_images(images) -> list[np.ndarray]:
@@ -447,8 +336,8 @@ def fit_batch(images, gaussians, config=None, *, devices=None, vectorize: bool |
     >>> fitted.means.shape, metrics["psnr"].shape
     ((2, 20, 2), (2,))
   """
-  from gaussjax import _density
-  from gaussjax._fit import FitConfig, density_event, host_rng, init_fit_state
+  from gaussjax import _density, _fit
+  from gaussjax._fit import FitConfig, init_fit_state
   config = FitConfig() if config is None else config
   if not isinstance(config, FitConfig):
     raise TypeError(f"config must be a gaussjax.FitConfig, got {type(config).__name__}")
@@ -477,31 +366,19 @@ def fit_batch(images, gaussians, config=None, *, devices=None, vectorize: bool |
   for (hb, wb, _), members in groups.items():
     padded, masks = pad_images([arrays[i] for i in members], shape=(hb, wb))
     images_b, masks_b = jnp.asarray(padded), jnp.asarray(masks)
-    # Density control as in fit: the same events, run per image on the host
-    # between the compiled stretches of steps (buffers of N slots keep shapes).
+    # Density control as in fit: the same events, on the device inside the
+    # compiled loop (buffers of N slots keep the shapes).
     schedule = _density.Schedule.make(initial[members[0]].num_gaussians, config)
     state = jax.vmap(lambda g: init_fit_state(g, config))(
         _stack([_density.to_buffer(initial[i], schedule.target) for i in members]))
-    rngs = [host_rng(key) for key in state.key]
-    # With the native CPU kernel make_plan gives None every time, so every
-    # batch of this shape reuses one compiled step.
-    plan_fn = lambda state, hb=hb, wb=wb: make_plan(state.gaussians, hb, wb, backend=backend)
-    done = 0
-    for event in (*schedule.events, config.steps):
-      if event > done:
-        state = run_steps(_fit_step, state, (images_b, masks_b), num_steps=event - done,
-                          plan_fn=plan_fn, static=config, mesh=mesh,
-                          replan_steps=config.replan_every, vectorize=vectorize)
-        done = event
-      if event < config.steps:
-        state = _stack([density_event(jax.tree_util.tree_map(lambda x, k=k: x[k], state),
-                                      arrays[i], config, schedule, event, rngs[k])
-                        for k, i in enumerate(members)])
+    state, info = run_batch(
+        _fit._loop_step, state, (images_b, masks_b, None), mesh=mesh, num_steps=config.steps,
+        static=_fit.loop_static(config, schedule, hb, wb), height=hb, width=wb, backend=backend,
+        chunk=_fit.chunk_steps(config), replan_every=config.replan_every,
+        batch=_loop_batch(vectorize))
+    state, group_loss, group_psnr, _ = _fit.finish(state, images_b, masks_b, schedule, config,
+                                                   info.plan, batched=True)
     g = state.gaussians
-    group_loss, group_psnr, overflow = _final_metrics(g, images_b, masks_b, config=config,
-                                                      plan=plan_fn(state))
-    if bool(overflow):  # pragma: no cover (a fresh plan never overflows)
-      raise RuntimeError("the renderer overflowed a fresh plan")
     for k, i in enumerate(members):
       fitted[i] = jax.tree_util.tree_map(lambda x, k=k: x[k], g)
       loss[i], psnr[i] = group_loss[k], group_psnr[k]
@@ -511,29 +388,10 @@ def fit_batch(images, gaussians, config=None, *, devices=None, vectorize: bool |
 # --------------------------------------------------------------------------- encoding
 
 
-def _qat_step(state, image, plan, static):
-  """One step of the codec's quantisation-aware fine-tuning on one image.
-
-  As ``gaussjax._codec._train`` with quantiser steps: Adam on the MSE of the
-  fake-quantised rendering, remembering the best iterate (by its loss).
-  """
-  from gaussjax import _codec
-  g, opt_state, best, best_loss = state
-  height, width, backend, qsteps, learning_rate, num_steps, frozen = static
-  optimizer = _codec._optimizer(learning_rate, num_steps, frozen)
-  (loss, overflow), grads = jax.value_and_grad(_codec._loss, has_aux=True)(
-      g, image, None, height=height, width=width, backend=backend, steps=qsteps, plan=plan)
-  updates, opt_state = optimizer.update(grads, opt_state, g)
-  better = loss < best_loss  # `loss` is that of `g`, before the update
-  best = jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), g, best)
-  best_loss = jnp.where(better, loss, best_loss)
-  return (optax.apply_updates(g, updates), opt_state, best, best_loss), overflow
-
-
 def _qat_batch(gaussians: Gaussians, images, *, num_steps: int, learning_rate: float, qsteps,
                backend: str, mesh: Mesh | None, vectorize: bool | None,
                frozen: tuple[str, ...] = ()) -> list[Gaussians]:
-  """The codec's ``_train`` for images of one exact size.
+  """The codec's ``_train`` for images of one exact size: the same step, batched.
 
   Args:
     gaussians: ``Gaussians`` with leaves ``[B, N, ...]``.
@@ -543,12 +401,11 @@ def _qat_batch(gaussians: Gaussians, images, *, num_steps: int, learning_rate: f
     qsteps: ``QuantSteps`` (straight-through training), or None (float).
     backend: renderer.
     mesh: device mesh, or ``None``.
-    vectorize: as in ``run_steps``.
+    vectorize: as in ``fit_batch``.
     frozen: fields that stay as they are.
 
   Returns:
-    One ``Gaussians`` per image: the last iterate, or with ``qsteps`` the
-    best one when its loss is lower (as ``_codec._train`` chooses).
+    One ``Gaussians`` per image, as ``_codec._train`` chooses them.
   """
   from gaussjax import _codec
   count = images.shape[0]
@@ -557,54 +414,15 @@ def _qat_batch(gaussians: Gaussians, images, *, num_steps: int, learning_rate: f
     return [jax.tree_util.tree_map(lambda x, k=k: x[k], g) for k in range(count)]
   backend = resolve_backend(backend)
   height, width = images.shape[1:3]
-  opt_state = jax.vmap(_codec._optimizer(learning_rate, num_steps, frozen).init)(g)
-
-  native = _native_renders(backend, images.shape[3])
-
-  def plan_fn(state):
-    if backend == "reference" or native:  # no binning, or a kernel that ignores plans
-      return None
-    # Plan for what is rendered: the fake-quantised Gaussians.
-    view = state[0] if qsteps is None else _fake_quantize_batch(state[0], height, width, qsteps)
-    return make_plan(view, height, width, backend=backend)
-
-  state = (g, opt_state, g, jnp.full((count,), jnp.inf, jnp.float32))
-  g, _, best, best_loss = run_steps(
-      _qat_step, state, jnp.asarray(images), num_steps=num_steps, plan_fn=plan_fn,
-      static=(height, width, backend, qsteps, learning_rate, num_steps, frozen), mesh=mesh,
-      vectorize=vectorize)
-  if qsteps is None:  # float training: the last iterate
-    return [jax.tree_util.tree_map(lambda x, k=k: x[k], g) for k in range(count)]
-  if native:  # the losses of the last iterates in one batched render
-    final_loss = np.asarray(_quantized_loss_batch(g, jnp.asarray(images), qsteps))
-  else:
-    final_loss = [_codec._quantized_loss(jax.tree_util.tree_map(lambda x, k=k: x[k], g),
-                                         images[k], qsteps, backend) for k in range(count)]
-  chosen = []
-  for k in range(count):
-    last, kept = (jax.tree_util.tree_map(lambda x, k=k: x[k], t) for t in (g, best))
-    chosen.append(kept if float(best_loss[k]) <= float(final_loss[k]) else last)
-  return chosen
-
-
-@functools.partial(jax.jit, static_argnums=(2,))
-def _quantized_loss_batch(gaussians, images, qsteps):
-  """``_codec._quantized_loss`` of each image (native kernel: no plan, no overflow)."""
-  from gaussjax._quantize import fake_quantize
-  from gaussjax._render import rasterize
-
-  def one(g, image):
-    height, width = image.shape[:2]
-    out, _ = rasterize(fake_quantize(g, height, width, qsteps), height, width, backend="xla")
-    return jnp.mean((out - image) ** 2)
-
-  return jax.vmap(one)(gaussians, images)
-
-
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _fake_quantize_batch(gaussians, height, width, qsteps):
-  from gaussjax._quantize import fake_quantize
-  return jax.vmap(lambda g: fake_quantize(g, height, width, qsteps))(gaussians)
+  static = (height, width, backend, qsteps, learning_rate, num_steps, frozen)
+  state = jax.vmap(lambda g: _codec._train_state(g, static))(g)
+  state, _ = run_batch(
+      _codec._train_step, state, (jnp.asarray(images), None), mesh=mesh, num_steps=num_steps,
+      static=static, height=height, width=width, backend=backend,
+      view=functools.partial(_codec._train_view, static=static), chunk=_codec.TRAIN_CHUNK,
+      replan_every=_codec.TRAIN_REPLAN, batch=_loop_batch(vectorize))
+  return [_codec._train_result(jax.tree_util.tree_map(lambda x, k=k: x[k], state), images[k],
+                               static) for k in range(count)]
 
 
 def _resolve_mesh(devices) -> Mesh:

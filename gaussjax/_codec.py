@@ -7,7 +7,10 @@ Call chain::
     │    ├─ _fit_float                        SLIC + gaussjax.fit at the first guess of N
     │    ├─ _choose                           choose_steps (RD search) and N for the rate
     │    └─ _refit                            gaussjax.fit again, N moved to its new value
-    ├─ _finetune                              quantisation-aware fine-tuning
+    ├─ _finetune                              quantisation-aware fine-tuning:
+    │    └─ _train → _loop.run(_train_step)   the training loop of gaussjax.fit with
+    │                                         the codec's step (fake quantisation,
+    │                                         frozen fields)
     └─ _code → encode_gaussians               quantise, Morton order, ANS-code, frame;
                                               the rate controller (_encode_rate)
   decode(data, height=, width=)               decode_gaussians → render at any size
@@ -22,6 +25,7 @@ import functools
 import math
 import struct
 import zlib
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -462,97 +466,100 @@ def _loss(g, image, mask=None, *, height, width, backend, steps, plan):
   return masked_mean((out - image) ** 2, mask), overflow
 
 
-def _make_step(height, width, backend, steps, plan, optimizer):
-  loss_fn = functools.partial(_loss, height=height, width=width, backend=backend, steps=steps,
-                              plan=plan)
+# Steps per compiled chunk and re-plan interval of the fine-tuning loop.
+TRAIN_CHUNK = 50
+TRAIN_REPLAN = 50
 
-  @jax.jit
-  def step(g, opt_state, image):
-    (loss, overflow), grads = jax.value_and_grad(loss_fn, has_aux=True)(g, image)
-    updates, new_state = optimizer.update(grads, opt_state, g)
-    new_g = optax.apply_updates(g, updates)
-    # On overflow the step is discarded; the caller re-plans and retries.
-    keep = jnp.logical_not(overflow)
-    new_g = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new_g, g)
-    new_state = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new_state, opt_state)
-    return new_g, new_state, loss, overflow
 
-  return step
+class _TrainState(NamedTuple):
+  gaussians: Gaussians  # the iterate, leaves [N, ...]
+  opt_state: Any  # state of _optimizer
+  best: Gaussians  # the iterate of least loss so far (straight-through training)
+  best_loss: jax.Array  # [] its loss (inf before the first step)
+
+
+def _train_state(g: Gaussians, static) -> _TrainState:
+  _, _, _, _, learning_rate, num_steps, frozen = static
+  opt_state = _optimizer(learning_rate, num_steps, frozen).init(g)
+  return _TrainState(g, opt_state, g, jnp.full((), jnp.inf, jnp.float32))
+
+
+def _train_view(state: _TrainState, static) -> Gaussians:
+  """What a step renders (to plan for): the fake-quantised Gaussians with quantiser steps."""
+  height, width, _, qsteps, _, _, _ = static
+  if qsteps is None:
+    return state.gaussians
+  return _fake_quantize_jit(state.gaussians, height, width, qsteps)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _fake_quantize_jit(g, height, width, qsteps):
+  quantize = lambda x: qz.fake_quantize(x, height, width, qsteps)
+  return jax.vmap(quantize)(g) if g.means.ndim == 3 else quantize(g)
+
+
+def _train_step(state: _TrainState, data, t, plan, static):
+  """One step of the codec's fine-tuning (a step of ``gaussjax._loop``).
+
+  Adam (``_optimizer``: per-field rates, ``frozen`` fields fixed) on the MSE
+  of the rendering of the parameter transform: ``fake_quantize``
+  (straight-through rounding) with quantiser steps, the identity without.
+  Remembers the best iterate by its loss.
+  """
+  del t  # the optimiser counts its own steps
+  image, mask = data
+  height, width, backend, qsteps, learning_rate, num_steps, frozen = static
+  optimizer = _optimizer(learning_rate, num_steps, frozen)
+  g = state.gaussians
+  (loss, overflow), grads = jax.value_and_grad(_loss, has_aux=True)(
+      g, image, mask, height=height, width=width, backend=backend, steps=qsteps, plan=plan)
+  updates, opt_state = optimizer.update(grads, state.opt_state, g)
+  better = loss < state.best_loss  # `loss` is that of `g`, before the update
+  best = jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), g, state.best)
+  new = _TrainState(optax.apply_updates(g, updates), opt_state, best,
+                    jnp.where(better, loss, state.best_loss))
+  return new, {"loss": loss, "overflow": overflow}
+
+
+def _train_result(state: _TrainState, image, static) -> Gaussians:
+  """The trained Gaussians: the last iterate, or with quantiser steps the best one if better."""
+  _, _, backend, qsteps, _, _, _ = static
+  if qsteps is None:
+    return state.gaussians
+  # With quantisation the loss is that of the decoded file: keep the best iterate
+  # (the rounding makes the last one no better than any other).
+  last = _quantized_loss(state.gaussians, image, qsteps, backend)
+  return state.best if float(state.best_loss) <= last else state.gaussians
 
 
 def _train(gaussians: Gaussians, image: jax.Array, *, num_steps: int, learning_rate: float,
-           steps: qz.QuantSteps | None, backend: str, replan_every: int = 50,
+           steps: qz.QuantSteps | None, backend: str,
            frozen: tuple[str, ...] = ()) -> Gaussians:
   """Adam on the MSE of the rendering; with ``steps``, through ``fake_quantize``.
 
-  ``frozen`` names fields that stay as they are (see ``_optimizer``).
-
-  The fast renderers need a static plan (``make_plan``, outside jit); it is
-  rebuilt every ``replan_every`` steps and whenever a step overflows it (that
-  step is discarded and redone), so no contribution is ever dropped.
+  ``frozen`` names fields that stay as they are (see ``_optimizer``). Runs
+  ``_train_step`` in the training loop (``gaussjax._loop``), which owns the
+  plans and redoes any chunk that overflowed, so no contribution is dropped.
   """
-  from gaussjax._render import make_plan, resolve_backend
+  from gaussjax._loop import run
+  from gaussjax._render import resolve_backend
   backend = resolve_backend(backend)
   if num_steps == 0 or gaussians.num_gaussians == 0:
     return gaussians
   height, width = image.shape[:2]
-  optimizer = _optimizer(learning_rate, num_steps, frozen)
   g = Gaussians(*(jnp.asarray(x, jnp.float32) for x in gaussians))
-  opt_state = optimizer.init(g)
-  key = (height, width, backend, steps, learning_rate, num_steps, frozen)
-  if len(_STEP_CACHE) > 32:  # bounded: a long-running process encodes many sizes
-    _STEP_CACHE.clear()
-  cache = _STEP_CACHE.setdefault(key, {})
-  done, plan, fresh, boost, planned_at = 0, _STALE, False, 1, -1
-  best, best_loss = g, np.inf
-  while done < num_steps:
-    if plan is _STALE or (done % replan_every == 0 and planned_at != done):
-      view = qz.fake_quantize(g, height, width, steps) if steps is not None else g
-      plan = make_plan(view, height, width, backend=backend)
-      plan = _grow_plan(plan, boost)
-      fresh, planned_at = True, done
-    if plan not in cache:
-      cache[plan] = _make_step(height, width, backend, steps, plan, optimizer)
-    g2, s2, loss, overflow = cache[plan](g, opt_state, image)
-    if bool(overflow):
-      if fresh:
-        # A plan made from these very Gaussians overflowed (a backend whose
-        # host-side counts and jitted assignment disagree; seen once with
-        # an early xla backend): grow the capacities and retry, a few times.
-        boost *= 2
-        if boost > 16 or not hasattr(plan, "capacities"):
-          raise RuntimeError(f"backend {backend!r} overflows plans made for the same Gaussians")
-        plan = _grow_plan(plan, 2)
-        continue
-      plan = _STALE
-      continue
-    if steps is not None and float(loss) < best_loss:
-      best_loss, best = float(loss), g  # `loss` is that of `g`, before the update
-    g, opt_state, fresh = g2, s2, False
-    done += 1
-  if steps is None:
-    return g
-  # With quantisation the loss is that of the decoded file: keep the best iterate
-  # (the rounding makes the last one no better than any other).
-  return best if best_loss <= _quantized_loss(g, image, steps, backend) else g
-
-
-_STALE = object()
+  static = (height, width, backend, steps, learning_rate, num_steps, frozen)
+  state, _ = run(_train_step, _train_state(g, static), (image, None), num_steps=num_steps,
+                 static=static, height=height, width=width, backend=backend,
+                 view=functools.partial(_train_view, static=static), chunk=TRAIN_CHUNK,
+                 replan_every=TRAIN_REPLAN)
+  return _train_result(state, image, static)
 
 
 def _quantized_loss(g, image, steps, backend) -> float:
   height, width = image.shape[:2]
   out = render_safe(qz.fake_quantize(g, height, width, steps), height, width, backend=backend)
   return float(jnp.mean((out - image) ** 2))
-
-
-def _grow_plan(plan, factor: int):
-  """The same plan with ``factor`` times the capacity per class (XLA plans)."""
-  if factor == 1 or not hasattr(plan, "capacities"):
-    return plan
-  return dataclasses.replace(plan, capacities=tuple(factor * c for c in plan.capacities))
-
-_STEP_CACHE = {}
 
 
 def _fit_float(image: jax.Array, n: int, config: CodecConfig,
@@ -778,30 +785,21 @@ def _finetune(g: Gaussians, image: jax.Array, steps: qz.QuantSteps, config: Code
 
 def render_safe(gaussians: Gaussians, height: int, width: int, *, backend: str = "auto",
                 source_size: tuple[int, int] | None = None) -> jax.Array:
-  """``render`` for concrete Gaussians that works around plans that overflow.
+  """``render`` for concrete Gaussians that is always complete.
 
-  Same result as ``gaussjax.render``; with the XLA backend the plan's class
-  capacities are doubled while the render reports overflow (defensive: a
-  fresh plan should never overflow), so the image is always complete.
+  Same result as ``gaussjax.render``; the renderer re-plans while a render
+  reports overflow (``_render.render_complete``; defensive: a fresh plan
+  should never overflow).
   """
   from gaussjax._gaussians import scale_gaussians
-  from gaussjax._render import make_plan, rasterize, render, resolve_backend
-  backend = resolve_backend(backend)
+  from gaussjax._render import render_complete
   # numpy stays numpy (a decoder's Gaussians): the renderer's jitted call
   # takes it as it is, without a dispatch per array here.
   g = Gaussians(*(np.asarray(x, np.float32) if isinstance(x, np.ndarray) else
                   jnp.asarray(x, jnp.float32) for x in gaussians))
-  if backend != "xla":
-    return render(g, height, width, backend=backend, source_size=source_size)
   if source_size is not None and tuple(source_size) != (height, width):
     g = scale_gaussians(g, height / source_size[0], width / source_size[1])
-  plan = make_plan(g, height, width, backend=backend)
-  for _ in range(5):
-    image, overflow = rasterize(g, height, width, backend=backend, plan=plan)
-    if not bool(overflow):
-      return image
-    plan = _grow_plan(plan, 2)
-  raise RuntimeError(f"the {backend} renderer overflowed every plan for these Gaussians")
+  return render_complete(g, height, width, backend=backend)
 
 
 def _as_image(image) -> jax.Array:

@@ -2,37 +2,43 @@
 
 Call chain::
 
-  fit(image, gaussians, config)            host loop: plans, logging, stopping
-    ├─ make_plan(g, H, W, backend)         outside jit, from concrete Gaussians
-    └─ fit_step(state, image, config=, plan=)   jitted, pure
-         └─ rasterize(g, H, W, backend, plan) -> (image, overflow)
+  fit(image, gaussians, config)             host: validation, history, stopping rules
+    └─ _loop.run(_loop_step, state, ...)    the one training loop: compiled chunks
+         │                                  of steps; plans and overflow redo by
+         │                                  the render layer (_render.plan_for /
+         │                                  replan); logging at chunk boundaries
+         └─ _loop_step(state, data, t)      jitted, pure, inside a lax.scan
+              ├─ _event (lax.cond on t)     density control on the device
+              │    └─ _density.densify_device
+              └─ fit_step(state, image, config=, plan=)   pure, public
+                   └─ rasterize(g, H, W, backend, plan) -> (image, overflow)
+  finish(...)                               free slots filled (a run stopped while
+                                            growing), the last history entry
 
 ``fit_step`` is pure: users who write their own loop call it directly (jit it
 with ``config`` and ``plan`` static). A step whose render overflowed the plan
 returns the state unchanged (never a step computed on an incomplete image) and
-``overflow=True``; the caller re-plans from the current Gaussians and goes on.
-Since an unchanged state with the same plan overflows again, ``fit`` only
-reads the step counter at the end of each chunk of steps (up to the next log
-or re-plan point), so the device is never synchronised inside a chunk; the
-steps lost to an overflow are at most one chunk.
+``overflow=True``. ``fit`` never sees that: the training loop redoes any chunk
+of steps that overflowed from its start state with a fresh plan.
 
-Adaptive density control (``gaussjax._density``, off by default) runs on the
-host between chunks: ``fit`` keeps a buffer of exactly ``num_gaussians``
-slots, unused ones parked off the image, so the compiled step never changes
-shape; an event prunes, splits and adds Gaussians where the error is
-largest, and resets the optimiser moments of the slots it wrote. If ``fit``
-stops early while growing, the free slots are filled before returning, so
-the count is always exactly N.
+Adaptive density control (``gaussjax._density``) runs inside the compiled
+loop: ``fit`` keeps a buffer of exactly ``num_gaussians`` slots, unused ones
+parked off the image, so the compiled step never changes shape; at the event
+steps of the ``Schedule`` an event prunes, splits and adds Gaussians where
+the error is largest (random choices from the state's PRNG key), and resets
+the optimiser moments of the slots it wrote. If ``fit`` stops early while
+growing, the free slots are filled before returning, so the count is always
+exactly N.
 
-Plans (xla backend): each new plan is a new compiled step, so ``fit`` keeps
-its plan while it still holds the Gaussians (checked on the host), gives new
-plans room for Gaussians that grow into larger classes, and never re-plans
-when the native kernel (which ignores plans) renders.
+The host reads the device once per chunk (metrics of every step of it, for
+the history and the stopping rules); ``benchmarks/results/fit_overhead_cpu.md``
+measures what the loop costs over bare forward and backward passes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -43,11 +49,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gaussjax import _density
+from gaussjax import _density, _loop, _render
 from gaussjax._gaussians import Gaussians, validate
 from gaussjax._metrics import psnr as _psnr
 from gaussjax._metrics import ssim as _ssim
-from gaussjax._render import _is_concrete, make_plan, rasterize, resolve_backend
+from gaussjax._render import _is_concrete, rasterize, resolve_backend
 
 Array = jax.Array
 
@@ -96,11 +102,15 @@ class FitConfig:
       0 by default).
     backend: renderer (``"auto"``, ``"reference"``, ``"xla"``, ``"pallas"``).
     replan_every: re-plan the binning from the current Gaussians this often
-      (they move and grow; a stale plan would overflow or waste work).
+      (at the first chunk boundary after it; they move and grow; a stale plan
+      would overflow or waste work; a plan that still holds is kept).
     log_every: record a history entry this often (also the stopping-rule
-      check interval).
-    time_budget_s: stop after this many seconds (checked every
-      ``log_every`` steps), or None.
+      check interval; compiled chunks of steps end at these points).
+    time_budget_s: fit in about this many seconds, or None. After the
+      first chunks (the first one compiles) ``fit`` estimates the steps that
+      fit the budget and runs the learning-rate schedule and the density
+      events over that horizon instead of ``steps`` (a shorter schedule,
+      not a cut one); it also stops once the budget is spent.
     target_psnr: stop once the PSNR reaches this (dB), or None.
     plateau_db: stop once the PSNR gained less than this (dB) over the last
       ``log_every`` steps (a plateau), or None.
@@ -224,6 +234,24 @@ def _schedule(lr: float, config: FitConfig) -> optax.Schedule:
       end_value=lr * config.final_lr_fraction)
 
 
+def lr_shape(step, horizon, config: FitConfig):
+  """``make_optimizer``'s learning-rate schedule over its peak, for a run of ``horizon`` steps.
+
+  ``step`` and ``horizon`` may be traced: the same warmup and cosine decay
+  as ``_schedule`` (optax's ``warmup_cosine_decay_schedule``) in jnp.
+  """
+  step = jnp.asarray(step, jnp.float32)
+  horizon = jnp.asarray(horizon, jnp.int32)
+  warmup = jnp.minimum(config.warmup_steps, horizon // 10).astype(jnp.float32)
+  decay = jnp.maximum(horizon.astype(jnp.float32), warmup + 1.0)
+  start = 1.0 / (warmup + 1.0)
+  rising = start + (1.0 - start) * step / jnp.maximum(warmup, 1.0)
+  progress = jnp.clip((step - warmup) / (decay - warmup), 0.0, 1.0)
+  end = config.final_lr_fraction
+  falling = end + (1.0 - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+  return jnp.where(step < warmup, rising, falling)
+
+
 def gaussian_spacing(height: int, width: int, n: int) -> float:
   """The mean spacing ``sqrt(H·W / N)`` in pixels of N Gaussians covering an image."""
   return math.sqrt(height * width / max(n, 1))
@@ -322,7 +350,7 @@ def fit_loss(gaussians: Gaussians, image: Array, *, config: FitConfig, plan=None
 
 
 def fit_step(state: FitState, image: Array, *, config: FitConfig, plan=None,
-             mask: Array | None = None) -> tuple[FitState, dict]:
+             mask: Array | None = None, horizon: Array | None = None) -> tuple[FitState, dict]:
   """One optimisation step; pure (jit it with ``config`` and ``plan`` static).
 
   Args:
@@ -331,6 +359,9 @@ def fit_step(state: FitState, image: Array, *, config: FitConfig, plan=None,
     config: ``FitConfig``.
     plan: from ``make_plan(state.gaussians, H, W, backend=config.backend)``.
     mask: ``[H, W]`` loss mask, as in ``fit_loss`` (None: every pixel).
+    horizon: the step at which the learning-rate schedule ends (a traced
+      int scalar; None: ``config.steps``). ``fit`` shortens it to the steps
+      that fit ``config.time_budget_s``.
 
   Returns:
     ``(new_state, metrics)`` with metrics ``loss``, ``psnr`` (of the Gaussians
@@ -362,6 +393,12 @@ def fit_step(state: FitState, image: Array, *, config: FitConfig, plan=None,
     updates, opt_state = make_optimizer(config).update(grads, state.opt_state, state.gaussians)
     spacing = jnp.sqrt(jnp.sum(mask) / max(n, 1))
     updates = Gaussians(updates.means * spacing, updates.chol * spacing, updates.colors)
+  if horizon is not None:
+    # The schedule of `horizon` steps instead of `config.steps`: Adam's update
+    # is linear in the learning rate, and every field has the same shape.
+    planned = lr_shape(state.step, config.steps, config)
+    ratio = jnp.where(planned > 0, lr_shape(state.step, horizon, config) / planned, 0.0)
+    updates = jax.tree_util.tree_map(lambda u: u * ratio, updates)
   gaussians = optax.apply_updates(state.gaussians, updates)
   key, _ = jax.random.split(state.key)
   new_state = FitState(gaussians, opt_state, state.step + 1, key)
@@ -377,123 +414,128 @@ _HOST_OPTIONS = {name: FitConfig.__dataclass_fields__[name].default for name in 
     "densify_every",
     "densify_until", "grow_until", "prune_fraction", "split_fraction")}
 
-_jit_step = jax.jit(fit_step, static_argnames=("config", "plan"))
 _jit_loss = jax.jit(fit_loss, static_argnames=("config", "plan"))
-_jit_rasterize = jax.jit(rasterize, static_argnames=("height", "width", "backend", "plan"))
 
 
-# Plans of the xla backend while fitting. Every new plan is a new compiled
-# step (seconds to tens of seconds on a loaded 2-core CPU), so fit keeps its
-# plan while that still holds the Gaussians with _KEEP_MARGIN spare capacity
-# and a fresh plan would not save more than 1 - _KEEP_COST of the window
-# pixels; new plans get _FIT_HEADROOM spare capacity (Gaussians grow while
-# fitting). Measured on kodim03 at 192x128, N = 625, from random: 6 compiles
-# in 40 steps with always-fresh plans of 25 % headroom.
-_KEEP_MARGIN = 0.05
-_KEEP_COST = 0.6
-_FIT_HEADROOM = 0.6
-_MIGRATE = 0.5
-
-
-def _xla_cost(plan) -> int:
-  return sum(cap * size * size for size, cap in zip(plan.sizes, plan.capacities))
-
-
-def _xla_holds(plan, gaussians, height, width) -> bool:
-  """Whether an ``XlaPlan`` holds these Gaussians with ``_KEEP_MARGIN`` to spare (host check)."""
-  from gaussjax._xla import _needs_jit
-  side, _ = _needs_jit(jnp.asarray(gaussians.means, jnp.float32), jnp.asarray(gaussians.chol, jnp.float32),
-                       height, width)
-  side = np.asarray(side)
-  side = side[side > 0]
-  if side.size and side.max() > plan.sizes[-1]:
-    return False
-  counts = np.bincount(np.searchsorted(np.asarray(plan.sizes), side, side="left"), minlength=len(plan.sizes))
-  return bool(np.all(counts <= (1.0 - _KEEP_MARGIN) * np.asarray(plan.capacities)))
-
-
-def _choose_plan(gaussians, height, width, backend, plan):
-  """The plan for the next chunk: ``(plan, 1 if a new one was made else 0)``.
-
-  ``plan`` is the current one, or None to force a new plan (after overflow).
-  """
-  if backend != "xla":
-    return make_plan(gaussians, height, width, backend=backend), 1
-  from gaussjax import _native
-  from gaussjax._xla import XlaPlan, _round_capacity, plan_xla
-  if plan is not None and _native.usable(jnp.float32, gaussians.colors.shape[-1]):
-    return plan, 0  # the native kernel ignores plans: a new one would only recompile
-  fresh = plan_xla(gaussians, height, width, headroom=_FIT_HEADROOM)
-  # Gaussians grow into the next class while fitting: each class also gets
-  # room for _MIGRATE of the previous class's capacity.
-  caps, chunks = [fresh.capacities[0]], [fresh.chunks[0]]
-  for k in range(1, len(fresh.sizes)):
-    cap, chunk = _round_capacity(fresh.capacities[k] + _MIGRATE * fresh.capacities[k - 1], fresh.chunks[k])
-    caps.append(cap)
-    chunks.append(chunk)
-  fresh = XlaPlan(fresh.sizes, tuple(caps), tuple(chunks))
-  if isinstance(plan, XlaPlan) and _xla_holds(plan, gaussians, height, width):
-    if _xla_cost(fresh) >= _KEEP_COST * _xla_cost(plan):
-      return plan, 0
-  return fresh, 1
-
-
-def _render_fresh(gaussians, height, width, backend, plan):
-  """Renders with ``plan``, re-planning if it is None or overflows: ``(image, plan, plans made)``."""
-  made = 0
-  if plan is None:
-    plan, made = _choose_plan(gaussians, height, width, backend, None)
-  render, overflow = _jit_rasterize(gaussians, height=height, width=width, backend=backend, plan=plan)
-  if bool(overflow):
-    plan, more = _choose_plan(gaussians, height, width, backend, None)
-    made += more
-    render, overflow = _jit_rasterize(gaussians, height=height, width=width, backend=backend, plan=plan)
-  return render, plan, made
-
-
-def _mean_grad_rms(opt_state, n: int) -> np.ndarray | None:
-  """``[N]`` RMS of the recent gradients at the means (Adam's second moment)."""
+def _mean_grad_rms(opt_state, n: int) -> Array | None:
+  """``[N]`` RMS of the recent gradients at the means (Adam's second moment), or None."""
   try:
     nu = opt_state.inner_states["means"].inner_state[0].nu.means
   except (AttributeError, KeyError, IndexError, TypeError):  # a user's own optimiser
     return None
-  nu = np.asarray(nu)
-  return np.sqrt(nu.sum(-1)) if nu.shape == (n, 2) else None
+  return jnp.sqrt(nu.sum(-1)) if nu.shape == (n, 2) else None
 
 
-def _density_event(state: FitState, image, config: FitConfig, plan, rng, *, target, prune, split):
-  """One density-control event on ``state`` (host side): ``(state, plan, plans made)``."""
+def _event(state: FitState, image, mask, target, split, plan, config: FitConfig,
+           spec: _density.EventSpec) -> tuple[FitState, Array]:
+  """One density-control event on the device: ``(state, overflow of its render)``."""
   height, width = image.shape[0], image.shape[1]
   n = state.gaussians.means.shape[0]
-  render, plan, made = _render_fresh(state.gaussians, height, width, config.backend, plan)
-  residual = np.asarray(image) - np.clip(np.asarray(render), 0.0, 1.0)
-  grads = _mean_grad_rms(state.opt_state, n) if split else None
-  gaussians, written = _density.densify(
-      rng, state.gaussians, residual, target=target, prune=prune, split=split if grads is not None else 0,
-      mean_grads=grads)
-  gaussians = Gaussians(*(jnp.asarray(x) for x in gaussians))
-  opt_state = _density.reset_rows(state.opt_state, written, n)
-  state = state._replace(gaussians=gaussians, opt_state=opt_state)
-  # Make sure the plan holds the new Gaussians before the next chunk.
-  _, plan, made_after = _render_fresh(state.gaussians, height, width, config.backend, plan)
-  return state, plan, made + made_after
+  render, overflow = rasterize(state.gaussians, height, width, backend=config.backend, plan=plan)
+  residual = image - jnp.clip(render, 0.0, 1.0)
+  if mask is not None:
+    residual = residual * mask[:, :, None]
+  grads = _mean_grad_rms(state.opt_state, n) if spec.max_split else None
+  split = split if grads is not None else jnp.int32(0)
+  if grads is None:
+    grads = jnp.zeros((n,), jnp.float32)
+  key = jax.random.fold_in(state.key, 0x0DE5)  # the event's own stream
+  gaussians, written = _density.densify_device(
+      key, state.gaussians, residual, mask, target, spec.prune, split, spec=spec, mean_grads=grads)
+  opt_state = _density._reset_rows_jnp(state.opt_state, written, n)
+  return state._replace(gaussians=gaussians, opt_state=opt_state), overflow
 
 
-def host_rng(key: Array) -> np.random.Generator:
-  """The NumPy generator of the host-side density events of a fit whose state holds ``key``."""
-  return np.random.default_rng(np.asarray(jax.random.key_data(key)).astype(np.uint32).ravel().tolist())
+def _loop_step(state: FitState, data, t, plan, static):
+  """The step of the training loop (``gaussjax._loop``): the density event of ``t``, then ``fit_step``."""
+  config, spec = static
+  image, mask, horizon = data
+  overflow = jnp.zeros((), bool)
+  if spec is not None and spec.steps:
+    steps = jnp.asarray(spec.steps, jnp.int32)
+    if horizon is None:
+      due = jnp.any(steps == t)
+      index = jnp.clip(jnp.searchsorted(steps, t), 0, len(spec.steps) - 1)
+    else:
+      # The schedule's events at the same fractions of a shorter horizon:
+      # the last event passed since the previous step (its targets include
+      # the growth of any event passed with it).
+      virtual = lambda u: jnp.where(u < 0, -1, (u * config.steps) // horizon)
+      index = jnp.searchsorted(steps, virtual(t), side="right") - 1
+      due = (index >= 0) & (steps[jnp.maximum(index, 0)] > virtual(t - 1))
+      index = jnp.maximum(index, 0)
+    target = jnp.asarray(spec.targets, jnp.int32)[index]
+    split = jnp.asarray(spec.splits, jnp.int32)[index]
+    state, overflow = jax.lax.cond(
+        due,
+        lambda s: _event(s, image, mask, target, split, plan, config, spec),
+        lambda s: (s, jnp.zeros((), bool)), state)
+  new_state, metrics = fit_step(state, image, config=config, plan=plan, mask=mask,
+                                horizon=horizon)
+  return new_state, {"loss": metrics["loss"], "psnr": metrics["psnr"],
+                     "overflow": overflow | metrics["overflow"]}
 
 
-def density_event(state: FitState, image, config: FitConfig, schedule, step: int, rng) -> FitState:
-  """The density-control event of ``schedule`` at ``step`` on one image's ``state`` (host side).
+@functools.partial(jax.jit, static_argnames=("plan", "config", "spec"))
+def _fill(state: FitState, image, mask, *, plan, config, spec):
+  """Fills every free slot (a fit stopped while growing): ``(state, overflow)``."""
+  target = jnp.int32(state.gaussians.means.shape[0])
+  return _event(state, image, mask, target, jnp.int32(0), plan, config, spec)
 
-  ``gaussjax.fit_batch`` calls this per image, so a batch makes the same
-  events as ``fit``.
+
+def finish(state: FitState, image, mask, schedule, config: FitConfig, plan, *, batched: bool):
+  """The end of a fit: free slots filled, and the loss and PSNR of the fitted Gaussians.
+
+  ``fit`` and ``gaussjax.fit_batch`` share it. The renderer's redo policy
+  (``_render.replan``) applies on overflow.
+
+  Returns:
+    ``(state, loss, psnr, plans made)``.
   """
-  target, prune, split = schedule.event(step)
-  state, _, _ = _density_event(state, image, config, None, rng, target=target, prune=prune,
-                               split=split)
-  return state
+  height, width = image.shape[-3], image.shape[-2]
+  made = 0
+  active = np.asarray(state.gaussians.means)[..., 0] > _density.PARK_POSITION / 2
+  if not active.all():  # stopped while growing: fill the rest
+    spec = _density.EventSpec.make(schedule, height, width, config.backend, fill=True)
+    for attempt in range(_render.MAX_REPLANS + 2):
+      fill = lambda s, i, m, plan=plan: _fill(s, i, m, plan=plan, config=config, spec=spec)
+      function = jax.vmap(fill) if batched else fill
+      new_state, overflow = function(state, image, mask)
+      if not bool(jnp.any(overflow)):
+        state = new_state
+        break
+      plan = _render.replan(state.gaussians, height, width, backend=config.backend,
+                            attempt=attempt + 1)
+      made += 1
+  for attempt in range(_render.MAX_REPLANS + 2):
+    if batched:
+      loss, aux = jax.vmap(lambda g, i, m: _jit_loss(g, i, config=config, plan=plan, mask=m))(
+          state.gaussians, image, mask)
+    else:
+      loss, aux = _jit_loss(state.gaussians, image, config=config, plan=plan, mask=mask)
+    if not bool(jnp.any(aux["overflow"])):
+      return state, loss, aux["psnr"], made
+    plan = _render.replan(state.gaussians, height, width, backend=config.backend,
+                          attempt=attempt + 1)
+    made += 1
+  raise AssertionError("unreachable")  # pragma: no cover (replan raises first)
+
+
+def chunk_steps(config: FitConfig) -> int:
+  """Steps per compiled chunk of a fit: at most ``_loop.CHUNK_STEPS``, at most ``log_every``."""
+  return max(1, min(_loop.CHUNK_STEPS, config.log_every, config.steps))
+
+
+def loop_static(config: FitConfig, schedule, height: int, width: int):
+  """``(step config, event spec)``: the static argument of ``_loop_step``.
+
+  The step does not read the host-loop options: leaving them out of its
+  static config lets fits that differ only in those share compiled steps.
+  """
+  step_config = dataclasses.replace(config, **_HOST_OPTIONS)
+  spec = _density.EventSpec.make(schedule, height, width, config.backend) if schedule.events \
+      else None
+  return step_config, spec
 
 
 def _check_image(image) -> Array:
@@ -564,23 +606,14 @@ def fit(
   height, width = image.shape[0], image.shape[1]
   backend = resolve_backend(config.backend)
   config = dataclasses.replace(config, backend=backend)  # one compiled step per backend
-  # The step does not read the host-loop options: leaving them out of its
-  # static config lets fits that differ only in those share compiled steps.
-  step_config = dataclasses.replace(config, **_HOST_OPTIONS)
 
   start = time.perf_counter()
   schedule = _density.Schedule.make(gaussians.num_gaussians, config)
   # A fixed buffer of N slots: parked slots wait to be filled (see _density).
   gaussians = _density.to_buffer(gaussians, schedule.target)
   state = init_fit_state(gaussians, config, key=key)
-  rng = host_rng(state.key)
   steps, losses, psnrs, times = [], [], [], []
-  replans = overflows = 0
-  plan = None
-  last_event = -1
-  need_plan = True
-  last_plan_step = 0
-  done = 0
+  chunk_start = [time.perf_counter() - start]
 
   def log(step, loss, psnr_value, wall):
     steps.append(step)
@@ -590,66 +623,62 @@ def fit(
     if callback is not None:
       callback(step, {"loss": losses[-1], "psnr": psnrs[-1], "wall_time": wall})
 
-  while done < config.steps:
-    if done in schedule.events and done != last_event:
-      last_event = done
-      target, prune, split = schedule.event(done)
-      state, plan, made = _density_event(
-          state, image, config, plan, rng, target=target, prune=prune, split=split)
-      replans += made
-      need_plan = False
-      if made:
-        last_plan_step = done
-    chunk_start = time.perf_counter() - start  # the state at step `done` exists now
-    if need_plan or done - last_plan_step >= config.replan_every:
-      plan, made = _choose_plan(state.gaussians, height, width, backend, None if need_plan else plan)
-      need_plan = False
-      replans += made
-      last_plan_step = done
-    # A chunk runs without synchronising, up to the next log or re-plan point.
-    next_log = (done // config.log_every + 1) * config.log_every
-    end = min(next_log, last_plan_step + config.replan_every, config.steps, schedule.next_event(done))
-    first_metrics = None
-    for i in range(end - done):
-      state, metrics = _jit_step(state, image, config=step_config, plan=plan)
-      if i == 0:
-        first_metrics = metrics  # metrics of the Gaussians at step `done`
-    new_done = int(state.step)  # synchronises once per chunk
-    if new_done > done and done % config.log_every == 0:  # the first step was accepted
-      log(done, first_metrics["loss"], first_metrics["psnr"], chunk_start)
-    if new_done < end:  # a step overflowed: state is the last good one; re-plan
-      overflows += 1
-      need_plan = True
-    done = new_done
-    if config.target_psnr is not None and psnrs and psnrs[-1] >= config.target_psnr:
-      break
-    if config.plateau_db is not None and len(psnrs) >= 2 and steps[-1] - steps[-2] == config.log_every:
-      if psnrs[-1] - psnrs[-2] < config.plateau_db:
-        break
-    if config.time_budget_s is not None and time.perf_counter() - start >= config.time_budget_s:
-      break
+  # With a time budget the learning-rate schedule (and the density events)
+  # are fitted to the steps that the budget allows, estimated from the speed
+  # of the chunks after the first (which compiles), instead of cutting a
+  # schedule planned for more steps.
+  budget = config.time_budget_s
+  horizon = [config.steps]
+  timing = []  # (seconds, steps done) at the end of each chunk
 
-  if not _density.is_active(state.gaussians).all():  # stopped while growing: fill the rest
-    state, _, _ = _density_event(state, image, config, plan, rng, target=schedule.target, prune=0, split=0)
-  # Final entry: the fitted Gaussians themselves, through the compiled step
-  # (its metrics are those of the Gaussians before the update).
+  def on_chunk(first, count, state, metrics):
+    # One synchronisation per chunk; the chunk's steps share its time span
+    # (the Gaussians of step `first` existed when the chunk started).
+    loss, psnr_values = np.asarray(metrics["loss"]), np.asarray(metrics["psnr"])
+    now = time.perf_counter() - start
+    began = chunk_start[0]
+    chunk_start[0] = now
+    stop = False
+    for i in range(count):
+      step = first + i
+      if step % config.log_every:
+        continue
+      log(step, loss[i], psnr_values[i], began + (now - began) * i / count)
+      if config.target_psnr is not None and psnrs[-1] >= config.target_psnr:
+        stop = True
+      if (config.plateau_db is not None and len(psnrs) >= 2
+          and steps[-1] - steps[-2] == config.log_every
+          and psnrs[-1] - psnrs[-2] < config.plateau_db):
+        stop = True
+    done = first + count
+    if budget is not None:
+      timing.append((now, done))
+      if now >= budget or done >= horizon[0]:
+        stop = True
+      elif len(timing) >= 2:
+        (t0, s0), (t1, s1) = timing[0], timing[-1]
+        per_step = (t1 - t0) / max(s1 - s0, 1)
+        fits = done + int((budget - now) / max(per_step, 1e-9))
+        horizon[0] = int(min(max(fits, done + 1), config.steps))
+    return stop
+
+  def refresh(data):
+    return data[:2] + (jnp.asarray(horizon[0], jnp.int32),)
+
+  state, info = _loop.run(
+      _loop_step, state, (image, None, None if budget is None else jnp.int32(config.steps)),
+      num_steps=config.steps, static=loop_static(config, schedule, height, width), height=height,
+      width=width, backend=backend, chunk=chunk_steps(config), replan_every=config.replan_every,
+      boundary=lambda done: min((done // config.log_every + 1) * config.log_every, horizon[0]),
+      on_chunk=on_chunk, refresh=None if budget is None else refresh)
+  # Final entry: the fitted Gaussians themselves (free slots filled first).
   end_time = time.perf_counter() - start
-  if backend == "xla":
-    plan, made = _choose_plan(state.gaussians, height, width, backend, plan)
-    replans += made
-  else:
-    plan = make_plan(state.gaussians, height, width, backend=backend)
-  _, metrics = _jit_step(state, image, config=step_config, plan=plan)
-  if bool(metrics["overflow"]):
-    plan = make_plan(state.gaussians, height, width, backend=backend)
-    replans += 1
-    _, metrics = _jit_step(state, image, config=step_config, plan=plan)
-    if bool(metrics["overflow"]):  # pragma: no cover (a fresh plan never overflows)
-      raise RuntimeError("the renderer overflowed a fresh plan")
-  log(done, metrics["loss"], metrics["psnr"], end_time)
+  state, loss, psnr_value, made = finish(state, image, None, schedule, config, info.plan,
+                                         batched=False)
+  log(info.done, loss, psnr_value, end_time)
   history = FitHistory(
       np.asarray(steps, np.int64), np.asarray(losses, np.float64), np.asarray(psnrs, np.float64),
-      np.asarray(times, np.float64), replans, overflows)
+      np.asarray(times, np.float64), info.replans + made, info.overflows)
   return state.gaussians, history
 
 

@@ -175,7 +175,8 @@ def _batched_footprint_stats(gaussians, height, width, tile):
 
 
 def plan_pallas(gaussians: Gaussians, height: int, width: int, *,
-                config: _kernels.RasterizeConfig = DEFAULT_CONFIG) -> PallasPlan:
+                config: _kernels.RasterizeConfig = DEFAULT_CONFIG,
+                headroom: float = PLAN_HEADROOM) -> PallasPlan:
   """A plan that fits these concrete Gaussians with headroom.
 
   Args:
@@ -184,10 +185,11 @@ def plan_pallas(gaussians: Gaussians, height: int, width: int, *,
     height: image rows.
     width: image columns.
     config: kernel launch parameters.
+    headroom: capacity relative to what these Gaussians need (at least 1).
 
   Returns:
-    ``PallasPlan`` with ``PLAN_HEADROOM`` times the pairs and per-tile pairs
-    these Gaussians need.
+    ``PallasPlan`` with ``headroom`` (default ``PLAN_HEADROOM``) times the
+    pairs and per-tile pairs these Gaussians need.
   """
   gaussians = validate(gaussians)
   if gaussians.means.size == 0:
@@ -196,10 +198,21 @@ def plan_pallas(gaussians: Gaussians, height: int, width: int, *,
   total, largest = int(total), int(largest)
   blocks = max(config.block, config.backward_block)
   return PallasPlan(
-      pair_capacity=_size_class(math.ceil(total * PLAN_HEADROOM)),
-      tile_capacity=_next_power_of_two(max(math.ceil(largest * PLAN_HEADROOM), blocks)),
+      pair_capacity=_size_class(math.ceil(total * max(headroom, 1.0))),
+      tile_capacity=_next_power_of_two(max(math.ceil(largest * max(headroom, 1.0)), blocks)),
       config=config,
   )
+
+
+def plan_holds(plan: PallasPlan, gaussians: Gaussians, height: int, width: int, *,
+               margin: float = 0.0) -> bool:
+  """Whether ``plan`` holds these concrete Gaussians with ``margin`` of its capacities to spare."""
+  gaussians = validate(gaussians)
+  if gaussians.means.size == 0:
+    return True
+  total, largest = _batched_footprint_stats(gaussians, height, width, plan.config.tile)
+  return (int(total) <= (1.0 - margin) * plan.pair_capacity
+          and int(largest) <= (1.0 - margin) * plan.tile_capacity)
 
 
 def default_plan(num_gaussians: int, height: int, width: int, *,

@@ -8,6 +8,7 @@ import pytest
 import gaussjax
 from gaussjax import _batch
 from gaussjax import _codec
+from gaussjax import _render
 
 
 # ----------------------------------------------------------------- bucketing and padding
@@ -80,12 +81,13 @@ def test_pad_batch_repeats_the_first_element():
 # checks the loop itself, independently of the fitting code.
 
 
-def toy_step(gaussians, example, plan, static):
+def toy_step(gaussians, example, t, plan, static):
   image, mask = example
   learning_rate = static
   (_, overflow), grad = jax.value_and_grad(_codec._loss, has_aux=True)(
       gaussians, image, mask, height=0, width=0, backend="reference", steps=None, plan=plan)
-  return jax.tree_util.tree_map(lambda p, d: p - learning_rate * d, gaussians, grad), overflow
+  return (jax.tree_util.tree_map(lambda p, d: p - learning_rate * d, gaussians, grad),
+          {"overflow": overflow})
 
 
 def toy_images(count, height, width, seed=0):
@@ -106,15 +108,18 @@ def stack(trees):
   return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def run_toy(images, gaussians, height, width, *, num_steps=6, mesh=None, chunk=4, vectorize=None):
+def run_toy(images, gaussians, height, width, *, num_steps=6, mesh=None, chunk=4, vectorize=None,
+            step=toy_step):
   padded, mask = _batch.pad_images(images, shape=(height, width))
-  return _batch.run_steps(
-      toy_step, stack(gaussians), (jnp.asarray(padded), jnp.asarray(mask)), num_steps=num_steps,
-      plan_fn=lambda state: None, static=2.0, mesh=mesh, chunk=chunk, vectorize=vectorize)
+  state, _ = _batch.run_batch(
+      step, stack(gaussians), (jnp.asarray(padded), jnp.asarray(mask)), mesh=mesh,
+      num_steps=num_steps, static=2.0, height=height, width=width, backend="reference",
+      view=lambda s: s, chunk=chunk, batch=_batch._loop_batch(vectorize))
+  return state
 
 
 @pytest.mark.parametrize("vectorize", [True, False])
-def test_run_steps_batch_equals_one_at_a_time(vectorize):
+def test_batched_loop_equals_one_at_a_time(vectorize):
   images, gaussians = toy_images(3, 16, 12), toy_gaussians(3, 10, 16, 12)
   batched = run_toy(images, gaussians, 16, 12, vectorize=vectorize)
   for i in range(3):
@@ -126,7 +131,7 @@ def test_run_steps_batch_equals_one_at_a_time(vectorize):
   assert not np.allclose(batched.means, stack(gaussians).means)
 
 
-def test_run_steps_padding_does_not_change_the_result():
+def test_batched_loop_padding_does_not_change_the_result():
   image, g = toy_images(1, 13, 10), toy_gaussians(1, 10, 13, 10)
   alone = run_toy(image, g, 13, 10)
   padded = run_toy(image, g, 32, 32)
@@ -136,7 +141,7 @@ def test_run_steps_padding_does_not_change_the_result():
 
 
 @pytest.mark.parametrize("vectorize", [True, False])
-def test_run_steps_on_a_mesh_pads_the_batch_to_the_devices(vectorize):
+def test_batched_loop_on_a_mesh_pads_the_batch_to_the_devices(vectorize):
   images, gaussians = toy_images(3, 8, 8), toy_gaussians(3, 5, 8, 8)
   mesh = _batch.batch_mesh()
   expected = run_toy(images, gaussians, 8, 8)
@@ -146,37 +151,35 @@ def test_run_steps_on_a_mesh_pads_the_batch_to_the_devices(vectorize):
     np.testing.assert_allclose(a, e, rtol=1e-6, atol=1e-6)
 
 
+def overflowing_step(gaussians, example, t, plan, static):
+  new, _ = toy_step(gaussians, example, t, None, static)
+  return new, {"overflow": jnp.asarray(plan == 0)}
 
 
-def test_run_steps_replans_on_overflow_and_never_keeps_an_overflowed_step():
+def test_batched_loop_replans_on_overflow_and_never_keeps_an_overflowed_step(monkeypatch):
   plans = []
 
-  def plan_fn(state):
+  def plan_for(gaussians, height, width, *, backend, previous=None, boost=1.0):
     plans.append(len(plans))
-    return len(plans) - 1  # plan 0 always overflows; later ones never
+    return len(plans) - 1, True  # plan 0 always overflows; later ones never
 
+  monkeypatch.setattr(_render, "uses_plans", lambda backend, channels: True)
+  monkeypatch.setattr(_render, "plan_for", plan_for)
   images, gaussians = toy_images(2, 8, 8), toy_gaussians(2, 5, 8, 8)
-  padded, mask = _batch.pad_images(images)
-  state = _batch.run_steps(
-      overflowing_step, stack(gaussians), (jnp.asarray(padded), jnp.asarray(mask)),
-      num_steps=5, plan_fn=plan_fn, static=2.0, chunk=5)
+  state = run_toy(images, gaussians, 8, 8, num_steps=5, chunk=5, step=overflowing_step)
+  monkeypatch.undo()
   expected = run_toy(images, gaussians, 8, 8, num_steps=5, chunk=5)
   for a, e in zip(state, expected):
     np.testing.assert_allclose(a, e, rtol=1e-6, atol=1e-6)
   assert len(plans) >= 2
 
 
-def overflowing_step(gaussians, example, plan, static):
-  new, _ = toy_step(gaussians, example, None, static)
-  return new, jnp.asarray(plan == 0)
-
-
-def test_run_steps_fails_loudly_when_a_fresh_plan_overflows():
+def test_batched_loop_fails_loudly_when_fresh_plans_overflow(monkeypatch):
+  monkeypatch.setattr(_render, "uses_plans", lambda backend, channels: True)
+  monkeypatch.setattr(_render, "plan_for", lambda *a, **k: (0, True))
   images, gaussians = toy_images(1, 8, 8), toy_gaussians(1, 5, 8, 8)
-  padded, mask = _batch.pad_images(images)
   with pytest.raises(RuntimeError, match="overflowed"):
-    _batch.run_steps(overflowing_step, stack(gaussians), (jnp.asarray(padded), jnp.asarray(mask)),
-                     num_steps=2, plan_fn=lambda state: 0, static=2.0)
+    run_toy(images, gaussians, 8, 8, num_steps=2, step=overflowing_step)
 
 
 # ----------------------------------------------------------------- encode_batch
@@ -267,7 +270,7 @@ def test_fit_batch_matches_fit_one_at_a_time_and_padding_changes_nothing(vectori
 
 def test_fit_batch_runs_the_density_events_of_fit():
   # Growth from 8 to 12 Gaussians and prune/re-add events at steps 5, 10, 15
-  # (host side, per image): the batch makes the same events as fit alone.
+  # (on the device, per image): the batch makes the same events as fit alone.
   images = toy_images(2, 16, 20)
   initial = [gaussjax.init_slic(im, 8) for im in images]
   config = tiny_fit_config(num_gaussians=12, densify_every=5, densify_until=0.6, grow_until=0.3,
@@ -276,7 +279,6 @@ def test_fit_batch_runs_the_density_events_of_fit():
   assert actual.means.shape == (2, 12, 2)
   for i, (image, g) in enumerate(zip(images, initial)):
     expected, history = gaussjax.fit(image, g, config)
-    assert history.replans > 1  # the events ran
     for a, e in zip(actual, expected):
       np.testing.assert_allclose(a[i], e, rtol=1e-4, atol=1e-4)
     assert metrics["psnr"][i] == pytest.approx(history.psnr[-1], abs=1e-3)

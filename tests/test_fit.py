@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import gaussjax
-from gaussjax import _fit
+from gaussjax import _fit, _render
 
 CONFIG = gaussjax.FitConfig(steps=100, log_every=25, backend="reference")
 
@@ -48,9 +48,9 @@ def test_history_layout(fitted_random):
   assert np.all(np.diff(history.wall_time) >= 0)
   assert np.all(np.isfinite(history.loss)) and np.all(history.loss > 0)
   assert history.loss[-1] < history.loss[0]
-  # replan_every=100 >= steps: one plan, plus two for each of the density
-  # events at steps 30 and 60 (the render that guides it and the new Gaussians).
-  assert history.overflows == 0 and history.replans == 1 + 2 * 2, history.replans
+  # The reference renderer needs no plan: one (None) for the whole fit, the
+  # density events at steps 30 and 60 included (they run inside the loop).
+  assert history.overflows == 0 and history.replans == 1, history.replans
 
 
 def test_fit_is_reproducible(kodak_crop, fitted_random):
@@ -134,11 +134,22 @@ class _FakeTiledBackend:
   def __init__(self):
     self.plans = []
 
-  def make_plan(self, gaussians, height, width, *, backend="auto"):
+  def plan_for(self, gaussians, height, width, *, backend, previous=None, boost=1.0):
     extent = float(np.max(np.asarray(gaussjax.extents(gaussians.chol))))
-    plan = float(np.ceil(extent / 8.0 + 1e-6) * 8.0)  # up to 8 px of headroom
+    if previous is not None and extent <= previous:
+      return previous, False
+    # Up to 8 px of headroom, times `boost` after an overflow (the redo policy).
+    plan = float(np.ceil(extent * boost / 8.0 + 1e-6) * 8.0)
     self.plans.append(plan)
-    return plan
+    return plan, True
+
+  def install(self, monkeypatch):
+    """Makes fit plan and render with this backend (the loop asks the render layer)."""
+    monkeypatch.setattr(_render, "uses_plans", lambda backend, channels: True)
+    monkeypatch.setattr(_render, "plan_for", self.plan_for)
+    monkeypatch.setattr(_render, "make_plan", lambda g, h, w, *, backend: self.plan_for(
+        g, h, w, backend=backend)[0])
+    monkeypatch.setattr(_fit, "rasterize", self.rasterize)
 
   def rasterize(self, gaussians, height, width, *, backend="auto", plan=None):
     image = gaussjax.render_reference(gaussians, height, width)
@@ -153,8 +164,7 @@ def test_overflowed_steps_are_never_accepted(kodak_crop, monkeypatch):
   expected, expected_history = gaussjax.fit(image, g, config)
 
   fake = _FakeTiledBackend()
-  monkeypatch.setattr(_fit, "make_plan", fake.make_plan)
-  monkeypatch.setattr(_fit, "rasterize", fake.rasterize)
+  fake.install(monkeypatch)
   actual, history = gaussjax.fit(image, g, config)
   assert history.overflows >= 1, fake.plans
   assert history.replans == history.overflows + 1
@@ -165,6 +175,16 @@ def test_overflowed_steps_are_never_accepted(kodak_crop, monkeypatch):
     # 16 Adam steps); an accepted all-zero render moves a colour by ~lr = 0.02.
     np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3)
   np.testing.assert_allclose(history.psnr[-1], expected_history.psnr[-1], atol=1e-3)
+  np.testing.assert_array_equal(history.step, expected_history.step)
+
+
+def test_a_plan_that_keeps_overflowing_is_an_error(kodak_crop, monkeypatch):
+  fake = _FakeTiledBackend()
+  fake.install(monkeypatch)
+  monkeypatch.setattr(_render, "plan_for", lambda *a, previous=None, **k: (0.5, True))
+  g = gaussjax.init_random(jax.random.key(0), 20, 32, 32, 3)
+  with pytest.raises(RuntimeError, match="overflowed"):
+    gaussjax.fit(kodak_crop[:32, :32], g, dataclasses.replace(CONFIG, steps=4, log_every=2))
 
 
 def test_fit_step_returns_the_state_unchanged_on_overflow(kodak_crop, monkeypatch):
