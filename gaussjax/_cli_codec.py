@@ -51,7 +51,8 @@ def _cmd_decode(args) -> int:
   import gaussjax
   if is_same_file(args.input, args.output):
     raise CliError(f"output {args.output!r} is the input file; refusing to overwrite it")
-  image = gaussjax.decode(_read(args.input), height=args.height, width=args.width)
+  image = gaussjax.decode(_read(args.input), height=args.height, width=args.width,
+                          level=args.level, partial=args.partial)
   gaussjax.save_image(args.output, np.asarray(image))
   print(f"{args.output}: {image.shape[1]}x{image.shape[0]}, {image.shape[2]} channels")
   return 0
@@ -80,9 +81,13 @@ def register(subparsers) -> None:
   p.add_argument("-o", "--output", required=True, help="output image (PNG by extension)")
   p.add_argument("--width", type=int, default=None, help="output width (any size)")
   p.add_argument("--height", type=int, default=None, help="output height (any size)")
+  p.add_argument("--level", type=int, default=None,
+                 help="of a progressive file: render levels 0..K only (default: all)")
+  p.add_argument("--partial", action="store_true",
+                 help="of a truncated progressive file: render its complete levels")
   p.set_defaults(func=_guarded(_cmd_decode))
 
-  p = subparsers.add_parser("info", help="print a .gjx file's header as JSON")
+  p = subparsers.add_parser("info", help="print a .gjx file's header (and levels) as JSON")
   p.add_argument("input", help="input .gjx file")
   p.set_defaults(func=_guarded(_cmd_info))
 

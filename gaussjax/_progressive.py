@@ -295,6 +295,12 @@ def _render(g: Gaussians, height: int, width: int, backend: str) -> np.ndarray:
   return np.asarray(_codec.render_safe(g, height, width, backend=backend), np.float32)
 
 
+def _per_level(steps: int, levels: int) -> int:
+  """Optimiser steps of one level: ``steps / levels`` (rounded up), so that a
+  progressive encode runs as many steps in all as a single-level one."""
+  return -(-steps // levels)
+
+
 def _fit_config(config, n: int | None, num_steps: int, densify: bool, **kw):
   from gaussjax._fit import FitConfig
   extra = {} if densify else {"densify_every": 0}
@@ -321,6 +327,7 @@ def _fit_level(target: np.ndarray, n: int, first: bool, config, rng, budget, ste
   """
   from gaussjax._fit import fit, initial_count
   from gaussjax._init import init_slic
+  fit_steps = _per_level(config.fit_steps, config.levels)
   h, w = target.shape[:2]
   n = int(min(max(n, 1), h * w))
   key = jax.random.key(config.seed)
@@ -328,11 +335,11 @@ def _fit_level(target: np.ndarray, n: int, first: bool, config, rng, budget, ste
     g = init_slic(target, initial_count(n, _fit_config(config, n, 1, True)), key=key)
   else:
     g = _from_error(rng, target, n)
-  if config.fit_steps == 0:
+  if fit_steps == 0:
     return g
-  half = (config.fit_steps + 1) // 2
+  half = (fit_steps + 1) // 2
   g, _ = fit(target, g, _fit_config(config, n, half, first))
-  rest = config.fit_steps - half
+  rest = fit_steps - half
   if budget is not None:
     size = segment_size(len(level_body(g, h, w, steps)))
     n1 = int(min(max(round(n * budget / size), 1), h * w))
@@ -355,7 +362,7 @@ def _finetune_level(g: Gaussians, target: np.ndarray, steps: qz.QuantSteps, conf
   rounds the colours last.
   """
   from gaussjax._fit import FitConfig, fit
-  num = config.qat_steps
+  num = _per_level(config.qat_steps, config.levels)
   if num == 0 or g.num_gaussians == 0:
     return g
   h, w = target.shape[:2]
