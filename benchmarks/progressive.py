@@ -36,6 +36,7 @@ import _machine  # noqa: E402
 import rd  # noqa: E402  (load, bd_rate, curve, interp_psnr)
 
 import gaussjax  # noqa: E402
+import gaussjax._progressive  # noqa: E402  (LEVEL_STEPS)
 from gaussjax._codec import info  # noqa: E402
 
 FIGURE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
@@ -153,11 +154,16 @@ def main(argv=None):
   parser.add_argument("--qat-steps", type=int, default=defaults.qat_steps)
   parser.add_argument("--name", default="progressive_cpu")
   parser.add_argument("--figure", action="store_true", help="draw " + FIGURE)
+  parser.add_argument("--level-steps", choices=("each", "split"), default="each",
+                      help="each level runs all fit/QAT steps, or they are split over the "
+                           "levels (gaussjax._progressive.LEVEL_STEPS)")
   args = parser.parse_args(argv)
+  gaussjax._progressive.LEVEL_STEPS = args.level_steps
   args.curve = sorted({float(b) for b in args.curve.split(",")} | {args.bpp})
   images = [int(i) for i in args.images.split(",")][::args.every]
   meta = dict(images=images, scale=args.scale, levels=args.levels, bpp=args.bpp,
               curve=args.curve, fit_steps=args.fit_steps, qat_steps=args.qat_steps,
+              level_steps=args.level_steps,
               device="CPU (jax CPU backend)", load_average_start=list(os.getloadavg()))
   rows, prefix_rows = [], []
   start = time.perf_counter()

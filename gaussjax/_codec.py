@@ -10,8 +10,9 @@ Call chain::
     ├─ _finetune                              quantisation-aware fine-tuning
     └─ _code → encode_gaussians               quantise, Morton order, ANS-code, frame;
                                               the rate controller (_encode_rate)
-  decode(data, height=, width=)               decode_gaussians → render at any size
+  decode(data, height=, width=, level=)       decode_gaussians → render at any size
   decode_gaussians(data)                      parse, validate, entropy-decode, dequantise
+                                              (version 2: gaussjax._progressive)
   info(data)                                  header fields, no decoding
 """
 
@@ -868,6 +869,9 @@ def encode(image, config: CodecConfig = CodecConfig()) -> bytes:
   controller then measures the real file size and prunes the least
   important Gaussians or refines the steps (fine-tuning again) until the
   file is within ``config.rate_tolerance`` of ``bpp · H · W / 8`` bytes.
+  With ``config.levels > 1`` the file is progressive (format version 2,
+  ``gaussjax._progressive``): levels fitted coarse to fine, each prefix at a
+  level boundary a picture (``decode(data, level=k)``).
 
   Args:
     image: ``[H, W, C]`` float in [0, 1] (or uint8/uint16), C ≤ 4.

@@ -295,10 +295,19 @@ def _render(g: Gaussians, height: int, width: int, backend: str) -> np.ndarray:
   return np.asarray(_codec.render_safe(g, height, width, backend=backend), np.float32)
 
 
+# How CodecConfig.fit_steps / qat_steps apply to the levels: "each" level runs
+# them all (every Gaussian gets as many optimiser steps as in a single-level
+# encode, and as each level renders only its own Gaussians the render work in
+# all is about that of a single-level fit), or they are "split" evenly over the
+# levels (as many steps in all). benchmarks/results/progressive_cpu.md compares.
+LEVEL_STEPS = "each"
+
+
 def _per_level(steps: int, levels: int) -> int:
-  """Optimiser steps of one level: ``steps / levels`` (rounded up), so that a
-  progressive encode runs as many steps in all as a single-level one."""
-  return -(-steps // levels)
+  """Optimiser steps of one level (see ``LEVEL_STEPS``)."""
+  if LEVEL_STEPS == "split":
+    return -(-steps // levels)
+  return steps
 
 
 def _fit_config(config, n: int | None, num_steps: int, densify: bool, **kw):
