@@ -30,7 +30,7 @@ def _cmd_encode(args) -> int:
     kwargs["fit_steps"] = args.fit_steps
   if args.qat_steps is not None:
     kwargs["qat_steps"] = args.qat_steps
-  config = gaussjax.CodecConfig(bpp=args.bpp, quality=args.quality, **kwargs)
+  config = gaussjax.CodecConfig(bpp=args.bpp, quality=args.quality, levels=args.levels, **kwargs)
   data = gaussjax.encode(image, config)
   write_atomic(args.output, data)
   h, w = image.shape[:2]
@@ -74,6 +74,8 @@ def register(subparsers) -> None:
   rate.add_argument("--quality", type=float, help="quality 1..100 (no rate target)")
   p.add_argument("--fit-steps", type=int, default=None, help="float fit steps")
   p.add_argument("--qat-steps", type=int, default=None, help="quantisation-aware steps")
+  p.add_argument("--levels", type=int, default=1,
+                 help="1: a single-level file; 2..16: a progressive file of coarse-to-fine levels")
   p.set_defaults(func=_guarded(_cmd_encode))
 
   p = subparsers.add_parser("decode", help="render a .gjx file to an image")

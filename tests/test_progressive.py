@@ -147,8 +147,9 @@ class TestContainer:
       level_shares(17)
 
   def test_version_2_golden_file_decodes(self):
-    """``tests/data/v2_levels.gjx``: ``encode`` (levels=3, bpp=3, 60 fit / 10 QAT steps split over the levels,
-    reference backend) of a 32x48 crop of kodim23; the expected Gaussians beside it."""
+    """``tests/data/v2_levels.gjx``: ``encode`` (levels=3, bpp=3, 60 fit / 10 QAT steps
+    split over the levels, reference backend) of a 32x48 crop of kodim23; the expected
+    Gaussians beside it."""
     data = open(os.path.join(DATA, "v2_levels.gjx"), "rb").read()
     expected = np.load(os.path.join(DATA, "v2_levels_expected.npz"))
     g, (h, w) = gaussjax.decode_gaussians(data)
@@ -239,6 +240,9 @@ class TestCli:
     assert not (tmp_path / "x.png").exists()
     assert main(["decode", str(cut), "-o", str(tmp_path / "x.png"), "--partial"]) == 0
     assert main(["decode", str(src), "-o", str(tmp_path / "y.png"), "--level", "5"]) == 2
+    from gaussjax._cli import build_parser
+    args = build_parser().parse_args(["encode", "a.png", "-o", "a.gjx", "--bpp", "1", "--levels", "3"])
+    assert args.levels == 3
 
 
 class TestFuzz:
