@@ -117,6 +117,8 @@ def figure(ref, data, path):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   fig.savefig(path, dpi=100)
   plt.close(fig)
+  from PIL import Image
+  Image.open(path).convert("RGB").quantize(256).save(path, optimize=True)  # a small PNG
 
 
 def summarise(rows, prefix_rows, args):
