@@ -184,6 +184,13 @@ class TestEncoder:
     assert psnrs[0] < psnrs[1], psnrs
 
   @pytest.mark.slow
+  def test_encode_batch_writes_progressive_files(self):
+    img = _crop(16, 24)
+    cfg = gaussjax.CodecConfig(bpp=4.0, levels=2, fit_steps=2, qat_steps=0, backend="reference")
+    (data,) = gaussjax.encode_batch([img], cfg)
+    assert data == gaussjax.encode(img, cfg) and data[4] == 2
+
+  @pytest.mark.slow
   def test_rate_and_prefixes_improve(self, encoded):
     img, data = encoded
     h, w = img.shape[:2]
