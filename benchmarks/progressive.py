@@ -159,8 +159,9 @@ NOTES = """
   them (each Gaussian gets as many optimiser steps as in a single-level file, and each level
   renders only its own Gaussians), so its encode takes longer (mean encode times above); at
   these reduced steps neither kind of fit has converged, which favours the progressive file.
-  `progressive_cpu_split.md` splits the steps over the levels instead (as many steps in all),
-  which disfavours it. Files at the codec's full steps were not measured here.
+  `progressive_cpu_split200.md` (same steps, kodim01 and 07) and `progressive_cpu_split.md`
+  (300 + 60 steps, kodim01 and 03) split the steps over the levels instead (as many steps in
+  all), which disfavours it. Files at the codec's full steps were not measured.
 - BD-rate: per image over the progressive and single-level files at the `curve` rates,
   then the mean; negative means the progressive file needs fewer bytes for the same PSNR.
 """
