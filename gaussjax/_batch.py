@@ -476,6 +476,8 @@ def encode_batch(images: Sequence, config=None, *, devices=None,
       raise type(e)(f"image {i}: {e}") from None
   if not arrays:
     return []
+  if config.levels > 1:  # progressive files fit level by level: one image at a time
+    return [_codec.encode(image, config) for image in arrays]
   mesh = _resolve_mesh(devices)
   settings = [_codec._fit_settings(*a.shape, config) for a in arrays]
   first, second = _codec._fit_halves(config)

@@ -80,7 +80,8 @@ def _add_rate_arguments(parser: argparse.ArgumentParser, *, required: bool = Tru
 
 def _codec_config(args) -> CodecConfig:
   return CodecConfig(bpp=args.bpp, quality=None if args.bpp is not None else args.quality,
-                     fit_steps=args.fit_steps, qat_steps=args.qat_steps, backend=args.backend)
+                     fit_steps=args.fit_steps, qat_steps=args.qat_steps, backend=args.backend,
+                     levels=getattr(args, "levels", 1))
 
 
 def _render_metrics(render: np.ndarray, image: np.ndarray) -> tuple[float, str, str]:
@@ -224,6 +225,9 @@ def register_encode(subparsers) -> None:
   _add_rate_arguments(p)
   _add_backend_argument(p, "for fitting")
   _cli_tiles.add_arguments(p)
+  p.add_argument("--levels", type=positive_int, default=1, metavar="L",
+                 help="1: a single-level file; 2..16: a progressive file of coarse-to-fine "
+                      "levels, each prefix a picture (decode --level / --partial)")
   add_quiet_argument(p)
 
 
@@ -252,7 +256,8 @@ def _run_decode(args) -> int:
     image = _cli_tiles.decode(data, height=args.height, width=args.width)
   else:
     image = np.asarray(decode(data, height=args.height, width=args.width,
-                              backend=args.backend, max_pixels=args.max_pixels))
+                              backend=args.backend, max_pixels=args.max_pixels,
+                              level=args.level, partial=args.partial))
   save_image(args.output, image)
   print(f"{size_text(*image.shape)} -> {args.output}")
   return 0
@@ -272,6 +277,10 @@ def register_decode(subparsers) -> None:
   p.add_argument("--max-pixels", type=positive_int, default=MAX_DECODE_PIXELS,
                  help="refuse to render more pixels than this (a guard against files whose "
                       "header asks for a huge image); raise it for files you trust")
+  p.add_argument("--level", type=non_negative_int, default=None, metavar="K",
+                 help="of a progressive file: render levels 0..K only (default: all)")
+  p.add_argument("--partial", action="store_true",
+                 help="of a truncated progressive file: render its complete levels")
   _add_backend_argument(p, "for decoding")
   add_quiet_argument(p)
 

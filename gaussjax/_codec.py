@@ -13,8 +13,9 @@ Call chain::
     │                                         frozen fields)
     └─ _code → encode_gaussians               quantise, Morton order, ANS-code, frame;
                                               the rate controller (_encode_rate)
-  decode(data, height=, width=)               decode_gaussians → render at any size
+  decode(data, height=, width=, level=)       decode_gaussians → render at any size
   decode_gaussians(data)                      parse, validate, entropy-decode, dequantise
+                                              (version 2: gaussjax._progressive)
   info(data)                                  header fields, no decoding
 """
 
@@ -91,6 +92,9 @@ class CodecConfig:
       ``_finetune`` for the measurement that chose the default.
     backend: renderer used for fitting (``"auto"``: the fastest here).
     seed: PRNG seed of the initialisation.
+    levels: 1 (a version-1 file) or 2..16: a progressive version-2 file of
+      coarse-to-fine levels, each a prefix that decodes to a picture
+      (``gaussjax._progressive``; ``decode(data, level=k)``).
   """
 
   bpp: float | None = None
@@ -105,8 +109,12 @@ class CodecConfig:
   finetune: str = "sequential"
   backend: str = "auto"
   seed: int = 0
+  levels: int = 1
 
   def __post_init__(self):
+    if isinstance(self.levels, bool) or not isinstance(self.levels, int) or \
+        not 1 <= self.levels <= 16:
+      raise ValueError(f"levels={self.levels!r} must be an int in [1, 16]")
     if self.bpp is not None and not (0.0 < self.bpp <= 64.0):
       raise ValueError(f"bpp={self.bpp} must be in (0, 64]")
     if self.quality is not None and not (1.0 <= self.quality <= 100.0):
@@ -229,21 +237,32 @@ def _bit_length(x: np.ndarray) -> np.ndarray:
   return out
 
 
-def _read_header(data) -> tuple[Header, Reader]:
+def _check_container(data) -> tuple[bytes, int]:
+  """Type, size limit, magic and version of a file: ``(bytes, version)``."""
   if not isinstance(data, (bytes, bytearray, memoryview)):
     raise TypeError(f"data must be bytes, got {type(data).__name__}")
   data = bytes(data)
   if len(data) > MAX_FILE_BYTES:
     raise DecodeError(f"file of {len(data)} bytes is over the limit of {MAX_FILE_BYTES}")
-  if len(data) < _MIN_FILE:
-    raise DecodeError(f"truncated: {len(data)} bytes is shorter than the smallest file "
-                      f"({_MIN_FILE} bytes)")
+  if len(data) < 5:
+    raise DecodeError(f"truncated: {len(data)} bytes is shorter than magic and version")
   if data[:4] != MAGIC:
     raise DecodeError(f"wrong magic {data[:4]!r}: not a gaussjax file (expected {MAGIC!r})")
   version = data[4]
-  if version not in _DECODERS:
+  if version not in _DECODERS and version != _PROGRESSIVE_VERSION:
     raise DecodeError(f"unsupported format version {version} (this gaussjax reads "
-                      f"{sorted(_DECODERS)})")
+                      f"{sorted(set(_DECODERS) | {_PROGRESSIVE_VERSION})})")
+  return data, version
+
+
+def _read_header(data) -> tuple[Header, Reader]:
+  data, version = _check_container(data)
+  if version == _PROGRESSIVE_VERSION:
+    raise DecodeError("a version-2 (progressive) file has no single header; "
+                      "read it with gaussjax._progressive")
+  if len(data) < _MIN_FILE:
+    raise DecodeError(f"truncated: {len(data)} bytes is shorter than the smallest file "
+                      f"({_MIN_FILE} bytes)")
   stored = struct.unpack("<I", data[-4:])[0]
   actual = zlib.crc32(data[:-4])
   if stored != actual:
@@ -259,7 +278,16 @@ def _read_header(data) -> tuple[Header, Reader]:
     raise DecodeError(f"image size {width}x{height} must be positive")
   if width * height > constants.MAX_PIXELS:
     raise DecodeError(f"image size {width}x{height} is over MAX_PIXELS={constants.MAX_PIXELS}")
-  n = r.varint("number of Gaussians", MAX_GAUSSIANS)
+  return _read_body_header(r, version, c, width, height), r
+
+
+def _read_body_header(r: Reader, version: int, c: int, width: int, height: int,
+                      max_gaussians: int = MAX_GAUSSIANS) -> Header:
+  """N, colour mode and steps: the fields after the image size (FORMAT.md).
+
+  A version-1 file and each level of a version-2 file start with them.
+  """
+  n = r.varint("number of Gaussians", max_gaussians)
   mode = r.u8("colour mode")
   if mode not in (COLOR_MODE_DIRECT, COLOR_MODE_YCOCG) or (mode == COLOR_MODE_YCOCG) != (c == 3):
     raise DecodeError(f"colour mode {mode} is invalid for {c} channels")
@@ -272,7 +300,7 @@ def _read_header(data) -> tuple[Header, Reader]:
       raise DecodeError(f"{name} {v} is outside [{rng[0]}, {rng[1]}]")
     vals.append(float(v))
   steps = qz.QuantSteps(vals[0], vals[1], vals[2], tuple(vals[3:]))
-  return Header(version, c, width, height, n, mode, steps), r
+  return Header(version, c, width, height, n, mode, steps)
 
 
 def _decode_v1(header: Header, r: Reader) -> Gaussians:
@@ -319,32 +347,56 @@ def _decode_v1(header: Header, r: Reader) -> Gaussians:
 
 
 _DECODERS = {1: _decode_v1}
+# Version 2, progressive files of levels, is read by gaussjax._progressive.
+_PROGRESSIVE_VERSION = 2
 
 
-def decode_gaussians(data: bytes) -> tuple[Gaussians, tuple[int, int]]:
+def decode_gaussians(data: bytes, *, level: int | None = None,
+                     partial: bool = False) -> tuple[Gaussians, tuple[int, int]]:
   """Parses a gaussjax file into Gaussians.
 
   Args:
     data: the file's bytes.
+    level: of a progressive file, the Gaussians of levels 0..``level``
+      (None: all; a single-level file has only level 0).
+    partial: of a progressive file, accept a truncated file and return the
+      levels that are complete (FORMAT.md, version 2).
 
   Returns:
     ``(gaussians, (height, width))``: float32 numpy ``Gaussians`` in the
-    pixel coordinates of the encoded image size, in Morton order.
+    pixel coordinates of the encoded image size, in Morton order (per level,
+    coarse to fine, for a progressive file).
 
   Raises:
     DecodeError: the bytes are not a valid file (see FORMAT.md for limits).
+    ValueError: ``level`` is not a level of the file.
   """
   if _tiles.is_tiled(data):
     raise DecodeError("a tiled file (format version 3) has one set of Gaussians per tile: "
                       "decode it with gaussjax.decode, or read its tiles with gaussjax._tiles")
+  from gaussjax import _progressive  # circular: the progressive format builds on this module
+  _progressive._check_level(level)
+  data, version = _check_container(data)
+  if version == _PROGRESSIVE_VERSION:
+    levels, size, _ = _progressive.decode_levels(data, level=level, partial=partial)
+    return Gaussians(*(np.concatenate(parts) for parts in zip(*levels))), size
+  _progressive._check_level(level, 1)
   header, r = _read_header(data)
   return _DECODERS[header.version](header, r), (header.height, header.width)
 
 
 def info(data: bytes) -> dict:
-  """Header fields and stream models of a gaussjax file, without rendering."""
+  """Header fields and stream models of a gaussjax file, without rendering.
+
+  Of a progressive file: the levels, each with its byte offset, size and
+  number of Gaussians; of a tiled file: the grid and each tile's bytes.
+  """
   if _tiles.is_tiled(data):
     return _tiles.info_tiled(data)
+  from gaussjax import _progressive  # circular: the progressive format builds on this module
+  data, version = _check_container(data)
+  if version == _PROGRESSIVE_VERSION:
+    return _progressive.level_table(data)
   header, r = _read_header(data)
   out = {
       "version": header.version, "width": header.width, "height": header.height,
@@ -393,7 +445,8 @@ def _output_size(header_hw, height, width, max_pixels=None):
 
 
 def decode(data: bytes, *, height: int | None = None, width: int | None = None,
-           backend: str = "auto", max_pixels: int = constants.MAX_DECODE_PIXELS) -> jax.Array:
+           backend: str = "auto", max_pixels: int = constants.MAX_DECODE_PIXELS,
+           level: int | None = None, partial: bool = False) -> jax.Array:
   """Decodes a gaussjax file to an image, at the encoded or any other size.
 
   Args:
@@ -405,20 +458,25 @@ def decode(data: bytes, *, height: int | None = None, width: int | None = None,
     max_pixels: the most pixels the output may have
       (``gaussjax.constants.MAX_DECODE_PIXELS`` by default), checked before
       anything of the image's size is allocated; raise it for files you trust.
+    level: render levels 0..``level`` of a progressive file (None: all).
+    partial: a progressive file cut short (e.g. a download in progress)
+      decodes to its last complete level instead of raising.
 
   Returns:
     ``[height, width, C]`` float32 image clipped to [0, 1].
 
   Raises:
-    DecodeError: the bytes are not a valid gaussjax file, or the header's
-      image size is over ``max_pixels`` (when no output size is given).
-    ValueError: the requested output size is invalid or over ``max_pixels``.
+    DecodeError: the bytes are not a valid gaussjax file (or are truncated,
+      without ``partial``), or the header's image size is over
+      ``max_pixels`` (when no output size is given).
+    ValueError: the requested output size is invalid or over ``max_pixels``,
+      or ``level`` is not a level of the file.
   """
   if _tiles.is_tiled(data):  # a tiled file (gaussjax.encode_tiled): rendered band by band
     grid = _tiles.unpack(data).grid  # checks the header before anything of its size exists
     h, w = _output_size((grid.height, grid.width), height, width, max_pixels)
     return jnp.asarray(_tiles.decode_tiled(data, height=h, width=w, backend=backend))
-  gaussians, (h0, w0) = decode_gaussians(data)
+  gaussians, (h0, w0) = decode_gaussians(data, level=level, partial=partial)
   h, w = _output_size((h0, w0), height, width, max_pixels)
   if gaussians.num_gaussians == 0:
     return jnp.zeros((h, w, gaussians.channels), jnp.float32)
@@ -843,6 +901,9 @@ def encode(image, config: CodecConfig = CodecConfig()) -> bytes:
   controller then measures the real file size and prunes the least
   important Gaussians or refines the steps (fine-tuning again) until the
   file is within ``config.rate_tolerance`` of ``bpp · H · W / 8`` bytes.
+  With ``config.levels > 1`` the file is progressive (format version 2,
+  ``gaussjax._progressive``): levels fitted coarse to fine, each prefix at a
+  level boundary a picture (``decode(data, level=k)``).
 
   Args:
     image: ``[H, W, C]`` float in [0, 1] (or uint8/uint16), C ≤ 4.
@@ -872,6 +933,9 @@ def _encode(image, config: CodecConfig, progress=None) -> bytes:
     raise TypeError(f"config must be a CodecConfig, got {type(config).__name__}")
   report = progress or (lambda stage: None)
   image = _as_image(image)
+  if config.levels > 1:
+    from gaussjax._progressive import encode_progressive  # circular: it builds on this module
+    return encode_progressive(image, config)
   report("fit")
   g, steps = _first_fit(image, config)
   report("fine-tune")

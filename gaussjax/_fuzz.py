@@ -264,3 +264,30 @@ def bomb(width: int = 65535, height: int = 4096, channels: int = 3) -> bytes:
   empty = Gaussians(np.zeros((0, 2), np.float32), np.zeros((0, 3), np.float32),
                     np.zeros((0, channels), np.float32))
   return encode_gaussians(empty, height, width)
+
+
+def progressive_seed_files(cases) -> list[bytes]:
+  """Valid version-2 (progressive) files: one per ``(level counts, channels, (height, width))``.
+
+  Each level holds random Gaussians as in ``seed_files`` (an empty level
+  when its count is 0).
+  """
+  import jax
+
+  from gaussjax._gaussians import Gaussians
+  from gaussjax._init import init_random
+  from gaussjax._progressive import encode_levels
+
+  out = []
+  for counts, c, (h, w) in cases:
+    levels = []
+    for k, n in enumerate(counts):
+      if n == 0:
+        levels.append(Gaussians(np.zeros((0, 2), np.float32), np.zeros((0, 3), np.float32),
+                                np.zeros((0, c), np.float32)))
+        continue
+      g = init_random(jax.random.key(100 * k + n), n, h, w, c)
+      chol = g.chol * jax.random.uniform(jax.random.key(k), (n, 3), minval=-1.5, maxval=1.5)
+      levels.append(Gaussians(g.means, chol, g.colors))
+    out.append(encode_levels(levels, h, w))
+  return out
