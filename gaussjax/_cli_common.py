@@ -21,6 +21,8 @@ import sys
 
 import numpy as np
 
+from gaussjax._progress import progress_bar  # noqa: F401 - re-exported for the commands
+
 # Built-in images for `sample:NAME` (scikit-image's bundled data, no download).
 SAMPLES = ("astronaut", "camera", "coffee", "chelsea", "rocket")
 SAMPLE_PREFIX = "sample:"
@@ -239,18 +241,6 @@ def check_output(path: str, kind: str, *, inputs=(), flag: str = "--output") -> 
 
 
 # --------------------------------------------------------------------------- reporting
-
-
-def progress_bar(total: int, *, desc: str, unit: str = "step", quiet: bool = False):
-  """The progress bar of every command: ``tqdm`` on stderr.
-
-  Shown only when stderr is a terminal (``disable=None``), so a log file
-  never gets ``\\r`` redraws, and never with ``--quiet``. Use as a context
-  manager; ``update(n)`` and ``set_postfix_str(text)`` as with any ``tqdm``.
-  """
-  from tqdm.auto import tqdm
-  return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=True if quiet else None,
-              dynamic_ncols=True, leave=True)
 
 
 def note(command: str, text: str, *, quiet: bool = False) -> None:

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from gaussjax import _shard
-from gaussjax._cli_common import progress_bar
+from gaussjax._progress import progress_bar
 from gaussjax._io import TMP_PREFIX as _TMP_PREFIX
 from gaussjax._io import write_atomic
 

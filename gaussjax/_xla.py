@@ -51,7 +51,7 @@ import numpy as np
 from gaussjax import _native
 from gaussjax import constants
 from gaussjax._gaussians import Gaussians, extents, rendered_covariance
-from gaussjax._render import gaussian_weight
+from gaussjax._reference import gaussian_weight
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 # Start indices of dynamic slices: one integer type, also under jax_enable_x64.
