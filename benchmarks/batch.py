@@ -72,6 +72,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
 
   import jax
+
   import gaussjax
 
   load_start = [round(x, 2) for x in os.getloadavg()]  # a shared machine: report its load
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
       ("encode_batch", k, lambda k=k: batched(k)) for k in sizes if count % k == 0]
   # The other way of running a device's images (a loop where vmap is the
   # default: accelerators, the CPU with the native kernel), at the largest batch.
-  other = not gaussjax._batch.default_vectorize()
+  other = not gaussjax.batch._batch.default_vectorize()
   variants.append((f"encode_batch, vectorize={other}", variants[-1][1],
                    lambda k=variants[-1][1]: batched(k, other)))
   rows, outputs = [], {}

@@ -5,7 +5,7 @@ filter to 6000x4000 (24 MP, the size of the issue's phone photo), saved as
 PNG. An upscaled photo is smoother than a native one (its fine detail is
 interpolated), which flatters PSNR; the memory and time do not depend on it.
 
-Runs, as a user would, in fresh processes (``python -m gaussjax._cli``):
+Runs, as a user would, in fresh processes (``python -m gaussjax.cli._cli``):
 
 1. ``gaussjax encode big.png --bpp 0.5`` *without* tiles: must be refused up
    front by the memory guard (time to the error and its message recorded);
@@ -18,7 +18,7 @@ Runs, as a user would, in fresh processes (``python -m gaussjax._cli``):
    and over the rest.
 
 Optionally (``--memory-model``) the peak RSS of a one-piece ``gaussjax.encode``
-at a few sizes, in fresh processes, which ``gaussjax._tiles`` bounds by
+at a few sizes, in fresh processes, which ``gaussjax.codec._tiles`` bounds by
 ``FIT_BASE_MB + FIT_BYTES_PER_PIXEL * pixels``.
 
   python benchmarks/big.py                 # ~25-40 min on the 2-core CPU
@@ -42,7 +42,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _machine  # noqa: E402
 
-from gaussjax import _tiles  # noqa: E402
+from gaussjax.codec import _tiles  # noqa: E402
 
 KODAK = os.environ.get("KODAK_DIR", "/work/shared/data/kodak")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -168,7 +168,7 @@ def main():
   print(f"photo: kodim23 x{args.scale} Lanczos -> {w}x{h} ({h * w / 1e6:.1f} MP) "
         f"in {time.perf_counter() - t0:.1f} s", flush=True)
 
-  cli = ["-m", "gaussjax._cli"]
+  cli = ["-m", "gaussjax.cli._cli"]
   meta = {
       "photo": f"kodim23 upscaled x{args.scale} with Pillow Lanczos to {w}x{h} "
                f"({h * w / 1e6:.1f} MP), PNG",

@@ -51,7 +51,7 @@ def load(args):
 def time_fit(args, image) -> dict:
   """SLIC, then the fit twice (cold and warm): seconds and the final PSNR."""
   import gaussjax
-  from gaussjax._fit import initial_count
+  from gaussjax.fitting._fit import initial_count
   config = gaussjax.FitConfig(steps=args.steps, num_gaussians=args.n)
   start = time.perf_counter()
   initial = gaussjax.init_slic(image, initial_count(args.n, config))
@@ -71,7 +71,8 @@ def time_bare(image, gaussians, steps: int) -> tuple[float, float]:
   """``steps`` jitted value_and_grad calls of the MSE through rasterize: (cold s, warm s)."""
   import jax
   import jax.numpy as jnp
-  from gaussjax._render import rasterize, resolve_backend
+
+  from gaussjax.rendering._render import rasterize, resolve_backend
   backend = resolve_backend("auto")
   height, width = image.shape[:2]
   target = jnp.asarray(image)

@@ -2,7 +2,7 @@
 
   python benchmarks/fuzz.py --count 100000 --workers 2 --memory-gb 3
 
-Cases (see gaussjax/_fuzz.py): mutants of valid files (half with the checksum
+Cases (see gaussjax/codec/_fuzz.py): mutants of valid files (half with the checksum
 recomputed, so the parser behind it is exercised), header mutants whose image
 size is rewritten to extreme values (decoded to pixels: the decompression-bomb
 path), and random files. Each worker process runs under an address-space
@@ -23,14 +23,14 @@ import _machine  # noqa: E402
 
 
 def seeds():
-  from gaussjax._fuzz import seed_files
+  from gaussjax.codec._fuzz import seed_files
   return seed_files(((2000, 3, (256, 384)), (200, 3, (40, 56)), (60, 1, (17, 33)),
                      (30, 4, (64, 20)), (5, 2, (3, 900))))
 
 
 def header_seeds():
   """Small files to resize: no Gaussians (each channel count) and a few Gaussians."""
-  from gaussjax._fuzz import bomb, seed_files
+  from gaussjax.codec._fuzz import bomb, seed_files
   return [bomb(9, 9, c) for c in (1, 2, 3, 4)] + seed_files(((5, 3, (12, 16)),))[:1]
 
 
@@ -40,7 +40,7 @@ def worker(job):
   import resource
   if memory_bytes:
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-  from gaussjax._fuzz import campaign
+  from gaussjax.codec._fuzz import campaign
   return campaign(files, small_files, count, seed=seed, last_case=last_case)
 
 
@@ -111,7 +111,7 @@ def main():
         f"slowest case {stats['slowest_s']:.2f} s")
   meta = {
       "what": "mutants of 6 valid files (half with a recomputed checksum), header-size mutants "
-              "decoded to pixels, random files; see gaussjax/_fuzz.py",
+              "decoded to pixels, random files; see gaussjax/codec/_fuzz.py",
       "count": stats["count"], "workers": args.workers,
       "memory ceiling per worker (RLIMIT_AS)": f"{args.memory_gb:g} GB" if memory else "none",
       "errors other than DecodeError, by type": stats["errors"] or "none",

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _machine import format_table, write_results
 
 import gaussjax
-from gaussjax import _pallas
+from gaussjax.rendering import _pallas
 
 KODAK_DIRS = (os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
                            "data", "kodak"), "/work/shared/data/kodak")

@@ -4,7 +4,7 @@ Every run is a fresh child process (so its peak RSS is its own): it loads the
 Kodak image, times one ``init_slic(image, N)``, reads the peak resident set
 size (``resource.getrusage``) against the RSS just before the call, renders
 the result (``backend="xla"``) for its PSNR, and hashes the Gaussians so that
-repeated runs show determinism. The older ``gaussjax/_init.py`` (``--old-ref``,
+repeated runs show determinism. The older ``gaussjax/fitting/_init.py`` (``--old-ref``,
 by default the commit before the rewrite) runs from a copy under a temporary
 directory, with a memory cap: where its dense merge table would need more than
 ``--old-cap-gib`` (or than the machine has free) the run is skipped and the
@@ -68,7 +68,7 @@ def child(module_path: str | None, image_index: int, n: int, cap_bytes: int) -> 
   import gaussjax
 
   if module_path is None:
-    init_module = gaussjax._init
+    init_module = gaussjax.fitting._init
   else:
     import importlib.util
 
@@ -137,7 +137,7 @@ def _run_child(version: str, module_path: str | None, image_index: int, n: int, 
 
 def _old_module(ref: str, directory: str) -> str | None:
   try:
-    source = subprocess.run(["git", "-C", ROOT, "show", f"{ref}:gaussjax/_init.py"],
+    source = subprocess.run(["git", "-C", ROOT, "show", f"{ref}:gaussjax/fitting/_init.py"],
                             capture_output=True, text=True, check=True).stdout
   except (OSError, subprocess.CalledProcessError):
     return None
@@ -241,7 +241,7 @@ def main(argv=None) -> int:
       "what": ("init_slic(image, n): wall and CPU (user + system) seconds of one call (min "
                "over repeats), peak RSS above "
                "the RSS before the call (MiB), PSNR of its render (backend xla), each run a "
-               "fresh process; 'old' is gaussjax/_init.py at --old-ref"),
+               "fresh process; 'old' is gaussjax/fitting/_init.py at --old-ref"),
       "old_ref": args.old_ref,
       "old_cap_gib": args.old_cap_gib,
       "load_average": {"start": load_start, "end": [round(x, 2) for x in os.getloadavg()]},

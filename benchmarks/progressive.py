@@ -37,8 +37,8 @@ import _machine  # noqa: E402
 import rd  # noqa: E402  (load, bd_rate, curve, interp_psnr)
 
 import gaussjax  # noqa: E402
-import gaussjax._progressive  # noqa: E402  (LEVEL_STEPS)
-from gaussjax._codec import info  # noqa: E402
+import gaussjax.codec._progressive  # noqa: E402  (LEVEL_STEPS)
+from gaussjax.codec._codec import info  # noqa: E402
 
 FIGURE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
                       "images", "progressive_levels.png")
@@ -202,11 +202,11 @@ def main(argv=None):
   parser.add_argument("--figure", action="store_true", help="draw " + FIGURE)
   parser.add_argument("--level-steps", choices=("each", "split"), default="each",
                       help="each level runs all fit/QAT steps, or they are split over the "
-                           "levels (gaussjax._progressive.LEVEL_STEPS)")
+                           "levels (gaussjax.codec._progressive.LEVEL_STEPS)")
   parser.add_argument("--rewrite", action="store_true",
                       help="encode nothing: rewrite <name>.md (and the summary) from <name>.json")
   args = parser.parse_args(argv)
-  gaussjax._progressive.LEVEL_STEPS = args.level_steps
+  gaussjax.codec._progressive.LEVEL_STEPS = args.level_steps
   args.curve = sorted({float(b) for b in args.curve.split(",")} | {args.bpp})
   if args.rewrite:
     with open(os.path.join(_machine.RESULTS_DIR, f"{args.name}.json")) as f:

@@ -27,8 +27,8 @@ import _machine  # noqa: E402
 from rd import load  # noqa: E402
 
 import gaussjax  # noqa: E402
-from gaussjax import _quantize as qz  # noqa: E402
-from gaussjax._codec import CodecConfig, _fit_float, render_safe  # noqa: E402
+from gaussjax.codec import _quantize as qz  # noqa: E402
+from gaussjax.codec._codec import CodecConfig, _fit_float, render_safe  # noqa: E402
 
 
 def main():
@@ -69,9 +69,9 @@ def main():
   sym, order = qz.quantize(g, h, w, base)
   bits = qz.grid_bits(h, w, base.pos)
   codes = qz.morton_encode(sym.pos[:, 0], sym.pos[:, 1], bits)
-  from gaussjax._bitstream import choose_model, coded_bits, model_bytes
+  from gaussjax.codec._bitstream import choose_model, coded_bits, model_bytes
   deltas = np.diff(codes, prepend=0)
-  from gaussjax._codec import _bit_length
+  from gaussjax.codec._codec import _bit_length
   buckets = _bit_length(deltas)
   m = choose_model(buckets)
   pos_bits = (coded_bits(buckets, m) + 8 * model_bytes(m) + np.maximum(buckets - 1, 0).sum()) / n
@@ -103,7 +103,7 @@ def main():
   meta["colour_quantisers"] = colour_rows
 
   # The steps choose_steps picks here, and fine-tuning at those steps.
-  from gaussjax._codec import _finetune
+  from gaussjax.codec._codec import _finetune
   chosen = gaussjax.choose_steps(g, ref, slope=CodecConfig().rd_slope)
   meta["chosen_steps"] = dataclasses.asdict(chosen)
   tuning = []
@@ -133,7 +133,7 @@ def residual_vq(x: np.ndarray, k: int, *, stages: int, iters: int = 25, seed: in
   the stages before; codebooks are stored as fp16, indices coded with the
   cheapest of the codec's entropy models.
   """
-  from gaussjax._bitstream import choose_model, coded_bits, model_bytes
+  from gaussjax.codec._bitstream import choose_model, coded_bits, model_bytes
   rng = np.random.default_rng(seed)
   residual = x.astype(np.float64)
   recon = np.zeros_like(residual)

@@ -28,11 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import gaussjax  # noqa: E402
-from gaussjax import _native  # noqa: E402
-from gaussjax._reference import gaussian_weight  # noqa: E402
-from gaussjax._render import make_plan, rasterize  # noqa: E402
 from _machine import machine_info  # noqa: E402
+
+import gaussjax  # noqa: E402
+from gaussjax.rendering import _native  # noqa: E402
+from gaussjax.rendering._reference import gaussian_weight  # noqa: E402
+from gaussjax.rendering._render import make_plan, rasterize  # noqa: E402
 
 KODAK = pathlib.Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "kodak"
 RESULTS = pathlib.Path(__file__).parent / "results"

@@ -32,9 +32,10 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(__file__))
-import gaussjax  # noqa: E402
 from _machine import machine_info  # noqa: E402
-from gaussjax._fit import initial_count  # noqa: E402
+
+import gaussjax  # noqa: E402
+from gaussjax.fitting._fit import initial_count  # noqa: E402
 
 KODAK = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "kodak")
 if not os.path.isdir(KODAK):

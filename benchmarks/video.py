@@ -41,8 +41,8 @@ import _machine  # noqa: E402
 from rd import bd_rate, classic_encode  # noqa: E402
 
 import gaussjax  # noqa: E402
-from gaussjax._video import VideoConfig, decode_video, encode_video, video_info  # noqa: E402
-from gaussjax._video_io import read_video  # noqa: E402
+from gaussjax.codec._video import VideoConfig, decode_video, encode_video, video_info  # noqa: E402
+from gaussjax.core._video_io import read_video  # noqa: E402
 
 DATA = os.environ.get("GJX_VIDEO", "/work/shared/data/video")
 CLIPS = {

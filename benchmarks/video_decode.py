@@ -22,8 +22,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _machine  # noqa: E402
 
-from gaussjax._video import VideoConfig, decode_video, encode_video, video_info  # noqa: E402
-from gaussjax._video_io import read_video  # noqa: E402
+from gaussjax.codec._video import VideoConfig, decode_video, encode_video, video_info  # noqa: E402
+from gaussjax.core._video_io import read_video  # noqa: E402
 
 DATA = os.environ.get("GJX_VIDEO", "/work/shared/data/video")
 

@@ -3,58 +3,63 @@
 from importlib import metadata as _metadata
 
 from gaussjax import constants
-from gaussjax._batch import encode_batch
-from gaussjax._batch import fit_batch
-from gaussjax._bitstream import DecodeError
-from gaussjax._codec import CodecConfig
-from gaussjax._codec import choose_steps
-from gaussjax._codec import decode
-from gaussjax._codec import decode_gaussians
-from gaussjax._codec import encode
-from gaussjax._codec import encode_gaussians
-from gaussjax._fit import FitConfig
-from gaussjax._fit import FitHistory
-from gaussjax._fit import FitState
-from gaussjax._fit import fit
-from gaussjax._fit import fit_image
-from gaussjax._fit import fit_loss
-from gaussjax._fit import fit_step
-from gaussjax._fit import init_fit_state
-from gaussjax._fit import make_optimizer
-from gaussjax._gaussians import Gaussians
-from gaussjax._gaussians import concatenate
-from gaussjax._gaussians import conics
-from gaussjax._gaussians import covariances
-from gaussjax._gaussians import extents
-from gaussjax._gaussians import scale_gaussians
-from gaussjax._init import init_random
-from gaussjax._init import init_slic
-from gaussjax._io import load_image
-from gaussjax._io import save_image
-from gaussjax._metrics import bpp
-from gaussjax._metrics import ms_ssim
-from gaussjax._metrics import psnr
-from gaussjax._metrics import ssim
-from gaussjax._render import BACKENDS
-from gaussjax._render import default_backend
-from gaussjax._render import make_plan
-from gaussjax._render import rasterize
-from gaussjax._render import render
-from gaussjax._render import render_reference
-from gaussjax._video import VideoConfig
-from gaussjax._video import decode_video
-from gaussjax._video import decode_video_frame
-from gaussjax._video import encode_video
-from gaussjax._video import iter_video_frames
-from gaussjax._video import video_info
-from gaussjax._video_io import open_video
-from gaussjax._video_io import read_video
-from gaussjax._tiles import MemoryBudgetError
-from gaussjax._tiles import TiledGaussians
-from gaussjax._tiles import decode_tiled
-from gaussjax._tiles import encode_tiled
-from gaussjax._tiles import fit_tiled
-from gaussjax._tiles import render_tiled
+from gaussjax.batch._batch import encode_batch, fit_batch
+from gaussjax.codec._bitstream import DecodeError
+from gaussjax.codec._codec import (
+  CodecConfig,
+  choose_steps,
+  decode,
+  decode_gaussians,
+  encode,
+  encode_gaussians,
+)
+from gaussjax.codec._tiles import (
+  MemoryBudgetError,
+  TiledGaussians,
+  decode_tiled,
+  encode_tiled,
+  fit_tiled,
+  render_tiled,
+)
+from gaussjax.codec._video import (
+  VideoConfig,
+  decode_video,
+  decode_video_frame,
+  encode_video,
+  iter_video_frames,
+  video_info,
+)
+from gaussjax.core._gaussians import (
+  Gaussians,
+  concatenate,
+  conics,
+  covariances,
+  extents,
+  scale_gaussians,
+)
+from gaussjax.core._io import load_image, save_image
+from gaussjax.core._metrics import bpp, ms_ssim, psnr, ssim
+from gaussjax.core._video_io import open_video, read_video
+from gaussjax.fitting._fit import (
+  FitConfig,
+  FitHistory,
+  FitState,
+  fit,
+  fit_image,
+  fit_loss,
+  fit_step,
+  init_fit_state,
+  make_optimizer,
+)
+from gaussjax.fitting._init import init_random, init_slic
+from gaussjax.rendering._render import (
+  BACKENDS,
+  default_backend,
+  make_plan,
+  rasterize,
+  render,
+  render_reference,
+)
 
 try:
   __version__ = _metadata.version("gaussjax")

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 
 import gaussjax
-from gaussjax import _batch
-from gaussjax import _codec
-from gaussjax import _render
-
+from gaussjax.batch import _batch
+from gaussjax.codec import _codec
+from gaussjax.rendering import _render
 
 # ----------------------------------------------------------------- bucketing and padding
 

@@ -1,4 +1,4 @@
-"""The gaussjax command line, through its real entry point (``gaussjax._cli.main``).
+"""The gaussjax command line, through its real entry point (``gaussjax.cli._cli.main``).
 
 What a new user trips over (issue 18): outputs checked before any work, one
 spelling of each option, messages that name the flag, Ctrl-C, progress, tiny
@@ -17,10 +17,9 @@ import pytest
 from PIL import Image
 
 import gaussjax
-from gaussjax import _cli
-from gaussjax import _cli_common
-from gaussjax import _codec
-from gaussjax._fuzz import bomb
+from gaussjax.cli import _cli, _cli_common
+from gaussjax.codec import _codec
+from gaussjax.codec._fuzz import bomb
 
 
 class FakeTty(io.StringIO):
@@ -235,7 +234,7 @@ def test_subcommands_come_from_one_registry(monkeypatch, capsys):
 
 
 def test_console_script_runs():
-  for module in ("gaussjax", "gaussjax._cli"):
+  for module in ("gaussjax", "gaussjax.cli._cli"):
     result = subprocess.run([sys.executable, "-m", module, "--version"],
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0 and "gaussjax" in result.stdout
@@ -335,7 +334,7 @@ def test_decode_refuses_a_decompression_bomb(tmp_path, capsys):
 
 
 def test_pallas_on_a_cpu_says_interpret_mode(tmp_path, capsys):
-  from gaussjax._pallas import _use_interpret
+  from gaussjax.rendering._pallas import _use_interpret
   path = tmp_path / "a.gjx"
   path.write_bytes(bomb(6, 4))
   rc, _, err = run(["decode", path, "-o", tmp_path / "a.png", "--backend", "pallas"], capsys)
@@ -377,7 +376,7 @@ def test_tiny_images_encode_with_quality(side, tmp_path, tiny, capsys):
 
 
 def test_tiny_images_name_the_smallest_bpp(tmp_path, tiny, capsys, monkeypatch):
-  monkeypatch.setattr(gaussjax._fit, "fit", lambda *a, **k: pytest.fail("fitted a hopeless target"))
+  monkeypatch.setattr(gaussjax.fitting._fit, "fit", lambda *a, **k: pytest.fail("fitted a hopeless target"))
   rc, _, err = run(["encode", tiny[1], "--bpp", "8", "-o", tmp_path / "t.gjx", "-q"], capsys)
   assert rc == 2 and err.count("\n") == 1
   assert "below the smallest file for a 1x1 image" in err and "bpp)" in err

@@ -7,13 +7,12 @@ import zlib
 import jax
 import numpy as np
 import pytest
+from conftest import kodak_path
 from PIL import Image
 
 import gaussjax
-from gaussjax import _quantize as qz
-from gaussjax._codec import MAGIC, info
-
-from conftest import kodak_path
+from gaussjax.codec import _quantize as qz
+from gaussjax.codec._codec import MAGIC, info
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 FAST = dict(fit_steps=150, qat_steps=40, backend="reference")
@@ -230,7 +229,7 @@ class TestSteps:
 
   @pytest.mark.parametrize("mode", ["sequential", "ste"])
   def test_finetune_recovers_quantisation_loss(self, fitted_crop, mode):
-    from gaussjax._codec import _finetune
+    from gaussjax.codec._codec import _finetune
     img, g = fitted_crop
     steps = qz.default_steps(3).scaled(3.0)  # coarse: a clear loss to recover
     cfg = gaussjax.CodecConfig(qat_steps=60, finetune=mode, backend="xla")
@@ -299,14 +298,14 @@ class TestFormat:
 class TestCli:
 
   def test_main_cli_has_codec_subcommands(self):
-    from gaussjax._cli import build_parser
+    from gaussjax.cli._cli import build_parser
     parser = build_parser()
     for cmd in (["encode", "a.png", "-o", "a.gjx", "--bpp", "0.5"], ["decode", "a.gjx", "-o", "a.png"],
                 ["info", "a.gjx"]):
       assert parser.parse_args(cmd).command == cmd[0]
 
   def test_encode_info_decode(self, tmp_path, capsys):
-    from gaussjax._cli import main
+    from gaussjax.cli._cli import main
     img = (_crop(16, 24) * 255).astype(np.uint8)
     src = tmp_path / "in.png"
     Image.fromarray(img).save(src)
@@ -322,7 +321,7 @@ class TestCli:
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
   def test_never_overwrites_input(self, tmp_path, capsys):
-    from gaussjax._cli import main
+    from gaussjax.cli._cli import main
     src = tmp_path / "in.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src)
     before = src.read_bytes()
@@ -331,7 +330,7 @@ class TestCli:
     assert src.read_bytes() == before
 
   def test_bad_file_is_one_line_error(self, tmp_path, capsys):
-    from gaussjax._cli import main
+    from gaussjax.cli._cli import main
     bad = tmp_path / "bad.gjx"
     bad.write_bytes(b"\x89GJX\x01garbage" * 3)
     assert main(["decode", str(bad), "-o", str(tmp_path / "x.png")]) == 2

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gaussjax
-from gaussjax import _density
+from gaussjax.fitting import _density
 
 # Reference backend: no plans, so no recompiles on these tiny problems.
 CONFIG = gaussjax.FitConfig(steps=150, log_every=50, backend="reference")
@@ -134,7 +134,7 @@ def test_fit_keeps_an_xla_plan_that_still_holds(kodak_crop, monkeypatch):
   # Every new plan is a new compiled step: an unchanged set of Gaussians
   # keeps its plan, and a plan too small for them is replaced (pure-XLA
   # path; the native kernel ignores plans, so it never gets one).
-  from gaussjax import _native, _render
+  from gaussjax.rendering import _native, _render
   monkeypatch.setattr(_native, "usable", lambda dtype, channels: False)
   g = gaussjax.init_slic(kodak_crop, N)
   plan, made = _render.plan_for(g, 64, 64, backend="xla")

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gaussjax import _encode_dir
-from gaussjax._encode_dir import encode_dir
+from gaussjax.batch import _encode_dir
+from gaussjax.batch._encode_dir import encode_dir
 
 SETTINGS = "stand-in codec"
 
@@ -173,7 +173,7 @@ CHILD = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, sys.argv[3])
     import test_encode_dir as t
-    from gaussjax._encode_dir import encode_dir
+    from gaussjax.batch._encode_dir import encode_dir
 
     hang_after = int(sys.argv[5])  # images encoded before the job hangs (0: never)
     encoded = 0
@@ -257,7 +257,7 @@ def test_kill_and_resume_encodes_every_image_exactly_once(tmp_path):
 
 def test_cli_encode_dir_with_the_real_codec(tmp_path, capsys):
   import gaussjax
-  from gaussjax._cli import main  # the `gaussjax` command, encode-dir registered as a plugin
+  from gaussjax.cli._cli import main  # the `gaussjax` command, encode-dir registered as a plugin
   make_folder(tmp_path / "in", 3, sizes=((16, 16),))
   out = tmp_path / "out"
   argv = [str(tmp_path / "in"), "-o", str(out), "--quality", "50", "--fit-steps", "25",
@@ -285,7 +285,7 @@ def test_cli_encode_dir_with_the_real_codec(tmp_path, capsys):
 
 
 def test_cli_encode_dir_rejects_bad_arguments(tmp_path, capsys):
-  from gaussjax._cli import main
+  from gaussjax.cli._cli import main
   with pytest.raises(SystemExit):
     main(["encode-dir", str(tmp_path), "-o", str(tmp_path / "o"), "--bpp", "1", "--quality", "5"])
   with pytest.raises(SystemExit):
@@ -304,7 +304,8 @@ def test_cli_encode_dir_rejects_bad_arguments(tmp_path, capsys):
 @pytest.fixture
 def stand_in_codec(monkeypatch):
   """The CLI's encode-dir with the stand-in codec: the job's logic, at no fitting cost."""
-  from gaussjax import _batch, _codec
+  from gaussjax.batch import _batch
+  from gaussjax.codec import _codec
   calls = []
 
   def encode_batch(images, config):
@@ -317,7 +318,7 @@ def stand_in_codec(monkeypatch):
 
 
 def test_cli_encode_dir_empty_folder_says_so(tmp_path, capsys, stand_in_codec):
-  from gaussjax._cli import main
+  from gaussjax.cli._cli import main
   (tmp_path / "in").mkdir()
   (tmp_path / "in" / "notes.txt").write_text("not an image")
   assert main(["encode-dir", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--bpp", "1"]) == 2
@@ -327,7 +328,7 @@ def test_cli_encode_dir_empty_folder_says_so(tmp_path, capsys, stand_in_codec):
 
 
 def test_cli_encode_dir_resume_counts_and_settings_guard(tmp_path, capsys, stand_in_codec):
-  from gaussjax._cli import main
+  from gaussjax.cli._cli import main
   make_folder(tmp_path / "in", 3, corrupt=False)
   out = tmp_path / "out"
   argv = ["encode-dir", str(tmp_path / "in"), "--out", str(out), "--no-progress"]
@@ -348,8 +349,8 @@ def test_cli_encode_dir_resume_counts_and_settings_guard(tmp_path, capsys, stand
 
 def test_cli_encode_dir_ctrl_c_keeps_finished_images(tmp_path, capsys, monkeypatch,
                                                      stand_in_codec):
-  from gaussjax import _batch
-  from gaussjax._cli import main
+  from gaussjax.batch import _batch
+  from gaussjax.cli._cli import main
   make_folder(tmp_path / "in", 4, corrupt=False)
   out = tmp_path / "out"
   argv = ["encode-dir", str(tmp_path / "in"), "-o", str(out), "--bpp", "1", "--batch", "2", "-q"]
@@ -375,7 +376,7 @@ def test_cli_encode_dir_ctrl_c_keeps_finished_images(tmp_path, capsys, monkeypat
 
 def test_cli_encode_dir_progress_bar_on_a_terminal(tmp_path, capsys, monkeypatch,
                                                    stand_in_codec):
-  from gaussjax._cli import main
+  from gaussjax.cli._cli import main
 
   class FakeTty(io.StringIO):
     def isatty(self):

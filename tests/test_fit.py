@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import gaussjax
-from gaussjax import _fit, _render
+from gaussjax.fitting import _fit
+from gaussjax.rendering import _render
 
 CONFIG = gaussjax.FitConfig(steps=100, log_every=25, backend="reference")
 
@@ -245,8 +246,8 @@ def test_fit_refuses_traced_input():
 
 def test_fit_image_grows_slic_to_exactly_n(kodak_crop):
   config = gaussjax.FitConfig(steps=60, log_every=20, backend="reference")
-  assert gaussjax._fit.initial_count(100, config) == 50
-  assert gaussjax._fit.initial_count(100, dataclasses.replace(config, densify_every=0)) == 100
+  assert gaussjax.fitting._fit.initial_count(100, config) == 50
+  assert gaussjax.fitting._fit.initial_count(100, dataclasses.replace(config, densify_every=0)) == 100
   fitted, history = gaussjax.fit_image(kodak_crop, 100, config)
   assert fitted.num_gaussians == 100
   assert bool(np.all(np.isfinite(np.asarray(fitted.colors))))

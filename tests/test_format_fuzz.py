@@ -10,7 +10,7 @@ import pytest
 
 import gaussjax
 from gaussjax import constants
-from gaussjax._fuzz import bomb, campaign, fuzz, header_mutant, seed_files
+from gaussjax.codec._fuzz import bomb, campaign, fuzz, header_mutant, seed_files
 
 
 def _seeds():
@@ -42,7 +42,7 @@ def test_campaign_of_every_kind_finds_only_decode_errors():
 
 def test_campaign_counts_what_escapes(monkeypatch):
   """The fuzzer can fail: an exception other than DecodeError is counted, with an example."""
-  from gaussjax import _codec
+  from gaussjax.codec import _codec
 
   def broken(data):
     raise IndexError("a parser bug")
@@ -57,7 +57,7 @@ def test_header_mutants_keep_a_valid_checksum():
   for _ in range(50):
     data = header_mutant(bomb(9, 9), rng)
     try:
-      info = gaussjax._codec.info(data)
+      info = gaussjax.codec._codec.info(data)
     except gaussjax.DecodeError as e:
       assert "checksum" not in str(e)
     else:
@@ -89,7 +89,7 @@ CEILING = textwrap.dedent("""
     import resource, sys
     limit = 3 << 30  # 3 GiB of address space: the bomb asks for 3.2 GB of pixels
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    from gaussjax._cli import main
+    from gaussjax.cli._cli import main
     sys.exit(main(sys.argv[1:]))
 """)
 

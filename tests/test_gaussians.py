@@ -7,7 +7,7 @@ import pytest
 
 import gaussjax
 from gaussjax import constants
-from gaussjax._gaussians import validate
+from gaussjax.core._gaussians import validate
 
 
 def _gaussians(n=5, channels=3, seed=0):

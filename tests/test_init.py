@@ -82,7 +82,7 @@ def test_init_slic_starts_ahead_of_random(kodak_crop):
 def test_init_slic_colours_are_least_squares(kodak_crop):
   # At the solution, the residual is orthogonal to every Gaussian's weight map
   # (up to the small ridge): no single colour change lowers the error.
-  from gaussjax._init import _weight_matrix
+  from gaussjax.fitting._init import _weight_matrix
 
   g = gaussjax.init_slic(kodak_crop, 50)
   w = _weight_matrix(np.asarray(g.means, np.float64), np.asarray(g.chol, np.float64), 64, 64)
@@ -123,7 +123,7 @@ def test_init_slic_refuses_traced_input():
 # The per-segment loops that _split_largest and _merge_smallest replaced: O(N · H·W)
 # and a dense [k - n, n] distance table. Kept here as oracles on small cases.
 def _split_reference(labels, k, n, rng):
-  from gaussjax._init import _moments
+  from gaussjax.fitting._init import _moments
 
   labels = labels.copy()
   h, w = labels.shape
@@ -163,7 +163,7 @@ def _blocky_labels(rng, height, width, k):
 @pytest.mark.parametrize("seed, n", [(0, 700), (1, 1900), (2, 1024)])
 @pytest.mark.parametrize("tie_break", [False, True])
 def test_split_largest_equals_per_segment_loop(seed, n, tie_break):
-  from gaussjax._init import _split_largest
+  from gaussjax.fitting._init import _split_largest
 
   rng = np.random.default_rng(seed)
   labels = _blocky_labels(rng, 40, 48, 300)
@@ -178,7 +178,7 @@ def test_split_largest_equals_per_segment_loop(seed, n, tie_break):
 def test_split_largest_degenerate_axis_splits_by_raster_order(monkeypatch):
   # With the covariances zeroed, the axis is x and a one-column segment lies
   # on it: every pixel projects to 0, so both versions split it in raster order.
-  from gaussjax import _init
+  from gaussjax.fitting import _init
 
   real = _init._moments
 
@@ -196,7 +196,7 @@ def test_split_largest_degenerate_axis_splits_by_raster_order(monkeypatch):
 
 @pytest.mark.parametrize("seed, fraction", [(0, 0.1), (1, 0.5), (2, 0.95)])
 def test_merge_smallest_coarsens_to_exactly_n(seed, fraction):
-  from gaussjax._init import _merge_smallest
+  from gaussjax.fitting._init import _merge_smallest
 
   labels = _blocky_labels(np.random.default_rng(seed), 40, 48, 300)
   k = int(labels.max()) + 1
@@ -217,7 +217,7 @@ def test_merge_smallest_pairs_neighbours_instead_of_piling_up(n, sizes):
   # Every pixel its own segment, as SLIC returns at ~70k segments on a Kodak
   # image. Merging the smallest into their nearest centroid in one pass piled
   # whole rows of pixels into one segment; pairing keeps the sizes even.
-  from gaussjax._init import _merge_smallest, _moments
+  from gaussjax.fitting._init import _merge_smallest, _moments
 
   merged = _merge_smallest(np.arange(64 * 64).reshape(64, 64), 64 * 64, n)
   count, _, cov = _moments(merged, n)
@@ -232,7 +232,7 @@ def test_init_slic_at_scale_merges_and_splits_without_all_pairs(kodak_crop):
   The dense merge needed a [25_536, 40_000, 2] float64 table (15 GiB) here; the
   split path is driven from one segment to 30k (30k full-image masks before).
   """
-  from gaussjax._init import _split_largest
+  from gaussjax.fitting._init import _split_largest
 
   image = np.tile(kodak_crop, (4, 4, 1))  # 256x256
   n = 40_000
@@ -253,7 +253,7 @@ def test_init_slic_at_scale_merges_and_splits_without_all_pairs(kodak_crop):
 def test_init_slic_asks_slic_again_when_it_overshoots(kodak_crop, monkeypatch):
   # At 3000 segments of a 64x64 image SLIC's grid step rounds to 1 pixel (4096
   # segments): init_slic asks for fewer, then splits the coarser answer up to n.
-  from gaussjax import _init
+  from gaussjax.fitting import _init
 
   calls = []
   real = _init._slic_labels

@@ -175,7 +175,7 @@ def test_16bit_rgb_png_loads_at_8_bit_precision(tmp_path):
 
 def test_interrupted_write_keeps_the_old_file_and_no_temporary(tmp_path, monkeypatch):
   """Ctrl-C (KeyboardInterrupt) in the middle of a write: the old file stays whole."""
-  from gaussjax import _io
+  from gaussjax.core import _io
   path = tmp_path / "out.png"
   gaussjax.save_image(path, np.zeros((4, 4, 3), np.float32))
   before = path.read_bytes()

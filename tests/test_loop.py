@@ -1,4 +1,4 @@
-"""The training loop (gaussjax._loop): chunks, density events on the device, overflow redo."""
+"""The training loop (gaussjax.fitting._loop): chunks, density events on the device, overflow redo."""
 
 import dataclasses
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import gaussjax
-from gaussjax import _density, _fit, _loop, _native, _render
+from gaussjax.fitting import _density, _fit, _loop
+from gaussjax.rendering import _native, _render
 
 # Growth from 15 to 30 Gaussians with prune and split events every 5 steps.
 CONFIG = gaussjax.FitConfig(steps=40, log_every=20, backend="reference", num_gaussians=30,

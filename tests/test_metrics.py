@@ -8,7 +8,7 @@ import pytest
 from scipy.ndimage import correlate1d
 
 import gaussjax
-from gaussjax._metrics import MS_SSIM_WEIGHTS
+from gaussjax.core._metrics import MS_SSIM_WEIGHTS
 
 
 def _pair(shape, seed=0, noise=0.1):

@@ -1,20 +1,17 @@
 """Progressive files (format version 2): levels, prefixes, truncation, info, CLI, fuzzing."""
 
 import os
-import struct
-import zlib
 
 import jax
 import numpy as np
 import pytest
+from conftest import kodak_path
 from PIL import Image
 
 import gaussjax
-from gaussjax._codec import info
-from gaussjax._fuzz import fuzz, progressive_seed_files
-from gaussjax._progressive import HEADER_BYTES, encode_levels, level_shares
-
-from conftest import kodak_path
+from gaussjax.codec._codec import info
+from gaussjax.codec._fuzz import fuzz, progressive_seed_files
+from gaussjax.codec._progressive import HEADER_BYTES, encode_levels, level_shares
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 # Few steps and no fine-tuning: each level compiles its own fits.
@@ -226,7 +223,8 @@ class TestCli:
 
   def test_decode_level_partial_and_info(self, tmp_path, capsys):
     import json
-    from gaussjax._cli import main
+
+    from gaussjax.cli._cli import main
     data = open(os.path.join(DATA, "v2_levels.gjx"), "rb").read()
     src = tmp_path / "p.gjx"
     src.write_bytes(data)
@@ -247,7 +245,7 @@ class TestCli:
     assert not (tmp_path / "x.png").exists()
     assert main(["decode", str(cut), "-o", str(tmp_path / "x.png"), "--partial"]) == 0
     assert main(["decode", str(src), "-o", str(tmp_path / "y.png"), "--level", "5"]) == 2
-    from gaussjax._cli import build_parser
+    from gaussjax.cli._cli import build_parser
     args = build_parser().parse_args(["encode", "a.png", "-o", "a.gjx", "--bpp", "1", "--levels", "3"])
     assert args.levels == 3
 

@@ -25,6 +25,6 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_readme_sample_is_a_known_sample():
-  from gaussjax import _cli
+  from gaussjax.cli import _cli
   name = _readme_commands()[0].split("sample:", 1)[1].split()[0]
   assert name in _cli.SAMPLES

@@ -13,15 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from conftest import ill_conditioned_scene, large_and_thin_scene, render_float64, scene
 
 import gaussjax
-from gaussjax import _pallas
 from gaussjax import constants
-from gaussjax import _render
-from gaussjax._render import render_reference
 from gaussjax.kernels import rasterize as kernels
+from gaussjax.rendering import _pallas, _render
+from gaussjax.rendering._render import render_reference
 
 # float32 images: each pixel sums ≤ 200 terms of size ≤ ~2 in a different
 # order than the reference einsum, so agreement is a few ulps of the sum.

@@ -14,14 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import ill_conditioned_scene, large_and_thin_scene, render_float64, scene
 
 import gaussjax
-from gaussjax import _native
-from gaussjax import _render
-from gaussjax import _xla
-from gaussjax._render import render_reference
+from gaussjax.rendering import _native, _render, _xla
+from gaussjax.rendering._render import render_reference
 
 # float32 images: each pixel sums ≤ 200 terms of size ≤ ~2 in a different
 # order than the reference einsum, so agreement is a few ulps of the sum.

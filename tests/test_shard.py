@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from gaussjax import _encode_dir, _shard
 from test_encode_dir import fake_decode, make_folder, ok_names, read_png, run_job
+
+from gaussjax.batch import _encode_dir, _shard
 
 CHILD = textwrap.dedent("""
     import sys, time
@@ -32,7 +32,7 @@ CHILD = textwrap.dedent("""
       shard = None
     sys.path.insert(0, sys.argv[3])
     import test_encode_dir as t
-    from gaussjax._encode_dir import encode_dir
+    from gaussjax.batch._encode_dir import encode_dir
     encoded = 0
 
     def slow_encode(images):
@@ -202,7 +202,7 @@ def test_same_shard_twice_is_refused(tmp_path):
 
 
 def test_cli_shard_and_merge(tmp_path, capsys):
-  from gaussjax._cli import main
+  from gaussjax.cli._cli import main
   make_folder(tmp_path / "in", 3, corrupt=False)
   out = tmp_path / "out"
   with pytest.raises(SystemExit):  # argparse: a bad --shard

@@ -16,7 +16,7 @@ CHILD = textwrap.dedent("""
     import jax
     import numpy as np
     import gaussjax
-    from gaussjax import _batch
+    from gaussjax.batch import _batch
     import test_batch as t
 
     assert jax.device_count() == 4, jax.devices()

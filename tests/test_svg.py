@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gaussjax
-from gaussjax import _svg
+from gaussjax.core import _svg
 
 pytest.importorskip("resvg_py")
 
@@ -89,7 +89,7 @@ def test_missing_extra_says_how_to_install(monkeypatch):
 
 @pytest.mark.parametrize("command", ["encode", "fit"])
 def test_cli_reports_missing_extra(monkeypatch, capsys, tmp_path, command):
-  from gaussjax._cli import main
+  from gaussjax.cli._cli import main
   monkeypatch.setitem(sys.modules, "resvg_py", None)
   out = "a.gjx" if command == "encode" else "a.png"
   extra = ["--quality", "50"] if command == "encode" else ["--steps", "1"]
@@ -112,8 +112,9 @@ def test_codec_round_trip():
 
 def test_encode_dir_reads_svg_files(tmp_path):
   # encode-dir picks .svg files by extension and reads them with load_image.
-  from gaussjax._encode_dir import encode_dir
   from test_encode_dir import fake_decode, fake_encode
+
+  from gaussjax.batch._encode_dir import encode_dir
   (tmp_path / "in").mkdir()
   (tmp_path / "in" / "shapes.svg").write_bytes((DATA / "shapes.svg").read_bytes())
   rows = encode_dir(tmp_path / "in", tmp_path / "out", encode_fn=fake_encode,

@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 import gaussjax
-from gaussjax import _tiles
-from gaussjax._gaussians import Gaussians
+from gaussjax.codec import _tiles
+from gaussjax.core._gaussians import Gaussians
 
 
 def photo(h=64, w=96):
@@ -113,7 +113,7 @@ def test_tiled_rate_target():
 
 def test_encode_decode_tiled(tiled_file):
   image, data = tiled_file
-  info = gaussjax._codec.info(data)
+  info = gaussjax.codec._codec.info(data)
   assert (info["version"], info["tile_rows"], info["tile_cols"]) == (3, 2, 2)
   assert info["bytes"] == len(data) and sum(info["tile_bytes"]) < len(data)
   decoded = np.asarray(gaussjax.decode(data))
@@ -128,7 +128,7 @@ def test_encode_decode_tiled(tiled_file):
 
 def test_corrupt_tiled_files(tiled_file):
   _, data = tiled_file
-  header_end = len(data) - sum(gaussjax._codec.info(data)["tile_bytes"])
+  header_end = len(data) - sum(gaussjax.codec._codec.info(data)["tile_bytes"])
   for bad in (data[:header_end - 1], data[:-1], data[:8] + b"\xff" + data[9:],
               data[:-3] + bytes([data[-3] ^ 1]) + data[-2:]):
     with pytest.raises(gaussjax.DecodeError):
@@ -146,7 +146,7 @@ def test_memory_guard_message():
 
 def test_encode_tiled_guard_fires_before_work(monkeypatch):
   calls = []
-  monkeypatch.setattr(gaussjax._codec, "encode", lambda *a, **k: calls.append(1))
+  monkeypatch.setattr(gaussjax.codec._codec, "encode", lambda *a, **k: calls.append(1))
   with pytest.raises(gaussjax.MemoryBudgetError):
     gaussjax.encode_tiled(np.zeros((64, 96, 3), np.float32), tile=48, margin=4,
                           memory_budget_mb=10)
@@ -154,7 +154,7 @@ def test_encode_tiled_guard_fires_before_work(monkeypatch):
 
 
 def test_cli_guard_and_tiled_encode(tmp_path, capsys, monkeypatch):
-  from gaussjax._cli import main
+  from gaussjax.cli._cli import main
   path = tmp_path / "in.png"
   Image.fromarray(np.round(photo() * 255).astype(np.uint8)).save(path)
   # A budget the one-piece fit exceeds: a clear error, nothing written.
@@ -179,8 +179,8 @@ def test_cli_guard_and_tiled_encode(tmp_path, capsys, monkeypatch):
 
 
 def test_encode_dir_routes_big_images(tmp_path, capsys, monkeypatch):
-  from gaussjax import _cli_tiles
-  from gaussjax._cli import main
+  from gaussjax.cli import _cli_tiles
+  from gaussjax.cli._cli import main
   monkeypatch.setattr(_tiles, "FIT_BASE_MB", 10.0)
   monkeypatch.setattr(_tiles, "FIT_BYTES_PER_PIXEL", 2**20 / 1000)  # 1 MB per 1000 pixels
   monkeypatch.setattr(_tiles, "TILES_EXTRA_MB", 0.0)
@@ -194,7 +194,7 @@ def test_encode_dir_routes_big_images(tmp_path, capsys, monkeypatch):
   calls = []
   monkeypatch.setattr(_tiles, "encode_tiled", lambda image, *a, **k: calls.append(
       ("tiled", image.shape)) or b"t")
-  monkeypatch.setattr("gaussjax._batch.encode_batch", lambda images, *a, **k: calls.append(
+  monkeypatch.setattr("gaussjax.batch._batch.encode_batch", lambda images, *a, **k: calls.append(
       ("batch", [i.shape for i in images])) or [b"b"] * len(images))
   args = type("Args", (), {"memory_budget": 12.0, "tile": 32, "margin": 4})()
   small = np.zeros((8, 8, 3), np.float32)

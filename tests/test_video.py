@@ -10,12 +10,18 @@ import pytest
 from PIL import Image
 
 import gaussjax
-from gaussjax import _video
-from gaussjax._bitstream import DecodeError
-from gaussjax._cli import main
-from gaussjax._fuzz import mutate
-from gaussjax._video_io import (VideoError, open_video, read_video, rgb_to_yuv420,
-                                yuv420_to_rgb, write_frames)
+from gaussjax.cli._cli import main
+from gaussjax.codec import _video
+from gaussjax.codec._bitstream import DecodeError
+from gaussjax.codec._fuzz import mutate
+from gaussjax.core._video_io import (
+  VideoError,
+  open_video,
+  read_video,
+  rgb_to_yuv420,
+  write_frames,
+  yuv420_to_rgb,
+)
 
 # Tiny and quick: P-frames get a quarter of the I-frame's fit steps.
 CONFIG = gaussjax.VideoConfig(quality=70, gop=3, fit_steps=48, qat_steps=8, backend="xla")
@@ -156,7 +162,7 @@ def test_fuzzed_gjv_raises_only_decode_error(coded):
       mutant = _refresh_checksums(mutant)  # reach the parser behind the checksums
     try:
       for g in _video.decode_video_gaussians(mutant):
-        assert g.num_gaussians <= gaussjax._codec.MAX_GAUSSIANS
+        assert g.num_gaussians <= gaussjax.codec._codec.MAX_GAUSSIANS
         for arr in g:
           assert np.all(np.isfinite(arr))
     except DecodeError:
@@ -255,7 +261,7 @@ def test_container_without_pyav_says_how_to_install(tmp_path, monkeypatch):
 
 def test_container_round_trip_with_pyav(tmp_path):
   pytest.importorskip("av")
-  from gaussjax._video_io import write_video
+  from gaussjax.core._video_io import write_video
   frames = _clip(t=4, h=32, w=48)
   write_video(tmp_path / "a.mkv", frames, fps=10)
   source = open_video(tmp_path / "a.mkv")

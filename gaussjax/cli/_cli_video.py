@@ -1,13 +1,13 @@
 """``gaussjax encode-video | decode-video``: the video codec's subcommands.
 
-``register(subparsers)`` adds them to the main parser (``gaussjax._cli``);
+``register(subparsers)`` adds them to the main parser (``gaussjax.cli._cli``);
 ``gaussjax info`` reads ``.gjv`` files too (``_cli`` dispatches on the
 magic bytes to ``video_info``). Every input is checked before any fitting
 (``open_video``: readable, not empty, frames of one size, raw YUV of a whole
 number of frames with ``--size``); outputs are written atomically and never
 over the input. The library is imported inside the commands,
 so that ``gaussjax --help`` starts quickly; the shared pieces (output
-checks, progress bar, ``--quiet``) come from ``gaussjax._cli_common``.
+checks, progress bar, ``--quiet``) come from ``gaussjax.cli._cli_common``.
 """
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ import os
 import shutil
 import sys
 
-from gaussjax._cli_common import CliError
-from gaussjax._cli_common import add_output_argument
-from gaussjax._cli_common import add_quiet_argument
-from gaussjax._cli_common import add_subcommand
-from gaussjax._cli_common import check_input
-from gaussjax._cli_common import is_same_file
-from gaussjax._cli_common import progress_bar
+from gaussjax.cli._cli_common import (
+  CliError,
+  add_output_argument,
+  add_quiet_argument,
+  add_subcommand,
+  check_input,
+  is_same_file,
+  progress_bar,
+)
 
 VIDEO_INPUT_HELP = (
     "input video: a folder of frames (PNG/JPEG, sorted by name), raw YUV 4:2:0 (.yuv, with "
@@ -34,9 +36,9 @@ def _progress(total, desc, quiet):
 
 
 def _cmd_encode_video(args) -> int:
-  from gaussjax._io import write_atomic
-  from gaussjax._video import VideoConfig, encode_video
-  from gaussjax._video_io import open_video, parse_size
+  from gaussjax.codec._video import VideoConfig, encode_video
+  from gaussjax.core._io import write_atomic
+  from gaussjax.core._video_io import open_video, parse_size
 
   if os.path.exists(args.output) and is_same_file(args.input, args.output):
     raise CliError(f"output {args.output!r} is the input; refusing to overwrite it")
@@ -67,7 +69,7 @@ def _cmd_encode_video(args) -> int:
   finally:
     bar.close()
   write_atomic(args.output, data)
-  from gaussjax._video import video_info
+  from gaussjax.codec._video import video_info
   meta = video_info(data)
   print(f"{args.output}: {meta['num_frames']} frames, {len(data)} bytes, "
         f"{meta['bpp_per_frame']:.4f} bpp per frame "
@@ -76,7 +78,7 @@ def _cmd_encode_video(args) -> int:
 
 
 def _read_gjv(path: str) -> bytes:
-  from gaussjax._video import MAX_VIDEO_BYTES
+  from gaussjax.codec._video import MAX_VIDEO_BYTES
   check_input(path)
   size = os.path.getsize(path)
   if size > MAX_VIDEO_BYTES:
@@ -86,9 +88,9 @@ def _read_gjv(path: str) -> bytes:
 
 
 def _cmd_decode_video(args) -> int:
-  from gaussjax._io import save_image
-  from gaussjax._video import decode_video_gaussians, iter_video_frames, video_info
-  from gaussjax._video_io import CONTAINER_EXTENSIONS, write_frames, write_video
+  from gaussjax.codec._video import decode_video_gaussians, iter_video_frames, video_info
+  from gaussjax.core._io import save_image
+  from gaussjax.core._video_io import CONTAINER_EXTENSIONS, write_frames, write_video
 
   if is_same_file(args.input, args.output):
     raise CliError(f"output {args.output!r} is the input; refusing to overwrite it")

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from gaussjax import _svg
 from gaussjax import constants
+from gaussjax.core import _svg
 
 # Formats ``save_image`` writes, by file extension.
 SAVE_FORMATS = {
@@ -50,7 +50,7 @@ def load_image(path, *, max_pixels: int = constants.MAX_PIXELS, svg_supersample:
       (``gaussjax.constants.MAX_PIXELS``, 2**28, by default); checked from the
       header before any pixel is decoded.
     svg_supersample: ``.svg``/``.svgz`` files only: rendered at this many
-      times the output size per axis, then area-averaged (``gaussjax._svg``;
+      times the output size per axis, then area-averaged (``gaussjax.core._svg``;
       needs ``pip install "gaussjax[svg]"``).
     svg_size: SVG files only: output ``(height, width)``; defaults to the
       SVG's own size.

@@ -37,14 +37,14 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
-from gaussjax import _render
-from gaussjax._gaussians import Gaussians
+from gaussjax.core._gaussians import Gaussians
+from gaussjax.rendering import _render
 
 # Steps per compiled chunk (one dispatch, one host round trip) unless the
 # caller asks for other boundaries.
 CHUNK_STEPS = 50
 
-# The mesh axis a batch is split over (as in gaussjax._batch).
+# The mesh axis a batch is split over (as in gaussjax.batch._batch).
 BATCH_AXIS = "batch"
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from gaussjax import _shard
+from gaussjax.batch import _shard
 
 
 def _shard_arg(text: str) -> tuple[int, int]:
@@ -47,7 +47,7 @@ def run_merge_or_usage(args) -> int:
     print("gaussjax encode-dir: error: --merge OUT_DIR takes no -o, --bpp or --quality",
           file=sys.stderr)
     return 2
-  from gaussjax._encode_dir import list_images
+  from gaussjax.batch._encode_dir import list_images
   try:
     names = list_images(Path(args.in_dir)) if args.in_dir else None
     merged, missing = _shard.merge(args.merge, names, in_dir=args.in_dir, force=names is None)

@@ -48,10 +48,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gaussjax import _native
 from gaussjax import constants
-from gaussjax._gaussians import Gaussians, extents, rendered_covariance
-from gaussjax._reference import gaussian_weight
+from gaussjax.core._gaussians import Gaussians, extents, rendered_covariance
+from gaussjax.rendering import _native
+from gaussjax.rendering._reference import gaussian_weight
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 # Start indices of dynamic slices: one integer type, also under jax_enable_x64.

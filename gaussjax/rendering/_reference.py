@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from gaussjax import constants
-from gaussjax._gaussians import Gaussians, conics
+from gaussjax.core._gaussians import Gaussians, conics
 
 Array = jax.Array
 

@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gaussjax._gaussians import Gaussians, conics, extents, validate
+from gaussjax.core._gaussians import Gaussians, conics, extents, validate
 from gaussjax.kernels import rasterize as _kernels
 
 Array = jax.Array

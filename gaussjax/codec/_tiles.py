@@ -47,8 +47,8 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 from gaussjax import constants
-from gaussjax._bitstream import DecodeError, Reader, Writer
-from gaussjax._gaussians import Gaussians
+from gaussjax.codec._bitstream import DecodeError, Reader, Writer
+from gaussjax.core._gaussians import Gaussians
 
 MAGIC = b"\x89GJX"
 TILED_VERSION = 3
@@ -378,7 +378,7 @@ def pack(grid: TileGrid, channels: int, segments: Sequence[bytes]) -> bytes:
 
 def unpack(data) -> TiledFile:
   """Parses and checks a tiled file's header and index (segments are checked when decoded)."""
-  from gaussjax._codec import MAX_FILE_BYTES
+  from gaussjax.codec._codec import MAX_FILE_BYTES
   if not isinstance(data, (bytes, bytearray, memoryview)):
     raise TypeError(f"data must be bytes, got {type(data).__name__}")
   data = bytes(data)
@@ -419,7 +419,7 @@ def unpack(data) -> TiledFile:
   if grid.crop_height > 65535 or grid.crop_width > 65535:
     raise DecodeError(f"tile crops of {grid.crop_height}x{grid.crop_width} are over 65535")
   # Every segment's own checksum and header, before the output is allocated.
-  from gaussjax._codec import _read_header
+  from gaussjax.codec._codec import _read_header
   for index, (offset, length) in enumerate(segments):
     try:
       header, _ = _read_header(data[offset:offset + length])
@@ -464,7 +464,7 @@ def encode_tiled(image, config=None, *, tile: int = DEFAULT_TILE, margin: int = 
     MemoryBudgetError: the crops (and image) would not fit the budget.
     ValueError: bad image or options.
   """
-  from gaussjax._codec import CodecConfig, encode
+  from gaussjax.codec._codec import CodecConfig, encode
   config = CodecConfig() if config is None else config
   if not isinstance(config, CodecConfig):
     raise TypeError(f"config must be a CodecConfig, got {type(config).__name__}")
@@ -503,8 +503,8 @@ def _blend_bands(grid: TileGrid, channels: int, gaussians_of: Callable[[int], Ga
   the rows they touch; rows that no later tile row touches are yielded. The
   buffer holds at most about two crop heights of the output.
   """
-  from gaussjax._codec import render_safe
-  from gaussjax._gaussians import scale_gaussians
+  from gaussjax.codec._codec import render_safe
+  from gaussjax.core._gaussians import scale_gaussians
   sy, sx = out_h / grid.height, out_w / grid.width
   (yb, _, _), (xb, _, _) = grid.y, grid.x
   buffer = np.zeros((0, out_w, channels), np.float32)
@@ -564,7 +564,7 @@ def decode_tiled(data, *, height: int | None = None, width: int | None = None,
   Returns:
     ``[height, width, C]`` image.
   """
-  from gaussjax._codec import _output_size
+  from gaussjax.codec._codec import _output_size
   parsed = unpack(data)
   grid = parsed.grid
   out_h, out_w = _output_size((grid.height, grid.width), height, width)
@@ -599,8 +599,8 @@ def render_banded(gaussians: Gaussians, height: int, width: int, *,
   are shifted up by the band's first row), clipped to [0, 1], with the
   renderer's working memory bounded by one band instead of the whole output.
   """
-  from gaussjax._codec import render_safe
-  from gaussjax._gaussians import scale_gaussians
+  from gaussjax.codec._codec import render_safe
+  from gaussjax.core._gaussians import scale_gaussians
   g = Gaussians(*(np.asarray(a, np.float32) for a in gaussians))
   if source_size is not None and tuple(source_size) != (height, width):
     g = scale_gaussians(g, height / source_size[0], width / source_size[1])
@@ -615,7 +615,7 @@ def render_banded(gaussians: Gaussians, height: int, width: int, *,
 
 
 def _segment_gaussians(parsed: TiledFile, index: int) -> Gaussians:
-  from gaussjax._codec import decode_gaussians
+  from gaussjax.codec._codec import decode_gaussians
   g, size = decode_gaussians(parsed.segment(index))
   expected = (parsed.grid.crop_height, parsed.grid.crop_width)
   if size != expected:
@@ -676,7 +676,7 @@ def fit_tiled(image, num_gaussians: int, config=None, *, tile: int = DEFAULT_TIL
   """
   import jax
 
-  from gaussjax._fit import FitConfig, fit_image
+  from gaussjax.fitting._fit import FitConfig, fit_image
   config = FitConfig() if config is None else config
   array = _as_array(image)
   h, w, c = array.shape
@@ -701,7 +701,7 @@ def fit_tiled(image, num_gaussians: int, config=None, *, tile: int = DEFAULT_TIL
 def render_tiled(tiled: TiledGaussians, *, height: int | None = None, width: int | None = None,
                  backend: str = "auto", dtype=np.float32, progress=False) -> np.ndarray:
   """Renders ``TiledGaussians`` band by band, blending the crops (as ``decode_tiled``)."""
-  from gaussjax._codec import _output_size
+  from gaussjax.codec._codec import _output_size
   grid = tiled.grid
   out_h, out_w = _output_size((grid.height, grid.width), height, width)
   channels = tiled.tiles[0].channels

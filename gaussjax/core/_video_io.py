@@ -24,14 +24,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from fractions import Fraction
 from collections.abc import Callable, Iterator
+from fractions import Fraction
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from gaussjax import constants
-from gaussjax._io import load_image, save_image
+from gaussjax.core._io import load_image, save_image
 
 # File extensions of the folder reader and of the PyAV reader.
 FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")

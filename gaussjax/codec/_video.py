@@ -15,7 +15,7 @@ Call chain::
   video_info(data)                           header and per-frame segment sizes
 
 The decoder's state between frames is the integer symbols of every Gaussian
-(``gaussjax._quantize.Symbols`` on the I-frame's quantiser grid). An I-frame
+(``gaussjax.codec._quantize.Symbols`` on the I-frame's quantiser grid). An I-frame
 sets it from its ``.gjx`` payload; a P-frame adds quantised deltas, removes
 and appends Gaussians. The encoder keeps exactly that state (closed loop): it
 warm-starts each P-frame from the decoded Gaussians, never from its own float
@@ -31,16 +31,34 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from gaussjax import _quantize as qz
-from gaussjax._bitstream import (MAX_ALPHABET, DecodeError, Decoder, Encoder, Model, Reader,
-                                 Writer, choose_model)
-from gaussjax._codec import (MAX_CHANNELS, MAX_DIM, MAX_FILE_BYTES, MAX_GAUSSIANS, CodecConfig,
-                             _output_size, decode_gaussians, encode, encode_gaussians, render_safe)
-from gaussjax._codec import info as gjx_info
-from gaussjax._density import contributions
-from gaussjax._fit import FitConfig, fit
-from gaussjax._gaussians import Gaussians
-from gaussjax._metrics import psnr
+from gaussjax.codec import _quantize as qz
+from gaussjax.codec._bitstream import (
+  MAX_ALPHABET,
+  DecodeError,
+  Decoder,
+  Encoder,
+  Model,
+  Reader,
+  Writer,
+  choose_model,
+)
+from gaussjax.codec._codec import (
+  MAX_CHANNELS,
+  MAX_DIM,
+  MAX_FILE_BYTES,
+  MAX_GAUSSIANS,
+  CodecConfig,
+  _output_size,
+  decode_gaussians,
+  encode,
+  encode_gaussians,
+  render_safe,
+)
+from gaussjax.codec._codec import info as gjx_info
+from gaussjax.core._gaussians import Gaussians
+from gaussjax.core._metrics import psnr
+from gaussjax.fitting._density import contributions
+from gaussjax.fitting._fit import FitConfig, fit
 
 MAGIC = b"\x89GJV"
 VERSION = 1
@@ -509,7 +527,6 @@ class _Encoder:
   def _fit_p(self, frame: np.ndarray, start: Gaussians) -> Gaussians:
     """The short warm-started fit; rows ``< N`` continue ``start``'s Gaussians."""
     cfg = self.config
-    n = start.num_gaussians
     steps = cfg.p_fit_steps
     # A fixed slot count per GOP (the I-frame's count plus p_add_fraction):
     # every P-frame of the GOP fills the slots that removals freed, and shares

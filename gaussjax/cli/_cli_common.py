@@ -4,12 +4,12 @@ A subcommand is a function ``register(subparsers)`` that calls
 ``add_subcommand`` and adds its arguments with the helpers below; its run
 function checks its inputs and outputs (``check_input``, ``check_output``)
 before any work, shows progress with ``progress_bar`` and raises ``CliError``
-for anything the user must fix. ``gaussjax._cli.main`` turns ``CliError``,
+for anything the user must fix. ``gaussjax.cli._cli.main`` turns ``CliError``,
 ``DecodeError``, ``ValueError`` and ``OSError`` into one line on stderr (exit
 status 2) and Ctrl-C into one line (exit status 130).
 
 This module imports no subcommand, so a subcommand module can import it and
-``gaussjax._cli`` can import the subcommand module (no import cycle).
+``gaussjax.cli._cli`` can import the subcommand module (no import cycle).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 
 import numpy as np
 
-from gaussjax._progress import progress_bar  # noqa: F401 - re-exported for the commands
+from gaussjax.core._progress import progress_bar  # noqa: F401 - re-exported for the commands
 
 # Built-in images for `sample:NAME` (scikit-image's bundled data, no download).
 SAMPLES = ("astronaut", "camera", "coffee", "chelsea", "rocket")
@@ -173,7 +173,7 @@ def read_input_image(spec: str) -> np.ndarray:
   Returns:
     ``[H, W, C]`` float32 image in [0, 1].
   """
-  from gaussjax._io import load_image
+  from gaussjax.core._io import load_image
 
   check_input(spec)
   if spec.startswith(SAMPLE_PREFIX):
@@ -207,7 +207,7 @@ def check_output(path: str, kind: str, *, inputs=(), flag: str = "--output") -> 
     inputs: input paths the output must not overwrite.
     flag: the option's name, for the message.
   """
-  from gaussjax._io import SAVE_FORMATS
+  from gaussjax.core._io import SAVE_FORMATS
 
   for spec in inputs:
     if is_same_file(spec, path):
@@ -253,7 +253,7 @@ def backend_note(command: str, backend: str, *, quiet: bool = False) -> None:
   """Says so when ``--backend pallas`` will run in interpret mode (no GPU): slow."""
   if backend != "pallas":
     return
-  from gaussjax._pallas import _use_interpret
+  from gaussjax.rendering._pallas import _use_interpret
   if _use_interpret():
     import jax
     note(command, f"--backend pallas has no GPU here ({jax.default_backend()}): the kernels run "
@@ -276,7 +276,7 @@ def psnr_text(value: float) -> str:
 
 def ssim_text(actual: np.ndarray, expected: np.ndarray) -> str:
   """SSIM to 4 places, or why there is none (an image smaller than its window)."""
-  from gaussjax._metrics import SSIM_FILTER_SIZE, ssim
+  from gaussjax.core._metrics import SSIM_FILTER_SIZE, ssim
   if min(expected.shape[:2]) < SSIM_FILTER_SIZE:
     return f"n/a (the image is under the {SSIM_FILTER_SIZE}-pixel SSIM window)"
   return f"{float(ssim(actual, expected)):.4f}"

@@ -22,7 +22,7 @@ import zlib
 
 import numpy as np
 
-from gaussjax._bitstream import DecodeError
+from gaussjax.codec._bitstream import DecodeError
 
 
 def mutate(data: bytes, rng: np.random.Generator) -> bytes:
@@ -114,7 +114,7 @@ def check_case(data: bytes, kind: str) -> str:
   Gaussians checked finite; ``header`` cases are decoded to pixels
   (``decode`` with its default ``max_pixels`` and renderer).
   """
-  from gaussjax._codec import MAX_GAUSSIANS, decode, decode_gaussians
+  from gaussjax.codec._codec import MAX_GAUSSIANS, decode, decode_gaussians
   from gaussjax.constants import MAX_DECODE_PIXELS
   try:
     if kind == "header":
@@ -156,7 +156,7 @@ def campaign(seeds: list[bytes], header_seeds: list[bytes], count: int, *, seed:
     outcome that is neither acceptance nor ``DecodeError`` (it must stay
     empty), with up to 5 ``examples`` (kind, error, file as hex).
   """
-  from gaussjax._codec import MAGIC
+  from gaussjax.codec._codec import MAGIC
   shares = shares or {"mutant": 0.87, "header": 0.03, "random": 0.1}
   kinds = list(shares)
   probabilities = np.asarray([shares[k] for k in kinds], np.float64)
@@ -206,7 +206,7 @@ def fuzz(seeds: list[bytes], count: int, *, seed: int = 0, decode=None) -> dict:
     AssertionError: a mutant raised another exception, or decoded to
       non-finite or oversized Gaussians.
   """
-  from gaussjax._codec import MAX_GAUSSIANS, decode_gaussians
+  from gaussjax.codec._codec import MAX_GAUSSIANS, decode_gaussians
   decode = decode or decode_gaussians
   rng = np.random.default_rng(seed)
   accepted = rejected = 0
@@ -237,9 +237,9 @@ def seed_files(cases) -> list[bytes]:
   """
   import jax
 
-  from gaussjax._codec import encode_gaussians
-  from gaussjax._gaussians import Gaussians
-  from gaussjax._init import init_random
+  from gaussjax.codec._codec import encode_gaussians
+  from gaussjax.core._gaussians import Gaussians
+  from gaussjax.fitting._init import init_random
 
   out = []
   for n, c, (h, w) in cases:
@@ -259,8 +259,8 @@ def bomb(width: int = 65535, height: int = 4096, channels: int = 3) -> bytes:
   values (3.2 GB): the decompression bomb that ``decode``'s ``max_pixels``
   refuses before allocating anything.
   """
-  from gaussjax._codec import encode_gaussians
-  from gaussjax._gaussians import Gaussians
+  from gaussjax.codec._codec import encode_gaussians
+  from gaussjax.core._gaussians import Gaussians
   empty = Gaussians(np.zeros((0, 2), np.float32), np.zeros((0, 3), np.float32),
                     np.zeros((0, channels), np.float32))
   return encode_gaussians(empty, height, width)
@@ -274,9 +274,9 @@ def progressive_seed_files(cases) -> list[bytes]:
   """
   import jax
 
-  from gaussjax._gaussians import Gaussians
-  from gaussjax._init import init_random
-  from gaussjax._progressive import encode_levels
+  from gaussjax.codec._progressive import encode_levels
+  from gaussjax.core._gaussians import Gaussians
+  from gaussjax.fitting._init import init_random
 
   out = []
   for counts, c, (h, w) in cases:

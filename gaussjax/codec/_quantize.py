@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gaussjax._gaussians import Gaussians
+from gaussjax.core._gaussians import Gaussians
 
 # Range of l11, l22 (pixels) the scale quantiser covers; values outside are
 # clipped. Below ~1/32 px a factor is invisible next to the COV_FLOOR prefilter.

@@ -35,10 +35,10 @@ import zlib
 import jax
 import numpy as np
 
-from gaussjax import _codec
-from gaussjax import _quantize as qz
-from gaussjax._bitstream import DecodeError, Writer
-from gaussjax._gaussians import Gaussians, validate
+from gaussjax.codec import _codec
+from gaussjax.codec import _quantize as qz
+from gaussjax.codec._bitstream import DecodeError, Writer
+from gaussjax.core._gaussians import Gaussians, validate
 
 VERSION = 2
 MAX_LEVELS = 16
@@ -116,7 +116,7 @@ def encode_levels(levels, height: int, width: int, *, steps=None) -> bytes:
 
   Examples:
     >>> import jax, gaussjax
-    >>> from gaussjax._progressive import encode_levels
+    >>> from gaussjax.codec._progressive import encode_levels
     >>> a = gaussjax.init_random(jax.random.key(0), 10, 32, 48, 3)
     >>> b = gaussjax.init_random(jax.random.key(1), 40, 32, 48, 3)
     >>> data = encode_levels([a, b], 32, 48)
@@ -311,7 +311,7 @@ def _per_level(steps: int, levels: int) -> int:
 
 
 def _fit_config(config, n: int | None, num_steps: int, densify: bool, **kw):
-  from gaussjax._fit import FitConfig
+  from gaussjax.fitting._fit import FitConfig
   extra = {} if densify else {"densify_every": 0}
   return FitConfig(steps=max(num_steps, 1), backend=config.backend, log_every=max(num_steps, 1),
                    replan_every=50, num_gaussians=n, **extra, **kw)
@@ -319,7 +319,7 @@ def _fit_config(config, n: int | None, num_steps: int, densify: bool, **kw):
 
 def _from_error(rng, residual: np.ndarray, n: int) -> Gaussians:
   """``n`` Gaussians placed where ``residual`` is largest, half the mean spacing wide."""
-  from gaussjax._density import sample_from_error
+  from gaussjax.fitting._density import sample_from_error
   h, w = residual.shape[:2]
   return sample_from_error(rng, residual, n, 0.5 * math.sqrt(h * w / n))
 
@@ -334,8 +334,8 @@ def _fit_level(target: np.ndarray, n: int, first: bool, config, rng, budget, ste
   is not). With a byte budget the fit runs in two halves: N is moved
   between them by the size of the level's real body.
   """
-  from gaussjax._fit import fit, initial_count
-  from gaussjax._init import init_slic
+  from gaussjax.fitting._fit import fit, initial_count
+  from gaussjax.fitting._init import init_slic
   fit_steps = _per_level(config.fit_steps, config.levels)
   h, w = target.shape[:2]
   n = int(min(max(n, 1), h * w))
@@ -370,7 +370,7 @@ def _finetune_level(g: Gaussians, target: np.ndarray, steps: qz.QuantSteps, conf
   with a zero learning rate on the frozen fields); ``encode_gaussians``
   rounds the colours last.
   """
-  from gaussjax._fit import FitConfig, fit
+  from gaussjax.fitting._fit import FitConfig, fit
   num = _per_level(config.qat_steps, config.levels)
   if num == 0 or g.num_gaussians == 0:
     return g

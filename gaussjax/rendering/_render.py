@@ -5,8 +5,8 @@ Call chain::
   render(gaussians, height, width, backend=...)      validates, picks a backend
     └─ rasterize(gaussians, height, width, backend, plan) -> (image, overflow)
          ├─ "reference" → render_reference            dense jnp, autodiff
-         ├─ "xla"       → gaussjax._xla.rasterize_xla  portable fast path
-         └─ "pallas"    → gaussjax._pallas.rasterize_pallas   kernels/ (Pallas)
+         ├─ "xla"       → gaussjax.rendering._xla.rasterize_xla  portable fast path
+         └─ "pallas"    → gaussjax.rendering._pallas.rasterize_pallas   kernels/ (Pallas)
 
 All backends compute the function written in ``gaussjax.constants``.
 
@@ -15,7 +15,7 @@ classes, tile lists). A *plan* is the hashable, static description of those
 shapes, chosen from concrete Gaussians by ``make_plan`` outside ``jit``.
 ``rasterize`` renders with a given plan and returns an ``overflow`` flag that is
 True when some Gaussian did not fit the plan; then the image is incomplete and
-the caller must re-plan and render again (the training loop, ``gaussjax._loop``,
+the caller must re-plan and render again (the training loop, ``gaussjax.fitting._loop``,
 does this with ``replan``).
 ``render`` hides all this: with concrete Gaussians it plans from them, so it
 never overflows; under a transformation (``jit``, ``grad``, ``vmap``), where the
@@ -23,7 +23,7 @@ values are unknown, it uses the backend's default plan and returns an image
 full of NaN if that plan overflows: contributions are never dropped silently.
 
 The renderer owns plans and overflow; callers above it (the training loop in
-``gaussjax._loop``, the codec) never look inside a plan:
+``gaussjax.fitting._loop``, the codec) never look inside a plan:
 
   plan_for(gaussians, H, W, backend, previous)   the plan for the next run of
                                                  steps: the previous one kept
@@ -46,8 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gaussjax import constants
-from gaussjax._gaussians import Gaussians, scale_gaussians, validate
-from gaussjax._reference import render_reference
+from gaussjax.core._gaussians import Gaussians, scale_gaussians, validate
+from gaussjax.rendering._reference import render_reference
 
 Array = jax.Array
 
@@ -83,12 +83,12 @@ def make_plan(gaussians: Gaussians, height: int, width: int, *, backend: str = "
   if backend == "reference":
     return None
   if backend == "xla":
-    from gaussjax import _native
-    from gaussjax._xla import plan_xla
+    from gaussjax.rendering import _native
+    from gaussjax.rendering._xla import plan_xla
     if _native.usable(jnp.result_type(*gaussians), np.shape(gaussians.colors)[-1]):
       return None  # the native CPU kernel bins nothing and never overflows
     return plan_xla(gaussians, height, width)
-  from gaussjax._pallas import plan_pallas
+  from gaussjax.rendering._pallas import plan_pallas
   return plan_pallas(gaussians, height, width)
 
 
@@ -120,7 +120,7 @@ def uses_plans(backend: str, channels: int) -> bool:
   if backend == "reference":
     return False
   if backend == "xla":
-    from gaussjax import _native
+    from gaussjax.rendering import _native
     return not _native.usable(jnp.float32, channels)
   return True
 
@@ -135,12 +135,12 @@ def vectorizes(backend: str = "auto") -> bool:
   """
   if jax.default_backend() != "cpu":
     return True
-  from gaussjax import _native
+  from gaussjax.rendering import _native
   return resolve_backend(backend) != "xla" or _native.usable(jnp.float32, 3)
 
 
 def _xla_fit_plan(gaussians, height, width, headroom):
-  from gaussjax._xla import XlaPlan, _round_capacity, plan_xla
+  from gaussjax.rendering._xla import XlaPlan, _round_capacity, plan_xla
   fresh = plan_xla(gaussians, height, width, headroom=headroom)
   # Gaussians grow into the next class while fitting: each class also gets
   # room for _MIGRATE of the previous class's capacity.
@@ -159,7 +159,7 @@ def _xla_cost(plan) -> int:
 
 def _xla_holds(plan, gaussians, height, width) -> bool:
   """Whether an ``XlaPlan`` holds these Gaussians with ``_KEEP_MARGIN`` to spare (host check)."""
-  from gaussjax._xla import _needs_jit
+  from gaussjax.rendering._xla import _needs_jit
   means = np.asarray(gaussians.means, np.float32).reshape(-1, 2)
   chol = np.asarray(gaussians.chol, np.float32).reshape(-1, 3)
   batch = max(means.shape[0] // max(np.shape(gaussians.means)[-2], 1), 1)
@@ -202,14 +202,14 @@ def plan_for(gaussians: Gaussians, height: int, width: int, *, backend: str, pre
   if not uses_plans(backend, np.shape(gaussians.colors)[-1]):
     return None, previous is None
   if backend == "xla":
-    from gaussjax._xla import XlaPlan
+    from gaussjax.rendering._xla import XlaPlan
     if isinstance(previous, XlaPlan) and _xla_holds(previous, gaussians, height, width):
       fresh = _xla_fit_plan(gaussians, height, width, _FIT_HEADROOM)
       if _xla_cost(fresh) >= _KEEP_COST * _xla_cost(previous):
         return previous, False
       return fresh, True
     return _xla_fit_plan(gaussians, height, width, _FIT_HEADROOM * boost), True
-  from gaussjax._pallas import PallasPlan, plan_pallas, plan_holds
+  from gaussjax.rendering._pallas import PallasPlan, plan_holds, plan_pallas
   if isinstance(previous, PallasPlan) and plan_holds(previous, gaussians, height, width,
                                                      margin=_KEEP_MARGIN):
     return previous, False
@@ -220,7 +220,7 @@ def replan(gaussians: Gaussians, height: int, width: int, *, backend: str, attem
   """The redo policy after an overflow: a fresh plan with ``2^attempt`` times the headroom.
 
   Callers discard what was computed with the overflowed plan and redo it
-  with this one (``gaussjax._loop`` redoes the whole chunk of steps).
+  with this one (``gaussjax.fitting._loop`` redoes the whole chunk of steps).
 
   Raises:
     RuntimeError: after ``MAX_REPLANS`` attempts (a plan made for these
@@ -268,9 +268,9 @@ def rasterize(gaussians: Gaussians, height: int, width: int, *, backend: str = "
   if backend == "reference":
     return render_reference(gaussians, height, width), jnp.zeros((), bool)
   if backend == "xla":
-    from gaussjax._xla import rasterize_xla
+    from gaussjax.rendering._xla import rasterize_xla
     return rasterize_xla(gaussians, height, width, plan)
-  from gaussjax._pallas import rasterize_pallas
+  from gaussjax.rendering._pallas import rasterize_pallas
   return rasterize_pallas(gaussians, height, width, plan)
 
 

@@ -3,7 +3,7 @@
 One parser, ``build_parser``, with one subcommand per ``register_*`` function
 of ``SUBCOMMANDS``: ``fit``, ``encode``, ``decode``, ``info``, ``encode-dir``.
 A new subcommand lives in its own module, built from the blocks of
-``gaussjax._cli_common`` (``add_subcommand``, ``add_output_argument``,
+``gaussjax.cli._cli_common`` (``add_subcommand``, ``add_output_argument``,
 ``check_output``, ``progress_bar``, ...), and is added to ``SUBCOMMANDS``
 here by a plain import.
 
@@ -24,37 +24,37 @@ from pathlib import Path
 
 import numpy as np
 
-from gaussjax import _cli_shard
-from gaussjax import _cli_tiles
-from gaussjax import _cli_video
-from gaussjax._cli_common import EXIT_INTERRUPTED
-from gaussjax._cli_common import FOLDER
-from gaussjax._cli_common import GJX
-from gaussjax._cli_common import IMAGE
-from gaussjax._cli_common import INPUT_HELP
-from gaussjax._cli_common import SAMPLES  # noqa: F401 - the names of sample:NAME, for callers
-from gaussjax._cli_common import CliError
-from gaussjax._cli_common import HelpFormatter
-from gaussjax._cli_common import add_output_argument
-from gaussjax._cli_common import add_quiet_argument
-from gaussjax._cli_common import add_subcommand
-from gaussjax._cli_common import backend_note
-from gaussjax._cli_common import bpp_value
-from gaussjax._cli_common import check_input
-from gaussjax._cli_common import check_output
-from gaussjax._cli_common import non_negative_int
-from gaussjax._cli_common import note
-from gaussjax._cli_common import positive_float
-from gaussjax._cli_common import positive_int
-from gaussjax._cli_common import progress_bar
-from gaussjax._cli_common import psnr_text
-from gaussjax._cli_common import quality_value
-from gaussjax._cli_common import read_input_image
-from gaussjax._cli_common import size_text
-from gaussjax._cli_common import ssim_text
-from gaussjax._codec import CodecConfig
-from gaussjax._render import BACKENDS
+from gaussjax.cli import _cli_shard, _cli_tiles, _cli_video
+from gaussjax.cli._cli_common import (
+  EXIT_INTERRUPTED,
+  FOLDER,
+  GJX,
+  IMAGE,
+  INPUT_HELP,
+  SAMPLES,  # noqa: F401 - the names of sample:NAME, for callers
+  CliError,
+  HelpFormatter,
+  add_output_argument,
+  add_quiet_argument,
+  add_subcommand,
+  backend_note,
+  bpp_value,
+  check_input,
+  check_output,
+  non_negative_int,
+  note,
+  positive_float,
+  positive_int,
+  progress_bar,
+  psnr_text,
+  quality_value,
+  read_input_image,
+  size_text,
+  ssim_text,
+)
+from gaussjax.codec._codec import CodecConfig
 from gaussjax.constants import MAX_PIXELS
+from gaussjax.rendering._render import BACKENDS
 
 _DEFAULT_CODEC = CodecConfig()
 
@@ -86,7 +86,7 @@ def _codec_config(args) -> CodecConfig:
 
 def _render_metrics(render: np.ndarray, image: np.ndarray) -> tuple[float, str, str]:
   """``(psnr, "PSNR text", "SSIM text")`` of a rendering against its source image."""
-  from gaussjax._metrics import psnr
+  from gaussjax.core._metrics import psnr
   value = float(psnr(render, image))
   return value, psnr_text(value), ssim_text(render, image)
 
@@ -98,8 +98,8 @@ def _run_fit(args) -> int:
   import jax
 
   import gaussjax
-  from gaussjax._fit import initial_count
-  from gaussjax._io import save_image
+  from gaussjax.core._io import save_image
+  from gaussjax.fitting._fit import initial_count
 
   check_input(args.image)
   check_output(args.output, IMAGE, inputs=[args.image])
@@ -173,8 +173,8 @@ def register_fit(subparsers) -> None:
 
 
 def _run_encode(args) -> int:
-  from gaussjax._codec import _encode, decode
-  from gaussjax._io import write_atomic
+  from gaussjax.codec._codec import _encode, decode
+  from gaussjax.core._io import write_atomic
 
   check_input(args.image)
   check_output(args.output, GJX, inputs=[args.image])
@@ -197,7 +197,7 @@ def _run_encode(args) -> int:
       bar.update(weights[stage] - bar.n)
       bar.set_description_str(f"encode: {'rate search' if stage == 'code' and args.bpp else stage}")
 
-    if args.tile:  # tile by tile (gaussjax._tiles), its own progress per tile
+    if args.tile:  # tile by tile (gaussjax.codec._tiles), its own progress per tile
       data = _cli_tiles.encode(args, image, config)
     else:
       data = _encode(image, config, progress=progress)
@@ -235,7 +235,7 @@ def register_encode(subparsers) -> None:
 
 
 def _read_gjx(path: str) -> bytes:
-  from gaussjax._codec import MAX_FILE_BYTES
+  from gaussjax.codec._codec import MAX_FILE_BYTES
   check_input(path)
   size = os.path.getsize(path)
   if size > MAX_FILE_BYTES:
@@ -245,8 +245,8 @@ def _read_gjx(path: str) -> bytes:
 
 
 def _run_decode(args) -> int:
-  from gaussjax._codec import decode
-  from gaussjax._io import save_image
+  from gaussjax.codec._codec import decode
+  from gaussjax.core._io import save_image
 
   check_input(args.input)
   check_output(args.output, IMAGE, inputs=[args.input])
@@ -286,13 +286,13 @@ def register_decode(subparsers) -> None:
 
 
 def _run_info(args) -> int:
-  from gaussjax._codec import info
-  from gaussjax._video import MAGIC as VIDEO_MAGIC
-  from gaussjax._video import video_info
+  from gaussjax.codec._codec import info
+  from gaussjax.codec._video import MAGIC as VIDEO_MAGIC
+  from gaussjax.codec._video import video_info
   check_input(args.input)
   with open(args.input, "rb") as f:
     is_video = f.read(len(VIDEO_MAGIC)) == VIDEO_MAGIC
-  if is_video:  # a .gjv video (gaussjax._video)
+  if is_video:  # a .gjv video (gaussjax.codec._video)
     print(json.dumps(video_info(_cli_video._read_gjv(args.input)), indent=2))
     return 0
   header = info(_read_gjx(args.input))
@@ -320,8 +320,8 @@ def _settings(config: CodecConfig) -> str:
 
 
 def _run_encode_dir(args) -> int:
-  from gaussjax._codec import decode
-  from gaussjax._encode_dir import IMAGE_EXTENSIONS, SettingsChanged, encode_dir, list_images
+  from gaussjax.batch._encode_dir import IMAGE_EXTENSIONS, SettingsChanged, encode_dir, list_images
+  from gaussjax.codec._codec import decode
 
   if _cli_shard.not_an_encode(args):
     return _cli_shard.run_merge_or_usage(args)  # --merge OUT_DIR, or what is missing
@@ -371,7 +371,7 @@ def register_encode_dir(subparsers) -> None:
           "settings). Re-running the same command skips finished images, so the job can be "
           "killed at any moment and resumed; re-running with other settings is refused "
           "unless --overwrite is given."))
-  # Not required by argparse: `--merge OUT_DIR` stands alone (gaussjax._cli_shard
+  # Not required by argparse: `--merge OUT_DIR` stands alone (gaussjax.cli._cli_shard
   # says what is missing otherwise).
   p.add_argument("in_dir", metavar="IN_DIR", nargs="?", help="folder of images")
   add_output_argument(p, "folder for the .gjx files and the manifest (created)",
@@ -411,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
   """Entry point of the ``gaussjax`` command; returns the exit status."""
-  from gaussjax._bitstream import DecodeError
+  from gaussjax.codec._bitstream import DecodeError
 
   args = build_parser().parse_args(argv)
   try:

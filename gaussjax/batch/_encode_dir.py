@@ -42,10 +42,10 @@ from pathlib import Path
 
 import numpy as np
 
-from gaussjax import _shard
-from gaussjax._progress import progress_bar
-from gaussjax._io import TMP_PREFIX as _TMP_PREFIX
-from gaussjax._io import write_atomic
+from gaussjax.batch import _shard
+from gaussjax.core._io import TMP_PREFIX as _TMP_PREFIX
+from gaussjax.core._io import write_atomic
+from gaussjax.core._progress import progress_bar
 
 IMAGE_EXTENSIONS = (
     ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm",
@@ -245,12 +245,12 @@ def read_manifest(path: Path) -> list[dict[str, str]]:
 
 
 def _read_image(path: Path) -> np.ndarray:
-  from gaussjax._io import load_image
+  from gaussjax.core._io import load_image
   return np.asarray(load_image(path))
 
 
 def _psnr(expected: np.ndarray, actual: np.ndarray) -> float:
-  from gaussjax._metrics import psnr
+  from gaussjax.core._metrics import psnr
   return float(psnr(np.clip(actual, 0.0, 1.0), expected))
 
 
@@ -298,7 +298,7 @@ def encode_dir(
       stderr is a terminal).
     shard: ``(I, N)`` or ``"I/N"``: this process encodes shard ``I`` of ``N``
       of the sorted file list and writes its own journal; the last shard to
-      finish writes the merged manifest (``gaussjax._shard``). None: from
+      finish writes the merged manifest (``gaussjax.batch._shard``). None: from
       ``jax.process_index()``/``jax.process_count()`` (``0/1`` unless
       ``jax.distributed`` is initialised).
 
@@ -322,7 +322,7 @@ def encode_dir(
   out_dir.mkdir(parents=True, exist_ok=True)
 
   names = list_images(in_dir)
-  # Many processes: each takes its own share and journal (gaussjax._shard).
+  # Many processes: each takes its own share and journal (gaussjax.batch._shard).
   process_index, process_count = _shard.resolve(shard)
   mine = _shard.select(names, process_index, process_count)
   outputs = output_names(names)
@@ -411,7 +411,7 @@ def _batches(in_dir: Path, names: Sequence[str], batch_size: int):
   Within a bucket, images of one exact size come together, so that the parts
   of ``encode_batch`` that need one exact size get full batches too.
   """
-  from gaussjax._batch import bucket_shape
+  from gaussjax.batch._batch import bucket_shape
   groups: dict[tuple[int, int], list[tuple[int, int, str]]] = {}
   for name in names:
     h, w = _header_shape(in_dir / name)

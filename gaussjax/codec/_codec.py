@@ -15,7 +15,7 @@ Call chain::
                                               the rate controller (_encode_rate)
   decode(data, height=, width=, level=)       decode_gaussians → render at any size
   decode_gaussians(data)                      parse, validate, entropy-decode, dequantise
-                                              (version 2: gaussjax._progressive)
+                                              (version 2: gaussjax.codec._progressive)
   info(data)                                  header fields, no decoding
 """
 
@@ -34,11 +34,19 @@ import numpy as np
 import optax
 
 from gaussjax import constants
-from gaussjax._bitstream import (DecodeError, Decoder, Encoder, Model, Reader, Writer,
-                                 choose_model, MAX_ALPHABET)
-from gaussjax._gaussians import Gaussians, validate
-from gaussjax import _quantize as qz
-from gaussjax import _tiles
+from gaussjax.codec import _quantize as qz
+from gaussjax.codec import _tiles
+from gaussjax.codec._bitstream import (
+  MAX_ALPHABET,
+  DecodeError,
+  Decoder,
+  Encoder,
+  Model,
+  Reader,
+  Writer,
+  choose_model,
+)
+from gaussjax.core._gaussians import Gaussians, validate
 
 MAGIC = b"\x89GJX"
 VERSION = 1
@@ -94,7 +102,7 @@ class CodecConfig:
     seed: PRNG seed of the initialisation.
     levels: 1 (a version-1 file) or 2..16: a progressive version-2 file of
       coarse-to-fine levels, each a prefix that decodes to a picture
-      (``gaussjax._progressive``; ``decode(data, level=k)``).
+      (``gaussjax.codec._progressive``; ``decode(data, level=k)``).
   """
 
   bpp: float | None = None
@@ -259,7 +267,7 @@ def _read_header(data) -> tuple[Header, Reader]:
   data, version = _check_container(data)
   if version == _PROGRESSIVE_VERSION:
     raise DecodeError("a version-2 (progressive) file has no single header; "
-                      "read it with gaussjax._progressive")
+                      "read it with gaussjax.codec._progressive")
   if len(data) < _MIN_FILE:
     raise DecodeError(f"truncated: {len(data)} bytes is shorter than the smallest file "
                       f"({_MIN_FILE} bytes)")
@@ -347,7 +355,7 @@ def _decode_v1(header: Header, r: Reader) -> Gaussians:
 
 
 _DECODERS = {1: _decode_v1}
-# Version 2, progressive files of levels, is read by gaussjax._progressive.
+# Version 2, progressive files of levels, is read by gaussjax.codec._progressive.
 _PROGRESSIVE_VERSION = 2
 
 
@@ -373,8 +381,8 @@ def decode_gaussians(data: bytes, *, level: int | None = None,
   """
   if _tiles.is_tiled(data):
     raise DecodeError("a tiled file (format version 3) has one set of Gaussians per tile: "
-                      "decode it with gaussjax.decode, or read its tiles with gaussjax._tiles")
-  from gaussjax import _progressive  # circular: the progressive format builds on this module
+                      "decode it with gaussjax.decode, or read its tiles with gaussjax.codec._tiles")
+  from gaussjax.codec import _progressive  # circular: the progressive format builds on this module
   _progressive._check_level(level)
   data, version = _check_container(data)
   if version == _PROGRESSIVE_VERSION:
@@ -393,7 +401,7 @@ def info(data: bytes) -> dict:
   """
   if _tiles.is_tiled(data):
     return _tiles.info_tiled(data)
-  from gaussjax import _progressive  # circular: the progressive format builds on this module
+  from gaussjax.codec import _progressive  # circular: the progressive format builds on this module
   data, version = _check_container(data)
   if version == _PROGRESSIVE_VERSION:
     return _progressive.level_table(data)
@@ -517,8 +525,8 @@ def _loss(g, image, mask=None, *, height, width, backend, steps, plan):
   pixels, so padding changes neither the loss nor its gradient (used by
   ``gaussjax.fit_batch`` / ``encode_batch``); ``None`` averages every pixel.
   """
-  from gaussjax._fit import masked_mean
-  from gaussjax._render import rasterize
+  from gaussjax.fitting._fit import masked_mean
+  from gaussjax.rendering._render import rasterize
   gq = qz.fake_quantize(g, height, width, steps) if steps is not None else g
   out, overflow = rasterize(gq, image.shape[0], image.shape[1], backend=backend, plan=plan)
   return masked_mean((out - image) ** 2, mask), overflow
@@ -557,7 +565,7 @@ def _fake_quantize_jit(g, height, width, qsteps):
 
 
 def _train_step(state: _TrainState, data, t, plan, static):
-  """One step of the codec's fine-tuning (a step of ``gaussjax._loop``).
+  """One step of the codec's fine-tuning (a step of ``gaussjax.fitting._loop``).
 
   Adam (``_optimizer``: per-field rates, ``frozen`` fields fixed) on the MSE
   of the rendering of the parameter transform: ``fake_quantize``
@@ -596,11 +604,11 @@ def _train(gaussians: Gaussians, image: jax.Array, *, num_steps: int, learning_r
   """Adam on the MSE of the rendering; with ``steps``, through ``fake_quantize``.
 
   ``frozen`` names fields that stay as they are (see ``_optimizer``). Runs
-  ``_train_step`` in the training loop (``gaussjax._loop``), which owns the
+  ``_train_step`` in the training loop (``gaussjax.fitting._loop``), which owns the
   plans and redoes any chunk that overflowed, so no contribution is dropped.
   """
-  from gaussjax._loop import run
-  from gaussjax._render import resolve_backend
+  from gaussjax.fitting._loop import run
+  from gaussjax.rendering._render import resolve_backend
   backend = resolve_backend(backend)
   if num_steps == 0 or gaussians.num_gaussians == 0:
     return gaussians
@@ -626,8 +634,8 @@ def _fit_float(image: jax.Array, n: int, config: CodecConfig,
 
   ``num_steps`` defaults to ``config.fit_steps``; 0 returns SLIC at ``n``.
   """
-  from gaussjax._fit import fit, initial_count
-  from gaussjax._init import init_slic
+  from gaussjax.fitting._fit import fit, initial_count
+  from gaussjax.fitting._init import init_slic
   num_steps = config.fit_steps if num_steps is None else num_steps
   if num_steps == 0:
     return init_slic(np.asarray(image), n, key=jax.random.key(config.seed))
@@ -639,7 +647,7 @@ def _fit_float(image: jax.Array, n: int, config: CodecConfig,
 
 def _float_fit_config(config: CodecConfig, n: int, num_steps: int | None = None):
   """``FitConfig`` of a float fit to ``n`` Gaussians (also used by ``gaussjax.encode_batch``)."""
-  from gaussjax._fit import FitConfig
+  from gaussjax.fitting._fit import FitConfig
   num_steps = config.fit_steps if num_steps is None else num_steps
   return FitConfig(steps=num_steps, backend=config.backend, log_every=max(num_steps, 1),
                    replan_every=50, num_gaussians=n)
@@ -692,8 +700,8 @@ def _refit(image: jax.Array, g: Gaussians, n: int, config: CodecConfig,
   ``fit`` prunes the least contributing Gaussians at once, or grows the
   count over the first part of the steps. Without steps, only pruning.
   """
-  from gaussjax._density import to_buffer
-  from gaussjax._fit import fit
+  from gaussjax.fitting._density import to_buffer
+  from gaussjax.fitting._fit import fit
   if num_steps == 0:
     return to_buffer(g, n) if n < g.num_gaussians else g
   g, _ = fit(image, g, _float_fit_config(config, n, num_steps))
@@ -849,8 +857,8 @@ def render_safe(gaussians: Gaussians, height: int, width: int, *, backend: str =
   reports overflow (``_render.render_complete``; defensive: a fresh plan
   should never overflow).
   """
-  from gaussjax._gaussians import scale_gaussians
-  from gaussjax._render import render_complete
+  from gaussjax.core._gaussians import scale_gaussians
+  from gaussjax.rendering._render import render_complete
   # numpy stays numpy (a decoder's Gaussians): the renderer's jitted call
   # takes it as it is, without a dispatch per array here.
   g = Gaussians(*(np.asarray(x, np.float32) if isinstance(x, np.ndarray) else
@@ -902,7 +910,7 @@ def encode(image, config: CodecConfig = CodecConfig()) -> bytes:
   important Gaussians or refines the steps (fine-tuning again) until the
   file is within ``config.rate_tolerance`` of ``bpp · H · W / 8`` bytes.
   With ``config.levels > 1`` the file is progressive (format version 2,
-  ``gaussjax._progressive``): levels fitted coarse to fine, each prefix at a
+  ``gaussjax.codec._progressive``): levels fitted coarse to fine, each prefix at a
   level boundary a picture (``decode(data, level=k)``).
 
   Args:
@@ -934,7 +942,7 @@ def _encode(image, config: CodecConfig, progress=None) -> bytes:
   report = progress or (lambda stage: None)
   image = _as_image(image)
   if config.levels > 1:
-    from gaussjax._progressive import encode_progressive  # circular: it builds on this module
+    from gaussjax.codec._progressive import encode_progressive  # circular: it builds on this module
     return encode_progressive(image, config)
   report("fit")
   g, steps = _first_fit(image, config)
@@ -1041,7 +1049,7 @@ def _fit_size(g, h, w, steps, lo_ok, hi_ok):
   if lo_ok <= len(data) <= hi_ok:
     return data, g, steps
   if len(data) > hi_ok:
-    from gaussjax._density import contributions
+    from gaussjax.fitting._density import contributions
     order = np.argsort(-contributions(g), kind="stable")
     lo, hi = 1, g.num_gaussians  # size(lo) <= target assumed, size(hi) > target
     best = None

@@ -16,7 +16,7 @@ step never changes shape while the number of live Gaussians grows:
 Two implementations of the event: ``densify`` (NumPy/SciPy on concrete
 arrays, host side, a reference and a tool) and ``densify_device`` (jnp with
 static shapes: the one ``fit`` runs, inside the compiled training loop of
-``gaussjax._loop`` at the steps of a ``Schedule``, described statically by
+``gaussjax.fitting._loop`` at the steps of a ``Schedule``, described statically by
 an ``EventSpec``; random choices from the fit state's PRNG key). Both make
 the same counts of pruned, split and added Gaussians. Enable it through
 ``FitConfig`` (``num_gaussians``, ``densify_every``, ``prune_fraction``,
@@ -41,8 +41,8 @@ import numpy as np
 import scipy.ndimage
 
 from gaussjax import constants
-from gaussjax._gaussians import Gaussians
-from gaussjax._init import SLIC_RIDGE
+from gaussjax.core._gaussians import Gaussians
+from gaussjax.fitting._init import SLIC_RIDGE
 
 # Where inactive slots are parked: far off any image (their support box is
 # empty, so the rasterisers skip them), with unit size and colour 0.
@@ -133,7 +133,7 @@ def sample_from_error(
   prior = color_gain * 2.0 * blurred.reshape(-1, channels)[pick]
   colors = prior
   if count:
-    from gaussjax._init import _solve_colors, _weight_matrix
+    from gaussjax.fitting._init import _solve_colors, _weight_matrix
     weights = _weight_matrix(means, chol, height, width)
     colors = _solve_colors(weights, residual.reshape(-1, channels).astype(np.float64), prior)
   return Gaussians(means.astype(np.float32), chol.astype(np.float32), colors.astype(np.float32))
@@ -362,7 +362,7 @@ class Schedule:
 # --------------------------------------------------------------------------- on the device
 #
 # The same event as ``densify``, in jnp with static shapes, so that it runs
-# inside the compiled training loop (``gaussjax._loop``) with no host round
+# inside the compiled training loop (``gaussjax.fitting._loop``) with no host round
 # trip: a ``lax.cond`` on the step index. Counts (how many are pruned, split
 # and added) follow the same ``Schedule``; the random choices come from the
 # PRNG key of the fit state, so runs are deterministic. The colours of new
@@ -515,7 +515,7 @@ def _solve_colors_device(means, chol, valid, residual, mask, prior, sigma, backe
   ``c``); its transpose is the render's VJP. Falls back to ``prior`` where
   the renderer's default plan overflows.
   """
-  from gaussjax._render import rasterize
+  from gaussjax.rendering._render import rasterize
   height, width = residual.shape[:2]
   weight = 1.0 if mask is None else mask[:, :, None]
   park = jnp.asarray([PARK_POSITION, PARK_POSITION], means.dtype)

@@ -21,7 +21,7 @@ returns the state unchanged (never a step computed on an incomplete image) and
 ``overflow=True``. ``fit`` never sees that: the training loop redoes any chunk
 of steps that overflowed from its start state with a fresh plan.
 
-Adaptive density control (``gaussjax._density``) runs inside the compiled
+Adaptive density control (``gaussjax.fitting._density``) runs inside the compiled
 loop: ``fit`` keeps a buffer of exactly ``num_gaussians`` slots, unused ones
 parked off the image, so the compiled step never changes shape; at the event
 steps of the ``Schedule`` an event prunes, splits and adds Gaussians where
@@ -49,11 +49,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gaussjax import _density, _loop, _render
-from gaussjax._gaussians import Gaussians, validate
-from gaussjax._metrics import psnr as _psnr
-from gaussjax._metrics import ssim as _ssim
-from gaussjax._render import _is_concrete, rasterize, resolve_backend
+from gaussjax.core._gaussians import Gaussians, validate
+from gaussjax.core._metrics import psnr as _psnr
+from gaussjax.core._metrics import ssim as _ssim
+from gaussjax.fitting import _density, _loop
+from gaussjax.rendering import _render
+from gaussjax.rendering._render import _is_concrete, rasterize, resolve_backend
 
 Array = jax.Array
 
@@ -120,7 +121,7 @@ class FitConfig:
       ``densify_every > 0``, else all at step 0); with more, the least
       contributing are pruned at step 0.
     densify_every: steps between density-control events (0: none). Each
-      event prunes, splits and adds Gaussians (``gaussjax._density``).
+      event prunes, splits and adds Gaussians (``gaussjax.fitting._density``).
     densify_until: no events after this fraction of ``steps``.
     grow_until: the count grows linearly from the initial number to
       ``num_gaussians`` over the events up to this fraction of ``steps``.
@@ -447,7 +448,7 @@ def _event(state: FitState, image, mask, target, split, plan, config: FitConfig,
 
 
 def _loop_step(state: FitState, data, t, plan, static):
-  """The step of the training loop (``gaussjax._loop``): the density event of ``t``, then ``fit_step``."""
+  """The step of the training loop (``gaussjax.fitting._loop``): the density event of ``t``, then ``fit_step``."""
   config, spec = static
   image, mask, horizon = data
   overflow = jnp.zeros((), bool)
@@ -734,7 +735,7 @@ def fit_image(
     >>> fitted.means.shape
     (40, 2)
   """
-  from gaussjax._init import init_slic
+  from gaussjax.fitting._init import init_slic
   if not isinstance(config, FitConfig):
     raise TypeError(f"config must be a gaussjax.FitConfig, got {type(config).__name__}")
   if isinstance(num_gaussians, bool) or not isinstance(num_gaussians, (int, np.integer)):

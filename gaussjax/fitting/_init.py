@@ -11,8 +11,8 @@ import scipy.sparse
 import scipy.spatial
 
 from gaussjax import constants
-from gaussjax._gaussians import Gaussians
-from gaussjax._render import _is_concrete
+from gaussjax.core._gaussians import Gaussians
+from gaussjax.rendering._render import _is_concrete
 
 # init_slic: each segment's pixel covariance (plus the 1/12 px² of the pixel
 # footprint) is multiplied by SLIC_COVER_SCALE² before it becomes a Gaussian.

@@ -2,7 +2,7 @@
 
 ``gaussjax fit`` and ``gaussjax encode`` call ``add_arguments`` on their
 parsers and, once the image is loaded, ``fit`` / ``encode`` here: with
-``--tile`` the image is worked on tile by tile (``gaussjax._tiles``); without
+``--tile`` the image is worked on tile by tile (``gaussjax.codec._tiles``); without
 it, ``check`` refuses an image whose one-piece work would exceed the memory
 budget, before any work, and says which ``--tile`` would fit.
 """
@@ -15,9 +15,8 @@ import time
 
 import numpy as np
 
-from gaussjax import _tiles
-from gaussjax._cli_common import non_negative_int
-from gaussjax._cli_common import positive_int
+from gaussjax.cli._cli_common import non_negative_int, positive_int
+from gaussjax.codec import _tiles
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +51,7 @@ def encode(args, image: np.ndarray, config) -> bytes:
 def fit(args, image: np.ndarray) -> int:
   """``gaussjax fit --tile``: fits tile by tile, writes the blended rendering."""
   import gaussjax
-  from gaussjax._io import save_image
+  from gaussjax.core._io import save_image
   start = time.perf_counter()
   config = gaussjax.FitConfig(steps=args.steps, backend=args.backend,
                               log_every=max(1, args.steps // 10), replan_every=50,
@@ -86,7 +85,7 @@ def encode_images(images: list[np.ndarray], config, args) -> list[bytes]:
   image's error) without it. The batch's estimate is per image: ``--batch``
   multiplies it.
   """
-  from gaussjax._batch import encode_batch
+  from gaussjax.batch._batch import encode_batch
   big = []
   for i, image in enumerate(images):
     h, w, c = image.shape

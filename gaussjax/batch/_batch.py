@@ -38,9 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gaussjax import _loop
-from gaussjax._gaussians import Gaussians
-from gaussjax._render import resolve_backend, vectorizes
+from gaussjax.core._gaussians import Gaussians
+from gaussjax.fitting import _loop
+from gaussjax.rendering._render import resolve_backend, vectorizes
 
 Array = jax.Array
 
@@ -232,7 +232,7 @@ def _loop_batch(vectorize: bool | None) -> str:
 
 
 def run_batch(step, state, data, *, mesh: Mesh | None, **kwargs):
-  """``gaussjax._loop.run`` over a batch: padded to the devices of ``mesh`` and split over them.
+  """``gaussjax.fitting._loop.run`` over a batch: padded to the devices of ``mesh`` and split over them.
 
   Returns:
     ``(state with the padding dropped, LoopInfo)``.
@@ -277,7 +277,7 @@ def _as_images(images) -> list[np.ndarray]:
 
 
 def _as_gaussians(gaussians, count: int) -> list[Gaussians]:
-  from gaussjax._gaussians import validate
+  from gaussjax.core._gaussians import validate
   if isinstance(gaussians, Gaussians) and np.ndim(gaussians.means) == 3:
     gaussians = [jax.tree_util.tree_map(lambda x, i=i: x[i], gaussians)
                  for i in range(np.shape(gaussians.means)[0])]
@@ -336,8 +336,8 @@ def fit_batch(images, gaussians, config=None, *, devices=None, vectorize: bool |
     >>> fitted.means.shape, metrics["psnr"].shape
     ((2, 20, 2), (2,))
   """
-  from gaussjax import _density, _fit
-  from gaussjax._fit import FitConfig, init_fit_state
+  from gaussjax.fitting import _density, _fit
+  from gaussjax.fitting._fit import FitConfig, init_fit_state
   config = FitConfig() if config is None else config
   if not isinstance(config, FitConfig):
     raise TypeError(f"config must be a gaussjax.FitConfig, got {type(config).__name__}")
@@ -407,7 +407,7 @@ def _qat_batch(gaussians: Gaussians, images, *, num_steps: int, learning_rate: f
   Returns:
     One ``Gaussians`` per image, as ``_codec._train`` chooses them.
   """
-  from gaussjax import _codec
+  from gaussjax.codec import _codec
   count = images.shape[0]
   g = Gaussians(*(jnp.asarray(x, jnp.float32) for x in gaussians))
   if num_steps == 0:
@@ -464,7 +464,7 @@ def encode_batch(images: Sequence, config=None, *, devices=None,
   Raises:
     ValueError / TypeError: as ``encode``, for the first bad image or config.
   """
-  from gaussjax import _codec
+  from gaussjax.codec import _codec
   config = _codec.CodecConfig() if config is None else config
   if not isinstance(config, _codec.CodecConfig):
     raise TypeError(f"config must be a CodecConfig, got {type(config).__name__}")
@@ -501,8 +501,8 @@ def _fit_all(arrays, initial, counts, config, num_steps: int, mesh, vectorize) -
 
   Images whose initial and final counts agree share one ``fit_batch`` call.
   """
-  from gaussjax import _codec
-  from gaussjax._fit import initial_count
+  from gaussjax.codec import _codec
+  from gaussjax.fitting._fit import initial_count
   groups: dict[tuple[int, int], list[int]] = {}
   for i, n in enumerate(counts):
     start = None if initial is None else initial[i].num_gaussians
@@ -535,7 +535,8 @@ def _finetune_all(arrays, fitted, qsteps, config, mesh, vectorize) -> list[Gauss
   one exact size share a batch, padded to the largest N with parked
   Gaussians (off-image, colour 0: they render nothing and never move).
   """
-  from gaussjax import _codec, _density
+  from gaussjax.codec import _codec
+  from gaussjax.fitting import _density
   fitted = list(fitted)
   if config.qat_steps == 0:
     return fitted
@@ -577,7 +578,7 @@ def _init_all(images, n: int, seed: int) -> list[Gaussians]:
   The images are independent and each result is the same as alone, so a
   batch initialises up to one image per core at a time.
   """
-  from gaussjax._init import init_slic
+  from gaussjax.fitting._init import init_slic
   init = lambda image: init_slic(np.asarray(image), n, key=jax.random.key(seed))
   workers = min(len(images), os.cpu_count() or 1, 8)
   if workers <= 1:

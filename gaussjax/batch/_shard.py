@@ -119,7 +119,7 @@ def merged_rows(out_dir: Path, settings: str | None = None, in_dir: Path | None 
   output unchanged when ``in_dir`` is given) beats one that is not; otherwise
   the later journal in ``journals`` order wins.
   """
-  from gaussjax._encode_dir import _is_finished, read_journal
+  from gaussjax.batch._encode_dir import _is_finished, read_journal
 
   def done(row) -> bool:
     if in_dir is not None and settings is not None:
@@ -149,8 +149,8 @@ def merge(out_dir, names: Sequence[str] | None = None, *, settings: str | None =
     ``(merged, missing)``: whether the files were written, and the names
     with no row yet.
   """
-  from gaussjax._encode_dir import MANIFEST_NAME, write_manifest
-  from gaussjax._io import write_atomic
+  from gaussjax.batch._encode_dir import MANIFEST_NAME, write_manifest
+  from gaussjax.core._io import write_atomic
   out_dir = Path(out_dir)
   if not out_dir.is_dir():
     raise ValueError(f"out_dir={str(out_dir)!r} is not a folder")

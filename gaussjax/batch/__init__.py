@@ -1,0 +1,1 @@
+"""Batches across images and devices, directory encoding, shards across processes."""

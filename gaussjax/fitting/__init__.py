@@ -1,0 +1,1 @@
+"""Initialisation, density control and the one training loop."""
