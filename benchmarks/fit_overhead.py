@@ -35,7 +35,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-KODAK = os.environ.get("GJX_KODAK", "/work/shared/data/kodak")
+# The data beside the repository (../shared/data/kodak), or GJX_KODAK.
+KODAK = os.environ.get("GJX_KODAK", os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "shared", "data", "kodak"))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

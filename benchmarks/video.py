@@ -44,7 +44,9 @@ import gaussjax  # noqa: E402
 from gaussjax.codec._video import VideoConfig, decode_video, encode_video, video_info  # noqa: E402
 from gaussjax.core._video_io import read_video  # noqa: E402
 
-DATA = os.environ.get("GJX_VIDEO", "/work/shared/data/video")
+# The data beside the repository (../shared/data/video), or GJX_VIDEO.
+DATA = os.environ.get("GJX_VIDEO", os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "shared", "data", "video"))
 CLIPS = {
     "bus": ("bus_352x288_f17.yuv", (352, 288), 30.0),
     "CiscoVT2people": ("CiscoVT2people_320x192_12fps.yuv", (320, 192), 12.0),
