@@ -48,6 +48,7 @@ from gaussjax.cli._cli_common import (
   progress_bar,
   psnr_text,
   quality_value,
+  read_input_file,
   read_input_image,
   size_text,
   ssim_text,
@@ -236,12 +237,7 @@ def register_encode(subparsers) -> None:
 
 def _read_gjx(path: str) -> bytes:
   from gaussjax.codec._codec import MAX_FILE_BYTES
-  check_input(path)
-  size = os.path.getsize(path)
-  if size > MAX_FILE_BYTES:
-    raise CliError(f"input file {path!r}: {size} bytes is over the limit of {MAX_FILE_BYTES}")
-  with open(path, "rb") as f:
-    return f.read()
+  return read_input_file(path, MAX_FILE_BYTES)
 
 
 def _run_decode(args) -> int:

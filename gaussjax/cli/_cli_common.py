@@ -167,6 +167,16 @@ def check_input(path: str, what: str = "input file") -> None:
     raise CliError(f"{what} {path!r} is not readable")
 
 
+def read_input_file(path: str, max_bytes: int) -> bytes:
+  """The bytes of input file ``path``, checked first (exists, a file, at most ``max_bytes``)."""
+  check_input(path)
+  size = os.path.getsize(path)
+  if size > max_bytes:
+    raise CliError(f"input file {path!r}: {size} bytes is over the limit of {max_bytes}")
+  with open(path, "rb") as f:
+    return f.read()
+
+
 def read_input_image(spec: str) -> np.ndarray:
   """Loads ``spec``: a file path, or ``sample:NAME`` for a scikit-image sample.
 

@@ -21,9 +21,9 @@ from gaussjax.cli._cli_common import (
   add_output_argument,
   add_quiet_argument,
   add_subcommand,
-  check_input,
   is_same_file,
   progress_bar,
+  read_input_file,
 )
 
 VIDEO_INPUT_HELP = (
@@ -79,12 +79,7 @@ def _cmd_encode_video(args) -> int:
 
 def _read_gjv(path: str) -> bytes:
   from gaussjax.codec._video import MAX_VIDEO_BYTES
-  check_input(path)
-  size = os.path.getsize(path)
-  if size > MAX_VIDEO_BYTES:
-    raise CliError(f"{path}: {size} bytes is over the limit of {MAX_VIDEO_BYTES}")
-  with open(path, "rb") as f:
-    return f.read()
+  return read_input_file(path, MAX_VIDEO_BYTES)
 
 
 def _cmd_decode_video(args) -> int:
