@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 
@@ -49,6 +48,7 @@ import numpy as np
 from gaussjax import constants
 from gaussjax.codec._bitstream import DecodeError, Reader, Writer
 from gaussjax.core._gaussians import Gaussians
+from gaussjax.core._progress import progress_bar
 
 MAGIC = b"\x89GJX"
 TILED_VERSION = 3
@@ -273,35 +273,21 @@ def _ramp(n_out: int, scale: float, crop0: int, crop1: int, bounds_lo: int, boun
 
 
 def _progress(total: int, desc: str, enabled) -> Callable[[str], None]:
-  """A per-tile progress bar on stderr; returns ``tick(text)``; ``close`` via ``tick(None)``."""
+  """A per-tile progress bar (the library's one, ``core._progress``); returns ``tick(text)``.
+
+  ``tick(None)`` closes it. ``enabled=False``: no bar; otherwise the bar shows
+  when stderr is a terminal.
+  """
   if enabled is False:
     return lambda text=None: None
-  try:  # optional: tqdm when installed, else a plain line per tile
-    from tqdm import tqdm
-  except ImportError:
-    tqdm = None
-  if tqdm is not None:
-    bar = tqdm(total=total, desc=desc, unit="tile", file=sys.stderr, mininterval=0.5)
-    bar.refresh()
-
-    def tick(text=""):
-      if text is None:
-        bar.close()
-        return
-      bar.set_postfix_str(text, refresh=False)
-      bar.update(1)
-    return tick
-  stream = sys.stderr if enabled in (None, True) else enabled
-  state = {"done": 0}
-  stream.write(f"{desc}: 0/{total} tiles\n")
-  stream.flush()
+  bar = progress_bar(total, desc=desc, unit="tile")
 
   def tick(text=""):
     if text is None:
+      bar.close()
       return
-    state["done"] += 1
-    stream.write(f"{desc}: {state['done']}/{total} tiles {text}\n")
-    stream.flush()
+    bar.set_postfix_str(text, refresh=False)
+    bar.update(1)
   return tick
 
 
