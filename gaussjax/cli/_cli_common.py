@@ -97,12 +97,17 @@ def add_quiet_argument(parser: argparse.ArgumentParser) -> None:
                       help="no progress bar or notes on stderr; results and errors only")
 
 
+def _parse(text: str, convert, kind: str):
+  """``convert(text)``, or the argparse error that ``text`` is not ``kind``."""
+  try:
+    return convert(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
+
+
 def positive_int(text: str) -> int:
   """argparse type: an integer > 0 (argparse names the flag in its message)."""
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+  value = _parse(text, int, "an integer")
   if value <= 0:
     raise argparse.ArgumentTypeError(f"{text!r} must be positive")
   return value
@@ -110,10 +115,7 @@ def positive_int(text: str) -> int:
 
 def non_negative_int(text: str) -> int:
   """argparse type: an integer >= 0."""
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+  value = _parse(text, int, "an integer")
   if value < 0:
     raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
   return value
@@ -121,10 +123,7 @@ def non_negative_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
   """argparse type: a finite number > 0."""
-  try:
-    value = float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+  value = _parse(text, float, "a number")
   if not (math.isfinite(value) and value > 0):
     raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
   return value
@@ -140,10 +139,7 @@ def bpp_value(text: str) -> float:
 
 def quality_value(text: str) -> float:
   """argparse type of ``--quality``: in [1, 100], as ``CodecConfig`` requires."""
-  try:
-    value = float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+  value = _parse(text, float, "a number")
   if not 1.0 <= value <= 100.0:
     raise argparse.ArgumentTypeError(f"{text!r} must be in 1..100")
   return value
