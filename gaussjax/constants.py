@@ -45,3 +45,8 @@ MAX_PIXELS = 1 << 28
 # MAX_PIXELS. 2**25 pixels (e.g. 8192x4096, a 33-megapixel photo) is 400 MB as
 # a float32 RGB image; decoding and saving it peaks at a few times that.
 MAX_DECODE_PIXELS = 1 << 25
+
+# The renderers (``gaussjax.render(..., backend=)``, ``--backend``): "auto" picks
+# pallas on a GPU and xla elsewhere. Here, not in ``gaussjax.rendering``, so that
+# the command line can check the flag before it imports JAX.
+BACKENDS = ("auto", "reference", "xla", "pallas")

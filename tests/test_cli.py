@@ -265,6 +265,8 @@ def test_sigint_stops_fit_cleanly(tmp_path, small_png):
        "--backend", "reference", "-o", str(out)],
       stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
   try:
+    line = child.stderr.readline()  # the first line: the input, its size, the memory plan
+    assert "32x24, 3 channels" in line and "memory budget" in line, line
     line = child.stderr.readline()  # "gaussjax fit: fitting ..." comes just before the loop
     assert "fitting" in line, line
     time.sleep(2.0)

@@ -339,7 +339,9 @@ def test_cli_encode_dir_resume_counts_and_settings_guard(tmp_path, capsys, stand
   before = {p.name: p.read_bytes() for p in out.iterdir()}
   assert main([*argv, "--bpp", "1"]) == 2
   err = capsys.readouterr().err
-  assert err.count("\n") == 1 and "3 image(s)" in err and "other settings" in err
+  first, error = err.splitlines()  # the first line (what it is about to do), one error line
+  assert first.startswith("gaussjax encode-dir: 3 images in ")
+  assert "3 image(s)" in error and "other settings" in error
   assert "bpp 0.5 -> 1.0" in err and "--overwrite" in err
   assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing touched
   assert main([*argv, "--bpp", "1", "--overwrite"]) == 0

@@ -220,3 +220,35 @@ def test_cli_shard_and_merge(tmp_path, capsys):
   assert main(["encode-dir", "--merge", str(out)]) == 0
   assert [m["name"] for m in _encode_dir.read_manifest(out / "manifest.csv")] == [
       "img00.png", "img02.png"]
+
+
+@pytest.mark.slow  # two CLI processes, each importing JAX and compiling the codec: ~60 s here
+def test_cli_two_shard_processes_with_the_real_codec(tmp_path):
+  # `gaussjax encode-dir --shard 0/2` and `--shard 1/2` as two concurrent
+  # processes, as a job array runs them: every image encoded by exactly one,
+  # each file a real .gjx of its image, one merged manifest.
+  names = make_folder(tmp_path / "in", 5, sizes=((16, 16), (16, 24)))
+  out = tmp_path / "out"
+  argv = [sys.executable, "-m", "gaussjax", "encode-dir", str(tmp_path / "in"), "-o", str(out),
+          "--quality", "50", "--fit-steps", "10", "--qat-steps", "0", "--no-progress"]
+  children = [subprocess.Popen([*argv, "--shard", f"{i}/2"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for i in range(2)]
+  try:
+    results = [child.communicate(timeout=600) for child in children]
+  finally:
+    for child in children:
+      if child.poll() is None:
+        child.kill()
+  assert [child.returncode for child in children] == [1, 1], results  # broken.png fails
+  shares = [ok_names(journal(tmp_path, i, 2)) for i in range(2)]
+  assert not set(shares[0]) & set(shares[1])
+  assert sorted(shares[0] + shares[1]) == names
+  manifest = _encode_dir.read_manifest(out / "manifest.csv")
+  assert [m["name"] for m in manifest] == sorted(names + ["broken.png"])
+  import gaussjax
+  for m in manifest:
+    if m["name"] == "broken.png":
+      assert m["status"] == "error"
+      continue
+    decoded = gaussjax.decode((out / m["output"]).read_bytes())
+    assert decoded.shape == read_png(tmp_path / "in" / m["name"]).shape

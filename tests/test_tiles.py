@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 import gaussjax
-from gaussjax.codec import _tiles
+from gaussjax.codec import _tile_grid, _tiles
 from gaussjax.core._gaussians import Gaussians
 
 
@@ -158,9 +158,9 @@ def test_cli_guard_and_tiled_encode(tmp_path, capsys, monkeypatch):
   path = tmp_path / "in.png"
   Image.fromarray(np.round(photo() * 255).astype(np.uint8)).save(path)
   # A budget the one-piece fit exceeds: a clear error, nothing written.
-  monkeypatch.setattr(_tiles, "FIT_BASE_MB", 10.0)
-  monkeypatch.setattr(_tiles, "FIT_BYTES_PER_PIXEL", 2**20 / 1000)  # 1 MB per 1000 pixels
-  monkeypatch.setattr(_tiles, "TILES_EXTRA_MB", 0.0)
+  monkeypatch.setattr(_tile_grid, "FIT_BASE_MB", 10.0)
+  monkeypatch.setattr(_tile_grid, "FIT_BYTES_PER_PIXEL", 2**20 / 1000)  # 1 MB per 1000 pixels
+  monkeypatch.setattr(_tile_grid, "TILES_EXTRA_MB", 0.0)
   out = tmp_path / "out.gjx"
   assert main(["encode", str(path), "-o", str(out), "--quality", "50", "--memory-budget", "12",
                "--margin", "4"]) == 2
@@ -181,9 +181,9 @@ def test_cli_guard_and_tiled_encode(tmp_path, capsys, monkeypatch):
 def test_encode_dir_routes_big_images(tmp_path, capsys, monkeypatch):
   from gaussjax.cli import _cli_tiles
   from gaussjax.cli._cli import main
-  monkeypatch.setattr(_tiles, "FIT_BASE_MB", 10.0)
-  monkeypatch.setattr(_tiles, "FIT_BYTES_PER_PIXEL", 2**20 / 1000)  # 1 MB per 1000 pixels
-  monkeypatch.setattr(_tiles, "TILES_EXTRA_MB", 0.0)
+  monkeypatch.setattr(_tile_grid, "FIT_BASE_MB", 10.0)
+  monkeypatch.setattr(_tile_grid, "FIT_BYTES_PER_PIXEL", 2**20 / 1000)  # 1 MB per 1000 pixels
+  monkeypatch.setattr(_tile_grid, "TILES_EXTRA_MB", 0.0)
   (tmp_path / "in").mkdir()
   Image.fromarray(np.round(photo() * 255).astype(np.uint8)).save(tmp_path / "in" / "big.png")
   # Without --tile: that image's row says what to do; nothing was fitted.

@@ -10,6 +10,11 @@ here by a plain import.
 Every command checks its inputs and outputs before any work, writes its
 outputs atomically (never over an input), prints errors as one line (exit
 status 2) and Ctrl-C as one line (exit status 130, no partial file).
+
+Import cost: this module imports no JAX at the top (nor do the modules it
+imports), so ``fit`` and ``encode`` print their first line (the input, its
+size from the file's header and the memory plan) within the first second;
+each run function imports the library after that line, with a comment.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gaussjax import __version__, constants
+from gaussjax.batch._encode_dir import IMAGE_EXTENSIONS, SettingsChanged, encode_dir, list_images
 from gaussjax.cli import _cli_shard, _cli_tiles, _cli_video
 from gaussjax.cli._cli_common import (
   EXIT_INTERRUPTED,
@@ -34,13 +41,16 @@ from gaussjax.cli._cli_common import (
   SAMPLES,  # noqa: F401 - the names of sample:NAME, for callers
   CliError,
   HelpFormatter,
+  LibraryDefault,
   add_output_argument,
   add_quiet_argument,
   add_subcommand,
+  add_svg_arguments,
   backend_note,
   bpp_value,
   check_input,
   check_output,
+  input_text,
   non_negative_int,
   note,
   positive_float,
@@ -49,19 +59,23 @@ from gaussjax.cli._cli_common import (
   psnr_text,
   quality_value,
   read_input_file,
+  read_input_header,
   read_input_image,
+  resolve,
   size_text,
   ssim_text,
+  svg_options,
 )
-from gaussjax.codec._codec import CodecConfig
-from gaussjax.constants import MAX_PIXELS
-from gaussjax.rendering._render import BACKENDS
+from gaussjax.core._io import load_image, save_image, write_atomic
+from gaussjax.core._svg import is_svg
 
-_DEFAULT_CODEC = CodecConfig()
+# Where CodecConfig is defined; importing it imports JAX, so its defaults are
+# read only for --help and after the first line (LibraryDefault).
+_CODEC = "gaussjax.codec._codec"
 
 
 def _add_backend_argument(parser: argparse.ArgumentParser, what: str) -> None:
-  parser.add_argument("--backend", default="auto", choices=BACKENDS,
+  parser.add_argument("--backend", default="auto", choices=constants.BACKENDS,
                       help=f"renderer {what} (auto: pallas on a GPU, xla elsewhere)")
 
 
@@ -73,21 +87,41 @@ def _add_rate_arguments(parser: argparse.ArgumentParser, *, required: bool = Tru
   rate.add_argument("--quality", type=quality_value,
                     help="quality 1..100 (no rate target; the only choice for images of a few "
                          "pixels, whose smallest file is over 64 bpp)")
-  parser.add_argument("--fit-steps", type=non_negative_int, default=_DEFAULT_CODEC.fit_steps,
+  parser.add_argument("--fit-steps", type=non_negative_int,
+                      default=LibraryDefault(_CODEC, "CodecConfig.fit_steps"),
                       help="optimiser steps of the float fit")
-  parser.add_argument("--qat-steps", type=non_negative_int, default=_DEFAULT_CODEC.qat_steps,
+  parser.add_argument("--qat-steps", type=non_negative_int,
+                      default=LibraryDefault(_CODEC, "CodecConfig.qat_steps"),
                       help="steps of quantisation-aware fine-tuning")
 
 
-def _codec_config(args) -> CodecConfig:
+def _codec_config(args):
+  """The ``CodecConfig`` of ``encode`` / ``encode-dir``'s flags (imports the codec: JAX)."""
+  from gaussjax.codec._codec import CodecConfig  # import cost (JAX): after the first line
   return CodecConfig(bpp=args.bpp, quality=None if args.bpp is not None else args.quality,
-                     fit_steps=args.fit_steps, qat_steps=args.qat_steps, backend=args.backend,
-                     levels=getattr(args, "levels", 1))
+                     fit_steps=resolve(args.fit_steps), qat_steps=resolve(args.qat_steps),
+                     backend=args.backend, levels=getattr(args, "levels", 1))
+
+
+def _announce(args, command: str, what: str = "") -> tuple[int, int, int | None]:
+  """The command's first line, from the header of IMAGE: before JAX and any pixel decoding.
+
+  Checks the memory budget too (``MemoryBudgetError`` before any work).
+
+  Returns:
+    ``(height, width, channels)`` of the header (channels None for an SVG).
+  """
+  options = svg_options(args, args.image)
+  height, width, channels = read_input_header(args.image, **options)
+  _cli_tiles.check(args, height, width, channels, command)  # over budget -> use --tile
+  note(command, f"{input_text(args.image, height, width, channels, **options)}{what}; "
+       f"{_cli_tiles.plan_text(args, height, width, channels)}", quiet=args.quiet)
+  return height, width, channels
 
 
 def _render_metrics(render: np.ndarray, image: np.ndarray) -> tuple[float, str, str]:
   """``(psnr, "PSNR text", "SSIM text")`` of a rendering against its source image."""
-  from gaussjax.core._metrics import psnr
+  from gaussjax.core._metrics import psnr  # import cost (JAX): after the first line
   value = float(psnr(render, image))
   return value, psnr_text(value), ssim_text(render, image)
 
@@ -96,18 +130,18 @@ def _render_metrics(render: np.ndarray, image: np.ndarray) -> tuple[float, str, 
 
 
 def _run_fit(args) -> int:
+  check_input(args.image)
+  check_output(args.output, IMAGE, inputs=[args.image])
+  _announce(args, "fit", f", {args.gaussians} Gaussians")
+  # Imported after the first line: the library imports JAX (seconds).
   import jax
 
   import gaussjax
-  from gaussjax.core._io import save_image
   from gaussjax.fitting._fit import initial_count
 
-  check_input(args.image)
-  check_output(args.output, IMAGE, inputs=[args.image])
   backend_note("fit", args.backend, quiet=args.quiet)
-  image = read_input_image(args.image)
+  image = read_input_image(args.image, **svg_options(args))
   height, width, channels = image.shape
-  _cli_tiles.check(args, image, "fit")  # big images: over the memory budget -> use --tile
   if args.tile:
     return _cli_tiles.fit(args, image)
   if args.gaussians > height * width:
@@ -167,6 +201,7 @@ def register_fit(subparsers) -> None:
   p.add_argument("--target-psnr", type=positive_float, default=None, metavar="DB",
                  help="stop once the PSNR reaches this")
   _cli_tiles.add_arguments(p)
+  add_svg_arguments(p)
   add_quiet_argument(p)
 
 
@@ -174,19 +209,17 @@ def register_fit(subparsers) -> None:
 
 
 def _run_encode(args) -> int:
-  from gaussjax.codec._codec import _encode, decode
-  from gaussjax.core._io import write_atomic
-
   check_input(args.image)
   check_output(args.output, GJX, inputs=[args.image])
+  _announce(args, "encode", ", " + (f"target {args.bpp} bpp" if args.bpp is not None
+                                    else f"quality {args.quality:g}"))
+  # Imported after the first line: the codec imports JAX (seconds).
+  from gaussjax.codec._codec import _encode, decode
+
   config = _codec_config(args)
   backend_note("encode", args.backend, quiet=args.quiet)
-  image = np.asarray(read_input_image(args.image))
+  image = np.asarray(read_input_image(args.image, **svg_options(args)))
   h, w, c = image.shape
-  _cli_tiles.check(args, image, "encode")  # big images: over the memory budget -> use --tile
-  note("encode", f"{args.image}: {size_text(h, w, c)}, "
-       + (f"target {args.bpp} bpp" if args.bpp is not None else f"quality {args.quality:g}"),
-       quiet=args.quiet)
   # The bar counts optimiser steps; the last unit is the coding (and the rate search).
   weights = {"fit": 0, "fine-tune": config.fit_steps,
              "code": config.fit_steps + config.qat_steps}
@@ -229,6 +262,7 @@ def register_encode(subparsers) -> None:
   p.add_argument("--levels", type=positive_int, default=1, metavar="L",
                  help="1: a single-level file; 2..16: a progressive file of coarse-to-fine "
                       "levels, each prefix a picture (decode --level / --partial)")
+  add_svg_arguments(p)
   add_quiet_argument(p)
 
 
@@ -236,13 +270,12 @@ def register_encode(subparsers) -> None:
 
 
 def _read_gjx(path: str) -> bytes:
-  from gaussjax.codec._codec import MAX_FILE_BYTES
+  from gaussjax.codec._codec import MAX_FILE_BYTES  # import cost (JAX): only when used
   return read_input_file(path, MAX_FILE_BYTES)
 
 
 def _run_decode(args) -> int:
-  from gaussjax.codec._codec import decode
-  from gaussjax.core._io import save_image
+  from gaussjax.codec._codec import decode  # import cost (JAX): only when used
 
   check_input(args.input)
   check_output(args.output, IMAGE, inputs=[args.input])
@@ -261,7 +294,6 @@ def _run_decode(args) -> int:
 
 def register_decode(subparsers) -> None:
   """Adds ``decode``."""
-  from gaussjax.constants import MAX_DECODE_PIXELS
   p = add_subcommand(
       subparsers, "decode", run=_run_decode, help="render a .gjx file to an image",
       description="Render the Gaussians of a .gjx file to an image file, at the encoded size "
@@ -270,7 +302,7 @@ def register_decode(subparsers) -> None:
   add_output_argument(p, "output image; the format follows the extension (.png, .jpg, ...)")
   p.add_argument("--width", type=positive_int, default=None, help="output width in pixels")
   p.add_argument("--height", type=positive_int, default=None, help="output height in pixels")
-  p.add_argument("--max-pixels", type=positive_int, default=MAX_DECODE_PIXELS,
+  p.add_argument("--max-pixels", type=positive_int, default=constants.MAX_DECODE_PIXELS,
                  help="refuse to render more pixels than this (a guard against files whose "
                       "header asks for a huge image); raise it for files you trust")
   p.add_argument("--level", type=non_negative_int, default=None, metavar="K",
@@ -282,6 +314,7 @@ def register_decode(subparsers) -> None:
 
 
 def _run_info(args) -> int:
+  # Imported here: the codec imports JAX (seconds), only for the commands that use it.
   from gaussjax.codec._codec import info
   from gaussjax.codec._video import MAGIC as VIDEO_MAGIC
   from gaussjax.codec._video import video_info
@@ -310,15 +343,20 @@ def register_info(subparsers) -> None:
 # --------------------------------------------------------------------------- encode-dir
 
 
-def _settings(config: CodecConfig) -> str:
-  """The settings string the manifest records: the ``CodecConfig`` as sorted JSON."""
-  return json.dumps(dataclasses.asdict(config), sort_keys=True)
+def _settings(config, svg: dict | None = None) -> str:
+  """The settings string the manifest records: the ``CodecConfig`` as sorted JSON.
+
+  The SVG flags, when given, are recorded too (under ``"svg"``); without them
+  the string is the ``CodecConfig``'s alone, as before they existed.
+  """
+  settings = dataclasses.asdict(config)
+  if svg:
+    settings["svg"] = {name: list(value) if isinstance(value, tuple) else value
+                       for name, value in svg.items()}
+  return json.dumps(settings, sort_keys=True)
 
 
 def _run_encode_dir(args) -> int:
-  from gaussjax.batch._encode_dir import IMAGE_EXTENSIONS, SettingsChanged, encode_dir, list_images
-  from gaussjax.codec._codec import decode
-
   if _cli_shard.not_an_encode(args):
     return _cli_shard.run_merge_or_usage(args)  # --merge OUT_DIR, or what is missing
   if not os.path.isdir(args.in_dir):
@@ -327,9 +365,20 @@ def _run_encode_dir(args) -> int:
   check_output(args.output, FOLDER)
   if os.path.realpath(args.output) == os.path.realpath(args.in_dir):
     raise CliError(f"--output {args.output!r} is IN_DIR; use another folder")
-  if not list_images(Path(args.in_dir)):
+  names = list_images(Path(args.in_dir))
+  if not names:
     raise CliError(f"no images found in {args.in_dir!r} (looked for "
                    f"{', '.join(IMAGE_EXTENSIONS)})")
+  svg = svg_options(args)
+  svgs = sum(1 for name in names if is_svg(name))
+  if svg and not svgs:
+    raise CliError(f"--svg-supersample / --svg-size apply to .svg files; {args.in_dir!r} has "
+                   "none")
+  note("encode-dir", f"{len(names)} images in {args.in_dir}"
+       + (f" ({svgs} SVG)" if svgs else "") + f" -> {args.output}", quiet=args.quiet)
+  # Imported after the first line: the codec imports JAX (seconds).
+  from gaussjax.codec._codec import decode
+
   config = _codec_config(args)
   backend_note("encode-dir", args.backend, quiet=args.quiet)
   try:
@@ -337,9 +386,11 @@ def _run_encode_dir(args) -> int:
         args.in_dir, args.output,
         encode_fn=lambda images: _cli_tiles.encode_images(images, config, args),
         # The files are our own: decoded whatever their size (the limit guards foreign files).
-        decode_fn=lambda data: decode(data, backend=args.backend, max_pixels=MAX_PIXELS),
-        settings=_settings(config), batch_size=args.batch, overwrite=args.overwrite,
-        progress=not (args.quiet or args.no_progress), shard=args.shard)
+        decode_fn=lambda data: decode(data, backend=args.backend,
+                                      max_pixels=constants.MAX_PIXELS),
+        settings=_settings(config, svg), batch_size=args.batch, overwrite=args.overwrite,
+        progress=not (args.quiet or args.no_progress), shard=args.shard,
+        read_fn=(lambda path: np.asarray(load_image(path, **svg))) if svg else None)
   except SettingsChanged as e:
     raise CliError(f"{e.summary}; run again with the same settings to resume, or add "
                    "--overwrite to re-encode them") from e
@@ -375,6 +426,7 @@ def register_encode_dir(subparsers) -> None:
   _add_rate_arguments(p, required=False)
   _cli_shard.add_arguments(p)
   _cli_tiles.add_arguments(p)
+  add_svg_arguments(p, folder=True)
   p.add_argument("--batch", type=positive_int, default=8, metavar="K",
                  help="images fitted at once")
   _add_backend_argument(p, "for fitting and for the PSNR check")
@@ -393,8 +445,6 @@ SUBCOMMANDS = (register_fit, register_encode, register_decode, register_info,
 
 def build_parser() -> argparse.ArgumentParser:
   """The full ``gaussjax`` argument parser."""
-  from gaussjax import __version__
-
   parser = argparse.ArgumentParser(
       prog="gaussjax", description="Images as 2D Gaussians: fit, render, compress.",
       formatter_class=HelpFormatter)
@@ -407,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
   """Entry point of the ``gaussjax`` command; returns the exit status."""
-  from gaussjax.codec._bitstream import DecodeError
+  from gaussjax.codec._bitstream import DecodeError  # constriction: 0.1 s, not for the parser
 
   args = build_parser().parse_args(argv)
   try:

@@ -10,18 +10,28 @@ status 2) and Ctrl-C into one line (exit status 130).
 
 This module imports no subcommand, so a subcommand module can import it and
 ``gaussjax.cli._cli`` can import the subcommand module (no import cycle).
+
+Import cost: building the parser and reading an image's header import no
+JAX (this module and the subcommand modules import only ``core`` I/O and
+``codec._tile_grid`` at the top), so a command prints its first line, what it
+is about to do, within the first second; each run function imports the
+library after that line.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import os
 import sys
 
 import numpy as np
 
+from gaussjax.core import _svg
+from gaussjax.core._io import SAVE_FORMATS, image_header, load_image
 from gaussjax.core._progress import progress_bar  # noqa: F401 - re-exported for the commands
+from gaussjax.core._video_io import parse_size
 
 # Built-in images for `sample:NAME` (scikit-image's bundled data, no download).
 SAMPLES = ("astronaut", "camera", "coffee", "chelsea", "rocket")
@@ -56,6 +66,38 @@ class HelpFormatter(argparse.HelpFormatter):
         or default is False or default is argparse.SUPPRESS):
       return text
     return text + " (default: %(default)s)"
+
+
+class LibraryDefault:
+  """A flag's default that the library defines, looked up only when it is needed.
+
+  ``--help`` prints it (``str``) and ``resolve`` reads it; parsing the
+  arguments does not import the module that defines it, which may import JAX
+  (seconds), so the command's first line comes before that.
+
+  Args:
+    module: the dotted module name, e.g. ``"gaussjax.codec._codec"``.
+    name: the attribute, dotted, e.g. ``"CodecConfig.fit_steps"`` (a
+      dataclass field's default is its class attribute).
+  """
+
+  def __init__(self, module: str, name: str):
+    self.module = module
+    self.name = name
+
+  def value(self):
+    value = importlib.import_module(self.module)
+    for part in self.name.split("."):
+      value = getattr(value, part)
+    return value
+
+  def __str__(self) -> str:
+    return str(self.value())
+
+
+def resolve(value):
+  """``value``, or the library's value of a ``LibraryDefault``."""
+  return value.value() if isinstance(value, LibraryDefault) else value
 
 
 # --------------------------------------------------------------------------- arguments
@@ -145,6 +187,60 @@ def quality_value(text: str) -> float:
   return value
 
 
+def svg_supersample_value(text: str) -> int:
+  """argparse type of ``--svg-supersample``: an integer in 1..``MAX_SUPERSAMPLE``."""
+  value = _parse(text, int, "an integer")
+  if not 1 <= value <= _svg.MAX_SUPERSAMPLE:
+    raise argparse.ArgumentTypeError(f"{text!r} must be in 1..{_svg.MAX_SUPERSAMPLE}")
+  return value
+
+
+def svg_size_value(text: str) -> tuple[int, int]:
+  """argparse type of ``--svg-size WxH``: ``(height, width)``, as ``load_image(svg_size=)``."""
+  try:
+    width, height = parse_size(text)
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(str(e)) from None
+  return height, width
+
+
+def add_svg_arguments(parser: argparse.ArgumentParser, *, folder: bool = False) -> None:
+  """``--svg-supersample`` and ``--svg-size``: how ``.svg`` inputs are rasterised.
+
+  ``load_image``'s ``svg_supersample`` and ``svg_size``; given for a raster
+  input they are refused (``svg_options``), for a folder they apply to its
+  ``.svg`` files.
+  """
+  which = "the .svg files of IN_DIR" if folder else "an .svg IMAGE (refused for other files)"
+  parser.add_argument(
+      "--svg-supersample", type=svg_supersample_value, default=None, metavar="K",
+      help=f"for {which}: render at K times the output size per axis, then average each "
+           f"KxK block (default: {_svg.DEFAULT_SUPERSAMPLE}; needs the [svg] extra)")
+  parser.add_argument(
+      "--svg-size", type=svg_size_value, default=None, metavar="WxH",
+      help=f"for {which}: output size in pixels (default: the drawing's own size; another "
+           "aspect ratio stretches it)")
+
+
+def svg_options(args, spec: str | None = None) -> dict:
+  """The SVG flags given, as ``load_image`` keywords (``{}`` when none was given).
+
+  Args:
+    args: parsed arguments of a command with ``add_svg_arguments``.
+    spec: the one input, whose being an SVG is checked; None for a folder.
+
+  Raises:
+    CliError: an SVG flag given for an input that is not an ``.svg`` file.
+  """
+  options = {name: value for name, value in (("svg_supersample", args.svg_supersample),
+                                             ("svg_size", args.svg_size)) if value is not None}
+  if options and spec is not None and not _svg.is_svg(spec):
+    flags = " and ".join("--" + name.replace("_", "-") for name in options)
+    raise CliError(f"{flags} {'apply' if len(options) > 1 else 'applies'} to .svg files only; "
+                   f"{spec!r} is not one")
+  return options
+
+
 # --------------------------------------------------------------------------- inputs
 
 
@@ -173,21 +269,44 @@ def read_input_file(path: str, max_bytes: int) -> bytes:
     return f.read()
 
 
-def read_input_image(spec: str) -> np.ndarray:
+def read_input_image(spec: str, **options) -> np.ndarray:
   """Loads ``spec``: a file path, or ``sample:NAME`` for a scikit-image sample.
+
+  Args:
+    spec: the input.
+    **options: ``load_image`` keywords (the SVG options, ``svg_options``).
 
   Returns:
     ``[H, W, C]`` float32 image in [0, 1].
   """
-  from gaussjax.core._io import load_image
-
   check_input(spec)
   if spec.startswith(SAMPLE_PREFIX):
-    import skimage.data
+    import skimage.data  # a sample only: scikit-image's data module is not needed otherwise
 
     array = np.asarray(getattr(skimage.data, spec[len(SAMPLE_PREFIX):])(), np.float32) / 255.0
     return array[..., None] if array.ndim == 2 else array
-  return load_image(spec)
+  return load_image(spec, **options)
+
+
+def read_input_header(spec: str, **options) -> tuple[int, int, int | None]:
+  """``(height, width, channels)`` of ``spec`` without decoding its pixels (``image_header``).
+
+  Fast (no pixel decoded, no JAX imported), so a command can say what it is
+  about to do within its first second. ``channels`` is None for an SVG.
+  """
+  check_input(spec)
+  if spec.startswith(SAMPLE_PREFIX):  # a small built-in image: decoded
+    return read_input_image(spec).shape
+  return image_header(spec, svg_size=options.get("svg_size"))
+
+
+def input_text(spec: str, height: int, width: int, channels: int | None, **options) -> str:
+  """``"NAME: WxH, C channels"`` for the first line; an SVG's size is approximate."""
+  if channels is not None:
+    return f"{spec}: {size_text(height, width, channels)}"
+  size = size_text(height, width) if "svg_size" in options else f"about {size_text(height, width)}"
+  factor = options.get("svg_supersample", _svg.DEFAULT_SUPERSAMPLE)
+  return f"{spec}: SVG drawing, {size}, rasterised at {factor}x{factor} supersampling"
 
 
 def is_same_file(a: str, b: str) -> bool:
@@ -213,8 +332,6 @@ def check_output(path: str, kind: str, *, inputs=(), flag: str = "--output") -> 
     inputs: input paths the output must not overwrite.
     flag: the option's name, for the message.
   """
-  from gaussjax.core._io import SAVE_FORMATS
-
   for spec in inputs:
     if is_same_file(spec, path):
       raise CliError(f"{flag} {path!r} is the input file; refusing to overwrite it")
@@ -259,9 +376,11 @@ def backend_note(command: str, backend: str, *, quiet: bool = False) -> None:
   """Says so when ``--backend pallas`` will run in interpret mode (no GPU): slow."""
   if backend != "pallas":
     return
+  # Imported here: the renderer imports JAX (seconds), after the command's first line.
+  import jax
+
   from gaussjax.rendering._pallas import _use_interpret
   if _use_interpret():
-    import jax
     note(command, f"--backend pallas has no GPU here ({jax.default_backend()}): the kernels run "
          "in interpret mode, which is very slow; --backend xla is the fast one on a CPU",
          quiet=quiet)
@@ -282,7 +401,7 @@ def psnr_text(value: float) -> str:
 
 def ssim_text(actual: np.ndarray, expected: np.ndarray) -> str:
   """SSIM to 4 places, or why there is none (an image smaller than its window)."""
-  from gaussjax.core._metrics import SSIM_FILTER_SIZE, ssim
+  from gaussjax.core._metrics import SSIM_FILTER_SIZE, ssim  # imports JAX: on use only
   if min(expected.shape[:2]) < SSIM_FILTER_SIZE:
     return f"n/a (the image is under the {SSIM_FILTER_SIZE}-pixel SSIM window)"
   return f"{float(ssim(actual, expected)):.4f}"

@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from gaussjax import constants
 from gaussjax.core import _svg
@@ -63,6 +63,62 @@ def load_image(path, *, max_pixels: int = constants.MAX_PIXELS, svg_supersample:
     ValueError: the file is empty, is not an image Pillow can read, is
       truncated, or has more than ``max_pixels`` pixels.
   """
+  path = _checked_path(path)
+  if _svg.is_svg(path):
+    return _svg.load_svg(path, supersample=svg_supersample, size=svg_size, max_pixels=max_pixels)
+  with _open_raster(path, max_pixels) as img:
+    img = ImageOps.exif_transpose(img)
+    return _to_float(img)
+
+
+def image_header(path, *, max_pixels: int = constants.MAX_PIXELS,
+                 svg_size: tuple[int, int] | None = None) -> tuple[int, int, int | None]:
+  """``(height, width, channels)`` that ``load_image`` would return, without decoding pixels.
+
+  Read from the file's header (Pillow opens files lazily), with the EXIF
+  orientation applied, and checked as ``load_image`` checks it (the same
+  errors, raised before any pixel is decoded). For an SVG, ``channels`` is
+  None (3 or 4 is known once it is rendered) and the size is its own to
+  within ``max(1, side / 512)`` pixels unless ``svg_size`` is given
+  (``gaussjax.core._svg.svg_size``).
+
+  Args:
+    path: file path.
+    max_pixels: as ``load_image``.
+    svg_size: as ``load_image``.
+
+  Raises:
+    FileNotFoundError, ValueError: as ``load_image``.
+  """
+  path = _checked_path(path)
+  if _svg.is_svg(path):
+    height, width = _svg.svg_size(path, size=svg_size)
+    return height, width, None
+  with _open_raster(path, max_pixels) as img:
+    width, height = img.size
+    if _orientation(img) in _TRANSPOSED:
+      width, height = height, width
+    return height, width, _channels(img)
+
+
+# EXIF orientations that swap width and height (transposed, rotated 90 or 270 degrees).
+_TRANSPOSED = (5, 6, 7, 8)
+
+
+def _orientation(img: Image.Image) -> int | None:
+  """The EXIF orientation tag from the header, without decoding pixels.
+
+  A PNG's EXIF may follow its pixel data, where Pillow's ``getexif`` would
+  decode the whole image to reach it: only an ``eXIf`` chunk before the
+  pixels is read (a PNG with its EXIF after the pixels, rare, is reported
+  unrotated here; ``load_image`` still applies it).
+  """
+  if img.format == "PNG" and "exif" not in img.info:
+    return None
+  return img.getexif().get(ExifTags.Base.Orientation)
+
+
+def _checked_path(path) -> str:
   path = os.fspath(path)
   if not os.path.exists(path):
     raise FileNotFoundError(f"image file {path!r} does not exist")
@@ -70,8 +126,15 @@ def load_image(path, *, max_pixels: int = constants.MAX_PIXELS, svg_supersample:
     raise ValueError(f"image path {path!r} is a directory, not a file")
   if os.path.getsize(path) == 0:
     raise ValueError(f"image file {path!r} is empty (0 bytes)")
-  if _svg.is_svg(path):
-    return _svg.load_svg(path, supersample=svg_supersample, size=svg_size, max_pixels=max_pixels)
+  return path
+
+
+@contextlib.contextmanager
+def _open_raster(path: str, max_pixels: int):
+  """Pillow's lazy open of ``path`` (header read, no pixels yet), its size checked.
+
+  Pillow's errors, there or in the ``with`` body (decoding), become ``ValueError``.
+  """
   try:
     with warnings.catch_warnings():
       # Pillow's own decompression-bomb guard is replaced by max_pixels below.
@@ -82,14 +145,27 @@ def load_image(path, *, max_pixels: int = constants.MAX_PIXELS, svg_supersample:
           raise ValueError(
               f"image {path!r} is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} "
               "(raise it with load_image(..., max_pixels=...))")
-        img = ImageOps.exif_transpose(img)
-        return _to_float(img)
+        yield img
   except UnidentifiedImageError as e:
     raise ValueError(f"{path!r} is not an image file Pillow can read") from e
   except Image.DecompressionBombError as e:
     raise ValueError(f"image {path!r} is too large to decode: {e}") from e
   except (OSError, SyntaxError) as e:  # truncated or corrupt data
     raise ValueError(f"cannot decode image {path!r}: {e}") from e
+
+
+def _channels(img: Image.Image) -> int:
+  """The channels ``_to_float`` gives an image of ``img``'s mode."""
+  mode = img.mode
+  if mode in ("1", "L", "I", "F") or mode.startswith("I;16"):
+    return 1
+  if mode == "P":
+    return 4 if "transparency" in img.info else 3
+  if mode in ("PA", "LA", "La", "RGBA", "RGBa"):
+    return 4
+  if mode in ("RGB", "CMYK", "YCbCr", "LAB", "HSV"):
+    return 3
+  return 4 if "A" in mode else 3
 
 
 def _to_float(img: Image.Image) -> np.ndarray:

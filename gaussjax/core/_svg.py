@@ -26,8 +26,9 @@ from gaussjax import constants
 
 SVG_EXTENSIONS = (".svg", ".svgz")
 
-# Default super-sampling factor per axis (the seed asks for 4-8x).
+# Default and largest super-sampling factor per axis (the seed asks for 4-8x).
 DEFAULT_SUPERSAMPLE = 4
+MAX_SUPERSAMPLE = 16
 
 # The largest super-sampled raster rendered (RGBA, 4 bytes a pixel: 1 GiB).
 MAX_RASTER_PIXELS = constants.MAX_PIXELS
@@ -89,8 +90,8 @@ def load_svg(path, *, supersample: int = DEFAULT_SUPERSAMPLE,
   """
   path = os.fspath(path)
   if (isinstance(supersample, bool) or not isinstance(supersample, int)
-      or not 1 <= supersample <= 16):
-    raise ValueError(f"supersample={supersample!r} must be an int in 1..16")
+      or not 1 <= supersample <= MAX_SUPERSAMPLE):
+    raise ValueError(f"supersample={supersample!r} must be an int in 1..{MAX_SUPERSAMPLE}")
   if size is not None:
     if (len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0
                               for v in size)):
@@ -126,11 +127,30 @@ def load_svg(path, *, supersample: int = DEFAULT_SUPERSAMPLE,
   return image
 
 
-def _natural_size(resvg_py, path: str) -> tuple[int, int]:
-  """``(height, width)`` of the drawing to within ``zoom⁻¹`` pixels, from a small render.
+def svg_size(path, *, size: tuple[int, int] | None = None) -> tuple[int, int]:
+  """``(height, width)`` that ``load_svg`` will return, without rendering the drawing.
 
-  Cheap, so that the size guard runs before the big render; resvg refuses a
-  zoom that makes a side vanish, so coarser zooms fall back to finer ones.
+  ``size`` when given; else the drawing's own size from small renders (to
+  within ``max(1, side / PROBE_SIDE)`` pixels, see ``_natural_size``). Needs resvg-py
+  (``MissingExtraError`` otherwise), so a missing extra is reported before
+  any work.
+  """
+  resvg_py = _resvg()
+  return tuple(size) if size is not None else _natural_size(resvg_py, os.fspath(path))
+
+
+# Side (pixels) of the probe render that measures a drawing's own size: the
+# size is then known to within max(1, side / PROBE_SIDE) pixels.
+PROBE_SIDE = 512
+
+
+def _natural_size(resvg_py, path: str) -> tuple[int, int]:
+  """``(height, width)`` of the drawing, from small renders (cheap, before the big one).
+
+  A coarse probe (resvg refuses a zoom that makes a side vanish, so coarser
+  zooms fall back to finer ones) gives the size to within 64 pixels; a
+  second one at ``PROBE_SIDE`` pixels, unless the first was as fine, to
+  within ``max(1, side / PROBE_SIDE)`` pixels.
   """
   for inverse_zoom in (64, 8, 1):
     try:
@@ -139,7 +159,12 @@ def _natural_size(resvg_py, path: str) -> tuple[int, int]:
       if inverse_zoom == 1:
         raise
       continue
-    return probe.size[1] * inverse_zoom, probe.size[0] * inverse_zoom
+    height, width = probe.size[1] * inverse_zoom, probe.size[0] * inverse_zoom
+    zoom = min(1.0, PROBE_SIDE / max(height, width))
+    if zoom > 1.0 / inverse_zoom:
+      probe = _render(resvg_py, path, zoom=zoom)
+      height, width = round(probe.size[1] / zoom), round(probe.size[0] / zoom)
+    return height, width
   raise AssertionError("unreachable")
 
 

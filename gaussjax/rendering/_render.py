@@ -51,7 +51,7 @@ from gaussjax.rendering._reference import render_reference
 
 Array = jax.Array
 
-BACKENDS = ("auto", "reference", "xla", "pallas")
+BACKENDS = constants.BACKENDS
 
 # The dense reference materialises an [H·W, N] weight matrix; past this many
 # elements (4 GiB of float32) it refuses and points at the fast backends.
