@@ -214,3 +214,17 @@ def test_banded_render_equals_render(size, monkeypatch):
   monkeypatch.setattr(_tiles, "BAND_ROWS", 16)
   actual = np.asarray(gaussjax.decode(data, height=size[0], width=size[1]))
   np.testing.assert_allclose(actual, expected, atol=1e-5)
+
+
+def test_cli_fit_tiled(tmp_path, capsys):
+  # `gaussjax fit --tile`: fitted tile by tile, the blended rendering written at full size.
+  from gaussjax.cli._cli import main
+  path = tmp_path / "in.png"
+  Image.fromarray(np.round(photo() * 255).astype(np.uint8)).save(path)
+  out = tmp_path / "fit.png"
+  assert main(["fit", str(path), "-o", str(out), "--tile", "48", "--margin", "4", "-n", "200",
+               "-s", "20"]) == 0
+  captured = capsys.readouterr()
+  assert "in 2x2 tiles of 48" in captured.err.splitlines()[0]
+  assert "Gaussians in 4 tiles of 48" in captured.out and str(out) in captured.out
+  assert Image.open(out).size == (96, 64)

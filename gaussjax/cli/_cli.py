@@ -457,12 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
   """Entry point of the ``gaussjax`` command; returns the exit status."""
-  from gaussjax.codec._bitstream import DecodeError  # constriction: 0.1 s, not for the parser
-
   args = build_parser().parse_args(argv)
   try:
     return int(args.func(args) or 0)
-  except (CliError, DecodeError, ValueError, OSError) as e:
+  except (CliError, ValueError, OSError) as e:  # DecodeError is a ValueError
     print(f"gaussjax {args.command}: error: {e}", file=sys.stderr)
     return 2
   except KeyboardInterrupt:

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from gaussjax.cli._cli_common import non_negative_int, positive_int
+from gaussjax.cli._cli_common import non_negative_int, positive_float, positive_int
 from gaussjax.codec import _tile_grid
 
 # Channels assumed for the budget of an input whose channels are unknown until
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--margin", type=non_negative_int, default=_tile_grid.DEFAULT_MARGIN,
                       help="with --tile: context around each tile, where tiles blend")
   parser.add_argument(
-      "--memory-budget", type=float, default=float(_tile_grid.DEFAULT_MEMORY_BUDGET_MB),
+      "--memory-budget", type=positive_float, default=float(_tile_grid.DEFAULT_MEMORY_BUDGET_MB),
       metavar="MB", help="refuse work estimated over this many MB")
 
 
