@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -110,6 +111,7 @@ def main():
       "load_average_before": [round(x, 2) for x in load_before],
       "load_average_after": [round(x, 2) for x in os.getloadavg()],
   }
+  shutil.rmtree(work, ignore_errors=True)
   json_path, md_path = _machine.write_results(args.name, rows, meta)
   print(_machine.format_table(rows))
   print(json.dumps(meta, indent=2))
