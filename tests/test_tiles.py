@@ -126,6 +126,21 @@ def test_encode_decode_tiled(tiled_file):
     gaussjax.decode_gaussians(data)
 
 
+def test_tiled_encode_is_close_to_untiled(tiled_file):
+  # The encode path, tiled (4 crops of 56x56) against one piece, same config.
+  # Bound: 1 dB overall and in the band around the seams (measured: 18.73 vs
+  # 18.90 dB overall, seams 17.46 vs 17.57 dB; the tiled file is bigger at
+  # one --quality, since each crop gets its own Gaussians).
+  image, data = tiled_file
+  untiled = np.asarray(gaussjax.decode(gaussjax.encode(
+      image, gaussjax.CodecConfig(quality=60, fit_steps=20, qat_steps=0))))
+  tiled = np.asarray(gaussjax.decode(data))
+  seams = _tiles.TileGrid.make(64, 96, tile=48, margin=4).seam_mask(4)
+  assert abs(_tiles.psnr_banded(image, tiled) - _tiles.psnr_banded(image, untiled)) < 1.0
+  assert (_tiles.psnr_banded(image, tiled, mask=seams)
+          > _tiles.psnr_banded(image, untiled, mask=seams) - 1.0)
+
+
 def test_corrupt_tiled_files(tiled_file):
   _, data = tiled_file
   header_end = len(data) - sum(gaussjax.codec._codec.info(data)["tile_bytes"])
