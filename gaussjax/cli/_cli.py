@@ -103,20 +103,25 @@ def _codec_config(args):
                      backend=args.backend, levels=getattr(args, "levels", 1))
 
 
-def _announce(args, command: str, what: str = "") -> tuple[int, int, int | None]:
+def _announce(args, command: str, what: str = "", *, max_gaussians: int | None = None) -> None:
   """The command's first line, from the header of IMAGE: before JAX and any pixel decoding.
 
-  Checks the memory budget too (``MemoryBudgetError`` before any work).
-
-  Returns:
-    ``(height, width, channels)`` of the header (channels None for an SVG).
+  Checks first, before any work: the memory budget (``MemoryBudgetError``)
+  and, for ``fit``, that ``max_gaussians`` is not more than the pixels.
   """
   options = svg_options(args, args.image)
   height, width, channels = read_input_header(args.image, **options)
+  if max_gaussians is not None and channels is not None:  # an SVG's size is approximate here
+    _check_gaussians(max_gaussians, height, width)
   _cli_tiles.check(args, height, width, channels, command)  # over budget -> use --tile
   note(command, f"{input_text(args.image, height, width, channels, **options)}{what}; "
        f"{_cli_tiles.plan_text(args, height, width, channels)}", quiet=args.quiet)
-  return height, width, channels
+
+
+def _check_gaussians(gaussians: int, height: int, width: int) -> None:
+  if gaussians > height * width:
+    raise CliError(f"--gaussians {gaussians} is more than the {height * width} pixels of "
+                   f"the {size_text(height, width)} image")
 
 
 def _render_metrics(render: np.ndarray, image: np.ndarray) -> tuple[float, str, str]:
@@ -132,7 +137,7 @@ def _render_metrics(render: np.ndarray, image: np.ndarray) -> tuple[float, str, 
 def _run_fit(args) -> int:
   check_input(args.image)
   check_output(args.output, IMAGE, inputs=[args.image])
-  _announce(args, "fit", f", {args.gaussians} Gaussians")
+  _announce(args, "fit", f", {args.gaussians} Gaussians", max_gaussians=args.gaussians)
   # Imported after the first line: the library imports JAX (seconds).
   import jax
 
@@ -144,9 +149,7 @@ def _run_fit(args) -> int:
   height, width, channels = image.shape
   if args.tile:
     return _cli_tiles.fit(args, image)
-  if args.gaussians > height * width:
-    raise CliError(f"--gaussians {args.gaussians} is more than the {height * width} pixels of "
-                   f"the {size_text(height, width)} image")
+  _check_gaussians(args.gaussians, height, width)  # again: an SVG's exact size
   key = jax.random.key(args.seed)
   start = time.perf_counter()
   log_every = max(1, args.steps // 100)
