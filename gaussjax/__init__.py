@@ -103,6 +103,7 @@ __all__ = (
 
 
 def _load_all() -> None:
+  """Imports every public name (``_EXPORTS``) into the package's namespace."""
   for module, names in _EXPORTS.items():
     loaded = importlib.import_module(module)
     globals().update((name, getattr(loaded, name)) for name in names)

@@ -40,6 +40,13 @@ def test_all_names_exist_and_are_sorted():
   assert list(gaussjax.__all__) == sorted(gaussjax.__all__, key=lambda s: (s[0].islower(), s))
 
 
+def test_lazy_exports_are_the_public_names():
+  # gaussjax/__init__.py loads its names on first use from _EXPORTS: the same set.
+  exported = {name for names in gaussjax._EXPORTS.values() for name in names}
+  assert exported | {"constants"} == set(gaussjax.__all__)
+  assert set(gaussjax.__all__) <= set(dir(gaussjax))
+
+
 def test_public_names_are_documented():
   for name in gaussjax.__all__:
     obj = getattr(gaussjax, name)
