@@ -5,14 +5,8 @@ from importlib import metadata as _metadata
 from gaussjax import constants
 from gaussjax.batch._batch import encode_batch, fit_batch
 from gaussjax.codec._bitstream import DecodeError
-from gaussjax.codec._codec import (
-  CodecConfig,
-  choose_steps,
-  decode,
-  decode_gaussians,
-  encode,
-  encode_gaussians,
-)
+from gaussjax.codec._codec import CodecConfig, choose_steps, encode_gaussians
+from gaussjax.codec._formats import decode, decode_gaussians, encode
 from gaussjax.codec._tiles import (
   MemoryBudgetError,
   TiledGaussians,

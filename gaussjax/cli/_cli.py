@@ -55,6 +55,7 @@ from gaussjax.cli._cli_common import (
 )
 from gaussjax.codec._codec import CodecConfig
 from gaussjax.constants import MAX_PIXELS
+from gaussjax.core._metrics import bpp
 from gaussjax.rendering._render import BACKENDS
 
 _DEFAULT_CODEC = CodecConfig()
@@ -100,7 +101,7 @@ def _run_fit(args) -> int:
 
   import gaussjax
   from gaussjax.core._io import save_image
-  from gaussjax.fitting._fit import initial_count
+  from gaussjax.fitting._fit import init_for_fit
 
   check_input(args.image)
   check_output(args.output, IMAGE, inputs=[args.image])
@@ -120,9 +121,9 @@ def _run_fit(args) -> int:
       steps=args.steps, backend=args.backend, log_every=log_every, num_gaussians=args.gaussians,
       replan_every=max(log_every, 50), time_budget_s=args.time_budget, target_psnr=args.target_psnr)
   # SLIC starts from part of N and fit grows the rest where the error is
-  # largest (gaussjax.fit_image); random init starts from all N.
+  # largest (as gaussjax.fit_image does); random init starts from all N.
   if args.init == "slic":
-    gaussians = gaussjax.init_slic(image, initial_count(args.gaussians, config), key=key)
+    gaussians = init_for_fit(image, args.gaussians, config, key=key)
   else:
     gaussians = gaussjax.init_random(key, args.gaussians, height, width, channels)
   backend = gaussjax.default_backend() if args.backend == "auto" else args.backend
@@ -174,7 +175,7 @@ def register_fit(subparsers) -> None:
 
 
 def _run_encode(args) -> int:
-  from gaussjax.codec._codec import _encode, decode
+  from gaussjax.codec._formats import _encode, decode
   from gaussjax.core._io import write_atomic
 
   check_input(args.image)
@@ -207,7 +208,7 @@ def _run_encode(args) -> int:
   decoded = np.asarray(decode(data, backend=args.backend, max_pixels=h * w))  # our own file
   _, psnr, ssim = _render_metrics(decoded, image)
   write_atomic(args.output, data)
-  print(f"{len(data)} bytes  {8 * len(data) / (h * w):.4f} bpp  PSNR {psnr}  SSIM {ssim}  "
+  print(f"{len(data)} bytes  {bpp(len(data), h, w):.4f} bpp  PSNR {psnr}  SSIM {ssim}  "
         f"time {elapsed:.1f} s  ({size_text(h, w, c)}) -> {args.output}")
   return 0
 
@@ -241,7 +242,7 @@ def _read_gjx(path: str) -> bytes:
 
 
 def _run_decode(args) -> int:
-  from gaussjax.codec._codec import decode
+  from gaussjax.codec._formats import decode
   from gaussjax.core._io import save_image
 
   check_input(args.input)
@@ -282,7 +283,7 @@ def register_decode(subparsers) -> None:
 
 
 def _run_info(args) -> int:
-  from gaussjax.codec._codec import info
+  from gaussjax.codec._formats import info
   from gaussjax.codec._video import MAGIC as VIDEO_MAGIC
   from gaussjax.codec._video import video_info
   check_input(args.input)
@@ -317,7 +318,7 @@ def _settings(config: CodecConfig) -> str:
 
 def _run_encode_dir(args) -> int:
   from gaussjax.batch._encode_dir import IMAGE_EXTENSIONS, SettingsChanged, encode_dir, list_images
-  from gaussjax.codec._codec import decode
+  from gaussjax.codec._formats import decode
 
   if _cli_shard.not_an_encode(args):
     return _cli_shard.run_merge_or_usage(args)  # --merge OUT_DIR, or what is missing
