@@ -686,7 +686,8 @@ def initial_count(num_gaussians: int, config: FitConfig) -> int:
   return max(1, int(math.ceil(GROW_FROM * num_gaussians)))
 
 
-def init_for_fit(image, num_gaussians: int, config: FitConfig | None, *, key: Array) -> Gaussians:
+def init_for_fit(image, num_gaussians: int, config: FitConfig | None, *,
+                 key: Array | None = None) -> Gaussians:
   """The Gaussians ``fit_image`` starts from: SLIC at ``initial_count(num_gaussians, config)``.
 
   ``fit`` with ``config`` (its ``num_gaussians`` set to ``num_gaussians``)
