@@ -7,9 +7,11 @@ and fits one image with ``fit_image``; records the SHA-256 of every output.
 Fast settings (few fit steps): this checks that the code paths compute the
 same thing, not the quality of the files.
 
-  python benchmarks/bit_identical.py --record /tmp/before.json      # on the old tree
-  python benchmarks/bit_identical.py --record /tmp/after.json       # on the new tree
-  python benchmarks/bit_identical.py --compare /tmp/before.json /tmp/after.json
+  git archive OLD | tar -x -C /tmp/old   # each tree as a snapshot, run with one venv
+  (cd /tmp/old && PYTHONPATH=. python benchmarks/bit_identical.py --record /tmp/before.json)
+  (cd /tmp/new && PYTHONPATH=. python benchmarks/bit_identical.py --record /tmp/after.json)
+  python benchmarks/bit_identical.py --compare /tmp/before.json /tmp/after.json \
+      --before-label OLD --after-label NEW
 
 ``--compare`` writes ``benchmarks/results/bit_identical.json|md``: each output
 with both hashes and whether they are equal.
@@ -108,6 +110,8 @@ def main():
                  equal=before.get(k) == after.get(k)) for k in sorted(set(before) | set(after))]
     same = sum(r["equal"] for r in rows)
     meta = {"before": args.before_label, "after": args.after_label,
+            "method": "each record from a git-archive snapshot of its commit (PYTHONPATH), "
+                      "same venv and machine; full hashes in bit_identical_before/after.json",
             "identical": f"{same} of {len(rows)}"}
     _machine.write_results("bit_identical", rows, meta)
     print(_machine.format_table(rows))
