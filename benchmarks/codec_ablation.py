@@ -64,7 +64,7 @@ def main(argv=None):
         data = gaussjax.encode(ref, config)
         enc_s = time.perf_counter() - t
         out = np.clip(np.asarray(gaussjax.decode(data)), 0, 1)
-        head = gaussjax.codec._codec.info(data)
+        head = gaussjax.codec._formats.info(data)
         steps = head["steps"]
         rows.append(dict(image=index, target=bpp, variant=name, bpp=8 * len(data) / (h * w),
                          psnr=float(gaussjax.psnr(out, ref)), gaussians=head["num_gaussians"],

@@ -27,7 +27,8 @@ import _machine  # noqa: E402
 from rd import classic_encode, load  # noqa: E402
 
 import gaussjax  # noqa: E402
-from gaussjax.codec._codec import decode_gaussians, render_safe  # noqa: E402
+from gaussjax.codec._codec import render_safe  # noqa: E402
+from gaussjax.codec._formats import decode_gaussians  # noqa: E402
 
 
 def best_of(fn, k=20):

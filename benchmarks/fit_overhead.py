@@ -1,7 +1,7 @@
 """What the training loop costs over bare forward and backward passes (issue 13).
 
 Times the fit part of ``fit_image(kodim23, N, FitConfig(steps=S))`` (SLIC
-timed separately: ``init_slic`` at ``initial_count(N)``, then ``fit``
+timed separately: ``init_for_fit`` (SLIC at ``initial_count(N)``), then ``fit``
 growing to N with the default density events) against S bare jitted calls
 of ``value_and_grad`` of the MSE through ``rasterize`` on the fitted N
 Gaussians, in the same process. The target (issue 13): fit / bare <= 1.15.
@@ -53,10 +53,10 @@ def load(args):
 def time_fit(args, image) -> dict:
   """SLIC, then the fit twice (cold and warm): seconds and the final PSNR."""
   import gaussjax
-  from gaussjax.fitting._fit import initial_count
+  from gaussjax.fitting._fit import init_for_fit
   config = gaussjax.FitConfig(steps=args.steps, num_gaussians=args.n)
   start = time.perf_counter()
-  initial = gaussjax.init_slic(image, initial_count(args.n, config))
+  initial = init_for_fit(image, args.n, config)
   slic = time.perf_counter() - start
   out = {"slic_s": slic}
   for name in ("cold", "warm"):

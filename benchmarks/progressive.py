@@ -38,7 +38,7 @@ import rd  # noqa: E402  (load, bd_rate, curve, interp_psnr)
 
 import gaussjax  # noqa: E402
 import gaussjax.codec._progressive  # noqa: E402  (LEVEL_STEPS)
-from gaussjax.codec._codec import info  # noqa: E402
+from gaussjax.codec._formats import info  # noqa: E402
 
 FIGURE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
                       "images", "progressive_levels.png")

@@ -30,7 +30,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _machine  # noqa: E402
 
 import gaussjax  # noqa: E402
-from gaussjax.codec._codec import decode_gaussians, render_safe  # noqa: E402
+from gaussjax.codec._codec import render_safe  # noqa: E402
+from gaussjax.codec._formats import decode_gaussians  # noqa: E402
 
 KODAK = os.environ.get("GJX_KODAK", "/work/shared/data/kodak")
 CLASSIC = {
@@ -111,7 +112,7 @@ def run_gaussjax(ref, index, targets, args, rows):
     first_s = time.perf_counter() - t
     out, dec_s = timed_decode(dec)
     ps, ms = metrics(out, ref)
-    n = gaussjax.codec._codec.info(data)["num_gaussians"]
+    n = gaussjax.codec._formats.info(data)["num_gaussians"]
     rows.append(dict(image=index, codec="gaussjax", param=bpp, bytes=len(data),
                      bpp=8 * len(data) / (h * w), psnr=ps, msssim=ms, dec_s=dec_s,
                      dec_first_s=first_s, enc_s=enc_s, gaussians=n))

@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _machine import machine_info  # noqa: E402
 
 import gaussjax  # noqa: E402
-from gaussjax.fitting._fit import initial_count  # noqa: E402
+from gaussjax.fitting._fit import init_for_fit  # noqa: E402
 
 KODAK = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "kodak")
 if not os.path.isdir(KODAK):
@@ -89,8 +89,7 @@ def main_part(args, machine) -> list[dict]:
                                       log_every=args.log_every, time_budget_s=args.budget,
                                       num_gaussians=n)
         # As gaussjax.fit_image: SLIC at part of N, fit grows the rest.
-        m = initial_count(n, config)
-        row = measure(image, lambda im, m=m: gaussjax.init_slic(im, m), config)
+        row = measure(image, lambda im, n=n, c=config: init_for_fit(im, n, c), config)
         row.update(image=f"kodim{index:02d}", mode=mode, target_n=n, load_avg=os.getloadavg()[0])
         print(json.dumps(row), flush=True)
         rows.append(row)

@@ -13,9 +13,8 @@ from gaussjax import constants
 _EXPORTS = {
     "gaussjax.batch._batch": ("encode_batch", "fit_batch"),
     "gaussjax.codec._bitstream": ("DecodeError",),
-    "gaussjax.codec._codec": (
-        "CodecConfig", "choose_steps", "decode", "decode_gaussians", "encode", "encode_gaussians",
-    ),
+    "gaussjax.codec._codec": ("CodecConfig", "choose_steps", "encode_gaussians"),
+    "gaussjax.codec._formats": ("decode", "decode_gaussians", "encode"),
     "gaussjax.codec._tiles": (
         "MemoryBudgetError", "TiledGaussians", "decode_tiled", "encode_tiled", "fit_tiled",
         "render_tiled",

@@ -18,7 +18,7 @@ from PIL import Image
 
 import gaussjax
 from gaussjax.cli import _cli, _cli_common
-from gaussjax.codec import _codec
+from gaussjax.codec import _formats
 from gaussjax.codec._fuzz import bomb
 
 
@@ -44,8 +44,8 @@ def no_work(monkeypatch):
   monkeypatch.setattr(_cli_common, "read_input_image", work)
   monkeypatch.setattr(_cli, "read_input_image", work)
   monkeypatch.setattr(gaussjax, "fit", work)
-  monkeypatch.setattr(_codec, "_encode", work)
-  monkeypatch.setattr(_codec, "decode", work)
+  monkeypatch.setattr(_formats, "_encode", work)
+  monkeypatch.setattr(_formats, "decode", work)
 
 
 def run(argv, capsys):
@@ -252,7 +252,7 @@ def test_ctrl_c_in_fit_and_encode_exits_130_with_one_line(tmp_path, small_png, c
   out = tmp_path / "k.png"
   rc, _, err = run(["fit", small_png, "-n", "5", "-s", "2", "-o", out, "-q"], capsys)
   assert rc == 130 and err == "gaussjax fit: interrupted; no output written\n"
-  monkeypatch.setattr(_codec, "_encode", interrupted)
+  monkeypatch.setattr(_formats, "_encode", interrupted)
   rc, _, err = run(["encode", small_png, "--bpp", "1", "-o", tmp_path / "k.gjx", "-q"], capsys)
   assert rc == 130 and err == "gaussjax encode: interrupted; no output written\n"
   assert sorted(os.listdir(tmp_path)) == ["in.png"]  # no output, no temporary file

@@ -12,7 +12,8 @@ from PIL import Image
 
 import gaussjax
 from gaussjax.codec import _quantize as qz
-from gaussjax.codec._codec import MAGIC, info
+from gaussjax.codec._codec import MAGIC
+from gaussjax.codec._formats import info
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 FAST = dict(fit_steps=150, qat_steps=40, backend="reference")

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gaussjax.batch import _encode_dir
+from gaussjax.batch import _encode_dir, _journal
 from gaussjax.batch._encode_dir import encode_dir
 
 SETTINGS = "stand-in codec"
@@ -69,9 +69,9 @@ def test_manifest_rows_and_outputs(tmp_path):
   names = make_folder(tmp_path / "in", 5, sizes=((8, 8), (8, 12)))
   rows = run_job(tmp_path / "in", tmp_path / "out")
   assert [r.name for r in rows] == sorted(names + ["broken.png"])
-  manifest = _encode_dir.read_manifest(tmp_path / "out" / "manifest.csv")
+  manifest = _journal.read_manifest(tmp_path / "out" / "manifest.csv")
   assert [m["name"] for m in manifest] == [r.name for r in rows]
-  assert list(manifest[0]) == list(_encode_dir.MANIFEST_COLUMNS)
+  assert list(manifest[0]) == list(_journal.MANIFEST_COLUMNS)
   for m in manifest:
     if m["name"] == "broken.png":
       assert m["status"] == "error"
@@ -244,7 +244,7 @@ def test_kill_and_resume_encodes_every_image_exactly_once(tmp_path):
   assert sorted(ok_names(journal)) == names
   assert sorted(p.name for p in out.glob("*.gjx")) == [n.replace(".png", ".gjx") for n in names]
   assert not list(out.glob(".tmp-*"))
-  manifest = _encode_dir.read_manifest(out / "manifest.csv")
+  manifest = _journal.read_manifest(out / "manifest.csv")
   assert [m["name"] for m in manifest] == sorted(names + ["broken.png"])
   for m in manifest:
     if m["name"] == "broken.png":
@@ -264,7 +264,7 @@ def test_cli_encode_dir_with_the_real_codec(tmp_path, capsys):
           "--qat-steps", "5", "--batch", "4", "--no-progress", "--backend", "reference"]
   assert main(["encode-dir", *argv]) == 1  # one unreadable file
   assert "broken.png" in capsys.readouterr().err
-  manifest = {m["name"]: m for m in _encode_dir.read_manifest(out / "manifest.csv")}
+  manifest = {m["name"]: m for m in _journal.read_manifest(out / "manifest.csv")}
   assert sorted(manifest) == ["broken.png", "img00.png", "img01.png", "img02.png"]
   assert manifest["broken.png"]["status"] == "error" and manifest["broken.png"]["reason"]
   for name in ("img00.png", "img01.png", "img02.png"):
@@ -305,7 +305,7 @@ def test_cli_encode_dir_rejects_bad_arguments(tmp_path, capsys):
 def stand_in_codec(monkeypatch):
   """The CLI's encode-dir with the stand-in codec: the job's logic, at no fitting cost."""
   from gaussjax.batch import _batch
-  from gaussjax.codec import _codec
+  from gaussjax.codec import _formats
   calls = []
 
   def encode_batch(images, config):
@@ -313,7 +313,7 @@ def stand_in_codec(monkeypatch):
     return fake_encode(images)
 
   monkeypatch.setattr(_batch, "encode_batch", encode_batch)
-  monkeypatch.setattr(_codec, "decode", lambda data, backend, max_pixels: fake_decode(data))
+  monkeypatch.setattr(_formats, "decode", lambda data, backend, max_pixels: fake_decode(data))
   return calls
 
 

@@ -42,12 +42,12 @@ def test_campaign_of_every_kind_finds_only_decode_errors():
 
 def test_campaign_counts_what_escapes(monkeypatch):
   """The fuzzer can fail: an exception other than DecodeError is counted, with an example."""
-  from gaussjax.codec import _codec
+  from gaussjax.codec import _formats
 
   def broken(data):
     raise IndexError("a parser bug")
 
-  monkeypatch.setattr(_codec, "decode_gaussians", broken)
+  monkeypatch.setattr(_formats, "decode_gaussians", broken)
   stats = campaign(_seeds(), [bomb(9, 9)], 20, seed=0, shares={"mutant": 1.0})
   assert stats["errors"] == {"IndexError": 20} and len(stats["examples"]) == 5
 
@@ -57,7 +57,7 @@ def test_header_mutants_keep_a_valid_checksum():
   for _ in range(50):
     data = header_mutant(bomb(9, 9), rng)
     try:
-      info = gaussjax.codec._codec.info(data)
+      info = gaussjax.codec._formats.info(data)
     except gaussjax.DecodeError as e:
       assert "checksum" not in str(e)
     else:

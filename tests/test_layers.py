@@ -81,15 +81,9 @@ def test_imports_point_down(name):
         f"{name} (layer {layer!r}) imports {target} (layer {target_layer!r}, above it)")
 
 
-# Circles still open inside one layer (each through an import in a function
-# body): the single-level codec dispatches to the progressive and tiled formats,
-# which build on it; the directory encoder and its shards read each other's
-# journals. Listed so that no new one appears; each should go (issue 19).
-KNOWN_CIRCLES = {
-    frozenset({"gaussjax.codec._codec", "gaussjax.codec._tiles"}),
-    frozenset({"gaussjax.codec._codec", "gaussjax.codec._progressive"}),
-    frozenset({"gaussjax.batch._encode_dir", "gaussjax.batch._shard"}),
-}
+# Circles inside one layer that are allowed: none (issue 19 removed the last
+# ones). A pair listed here is skipped by the check below.
+KNOWN_CIRCLES: set[frozenset[str]] = set()
 
 
 def test_no_import_circles():

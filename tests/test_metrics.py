@@ -110,6 +110,18 @@ def test_bpp():
     gaussjax.bpp(10, 0, 10)
   with pytest.raises(ValueError, match="num_bytes=-1"):
     gaussjax.bpp(-1, 10, 10)
+  assert gaussjax.bpp(12.5, 10, 10) == 1.0  # a byte budget
+  with pytest.raises(ValueError, match="num_bytes=nan"):
+    gaussjax.bpp(float("nan"), 10, 10)
+
+
+def test_bytes_for_bpp_is_the_inverse_of_bpp():
+  from gaussjax.core._metrics import bytes_for_bpp
+  assert bytes_for_bpp(1.0, 100, 80) == 1000.0
+  for rate, h, w in ((0.25, 512, 768), (3.0, 7, 9), (0.1, 1, 1)):
+    assert gaussjax.bpp(bytes_for_bpp(rate, h, w), h, w) == pytest.approx(rate, rel=1e-12)
+  with pytest.raises(ValueError, match="width=0"):
+    bytes_for_bpp(1.0, 10, 0)
 
 
 @pytest.mark.parametrize(

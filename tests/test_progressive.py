@@ -9,7 +9,7 @@ from conftest import kodak_path
 from PIL import Image
 
 import gaussjax
-from gaussjax.codec._codec import info
+from gaussjax.codec._formats import info
 from gaussjax.codec._fuzz import fuzz, progressive_seed_files
 from gaussjax.codec._progressive import HEADER_BYTES, encode_levels, level_shares
 

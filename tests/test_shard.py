@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from test_encode_dir import fake_decode, make_folder, ok_names, read_png, run_job
 
-from gaussjax.batch import _encode_dir, _shard
+from gaussjax.batch import _encode_dir, _journal, _shard
 
 CHILD = textwrap.dedent("""
     import sys, time
@@ -64,7 +64,7 @@ def check_complete(tmp_path, names):
   out = tmp_path / "out"
   assert sorted(p.name for p in out.glob("*.gjx")) == [n.replace(".png", ".gjx") for n in names]
   assert not list(out.glob(".tmp-*"))
-  manifest = _encode_dir.read_manifest(out / "manifest.csv")
+  manifest = _journal.read_manifest(out / "manifest.csv")
   assert [m["name"] for m in manifest] == sorted(names + ["broken.png"])
   merged = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
   assert [r["name"] for r in merged] == [m["name"] for m in manifest]
@@ -128,7 +128,7 @@ def test_explicit_merge_of_an_unfinished_job(tmp_path):
   assert not merged and sorted(missing) == sorted(n for i, n in enumerate(names) if i % 3 != 2)
   merged, missing = _shard.merge(tmp_path / "out", names, force=True)
   assert merged and len(missing) == 4
-  assert [m["name"] for m in _encode_dir.read_manifest(tmp_path / "out" / "manifest.csv")] == [
+  assert [m["name"] for m in _journal.read_manifest(tmp_path / "out" / "manifest.csv")] == [
       names[2]]
 
 
@@ -218,7 +218,7 @@ def test_cli_shard_and_merge(tmp_path, capsys):
   assert main(["encode-dir", str(tmp_path / "in"), "--merge", str(out)]) == 1
   assert "no row yet" in capsys.readouterr().err
   assert main(["encode-dir", "--merge", str(out)]) == 0
-  assert [m["name"] for m in _encode_dir.read_manifest(out / "manifest.csv")] == [
+  assert [m["name"] for m in _journal.read_manifest(out / "manifest.csv")] == [
       "img00.png", "img02.png"]
 
 

@@ -185,7 +185,7 @@ def test_cli_encode_dir_svg_flags(tmp_path, capsys, monkeypatch):
   Image.new("RGB", (10, 6), "red").save(tmp_path / "in" / "red.png")
   monkeypatch.setattr(_cli_tiles, "encode_images", lambda images, config, args: fake_encode(
       images))
-  monkeypatch.setattr("gaussjax.codec._codec.decode", lambda data, **k: fake_decode(data))
+  monkeypatch.setattr("gaussjax.codec._formats.decode", lambda data, **k: fake_decode(data))
   rc, _, err = cli(["encode-dir", tmp_path / "in", "-o", tmp_path / "out", "--quality", "50",
                     "--svg-size", "12x8", "--svg-supersample", "3", "--no-progress"], capsys)
   assert rc == 0, err

@@ -113,7 +113,7 @@ def test_tiled_rate_target():
 
 def test_encode_decode_tiled(tiled_file):
   image, data = tiled_file
-  info = gaussjax.codec._codec.info(data)
+  info = gaussjax.codec._formats.info(data)
   assert (info["version"], info["tile_rows"], info["tile_cols"]) == (3, 2, 2)
   assert info["bytes"] == len(data) and sum(info["tile_bytes"]) < len(data)
   decoded = np.asarray(gaussjax.decode(data))
@@ -143,7 +143,7 @@ def test_tiled_encode_is_close_to_untiled(tiled_file):
 
 def test_corrupt_tiled_files(tiled_file):
   _, data = tiled_file
-  header_end = len(data) - sum(gaussjax.codec._codec.info(data)["tile_bytes"])
+  header_end = len(data) - sum(gaussjax.codec._formats.info(data)["tile_bytes"])
   for bad in (data[:header_end - 1], data[:-1], data[:8] + b"\xff" + data[9:],
               data[:-3] + bytes([data[-3] ^ 1]) + data[-2:]):
     with pytest.raises(gaussjax.DecodeError):
@@ -161,10 +161,20 @@ def test_memory_guard_message():
 
 def test_encode_tiled_guard_fires_before_work(monkeypatch):
   calls = []
-  monkeypatch.setattr(gaussjax.codec._codec, "encode", lambda *a, **k: calls.append(1))
+  monkeypatch.setattr(_tiles, "_encode", lambda *a, **k: calls.append(1))
   with pytest.raises(gaussjax.MemoryBudgetError):
     gaussjax.encode_tiled(np.zeros((64, 96, 3), np.float32), tile=48, margin=4,
                           memory_budget_mb=10)
+  assert not calls
+
+
+def test_encode_tiled_refuses_levels_before_work(monkeypatch):
+  # A tiled file's tiles are version-1 files (FORMAT.md): the decoder reads no other.
+  calls = []
+  monkeypatch.setattr(_tiles, "_encode", lambda *a, **k: calls.append(1))
+  with pytest.raises(ValueError, match="levels=3.*single-level"):
+    gaussjax.encode_tiled(np.zeros((64, 96, 3), np.float32), gaussjax.CodecConfig(levels=3),
+                          tile=48, margin=4)
   assert not calls
 
 

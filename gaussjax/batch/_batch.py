@@ -38,8 +38,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gaussjax.core._gaussians import Gaussians
-from gaussjax.fitting import _loop
+from gaussjax.codec import _codec, _formats
+from gaussjax.core._gaussians import Gaussians, validate
+from gaussjax.core._image import check_image
+from gaussjax.fitting import _density, _fit, _loop
+from gaussjax.fitting._fit import FitConfig, init_fit_state
 from gaussjax.rendering._render import resolve_backend, vectorizes
 
 Array = jax.Array
@@ -262,22 +265,13 @@ def _as_images(images) -> list[np.ndarray]:
       a = np.asarray(image)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
       raise TypeError("fit_batch runs a host loop; call it on concrete arrays") from None
-    if a.ndim == 2:
-      a = a[:, :, None]
-    if a.ndim != 3 or 0 in a.shape:
-      raise ValueError(f"image {i} must be [H, W, C], got shape {a.shape}")
-    if not np.issubdtype(a.dtype, np.floating):
-      raise TypeError(f"image {i} must be floating point in [0, 1], got dtype {a.dtype}")
-    if not np.all(np.isfinite(a)):
-      raise ValueError(f"image {i} contains NaN or infinite values")
-    arrays.append(a.astype(np.float32))
+    arrays.append(check_image(a, name=f"image {i}"))
   if not arrays:
     raise ValueError("fit_batch needs at least one image")
   return arrays
 
 
 def _as_gaussians(gaussians, count: int) -> list[Gaussians]:
-  from gaussjax.core._gaussians import validate
   if isinstance(gaussians, Gaussians) and np.ndim(gaussians.means) == 3:
     gaussians = [jax.tree_util.tree_map(lambda x, i=i: x[i], gaussians)
                  for i in range(np.shape(gaussians.means)[0])]
@@ -336,8 +330,6 @@ def fit_batch(images, gaussians, config=None, *, devices=None, vectorize: bool |
     >>> fitted.means.shape, metrics["psnr"].shape
     ((2, 20, 2), (2,))
   """
-  from gaussjax.fitting import _density, _fit
-  from gaussjax.fitting._fit import FitConfig, init_fit_state
   config = FitConfig() if config is None else config
   if not isinstance(config, FitConfig):
     raise TypeError(f"config must be a gaussjax.FitConfig, got {type(config).__name__}")
@@ -407,7 +399,6 @@ def _qat_batch(gaussians: Gaussians, images, *, num_steps: int, learning_rate: f
   Returns:
     One ``Gaussians`` per image, as ``_codec._train`` chooses them.
   """
-  from gaussjax.codec import _codec
   count = images.shape[0]
   g = Gaussians(*(jnp.asarray(x, jnp.float32) for x in gaussians))
   if num_steps == 0:
@@ -464,7 +455,6 @@ def encode_batch(images: Sequence, config=None, *, devices=None,
   Raises:
     ValueError / TypeError: as ``encode``, for the first bad image or config.
   """
-  from gaussjax.codec import _codec
   config = _codec.CodecConfig() if config is None else config
   if not isinstance(config, _codec.CodecConfig):
     raise TypeError(f"config must be a CodecConfig, got {type(config).__name__}")
@@ -477,7 +467,7 @@ def encode_batch(images: Sequence, config=None, *, devices=None,
   if not arrays:
     return []
   if config.levels > 1:  # progressive files fit level by level: one image at a time
-    return [_codec.encode(image, config) for image in arrays]
+    return [_formats.encode(image, config) for image in arrays]
   mesh = _resolve_mesh(devices)
   settings = [_codec._fit_settings(*a.shape, config) for a in arrays]
   first, second = _codec._fit_halves(config)
@@ -501,8 +491,6 @@ def _fit_all(arrays, initial, counts, config, num_steps: int, mesh, vectorize) -
 
   Images whose initial and final counts agree share one ``fit_batch`` call.
   """
-  from gaussjax.codec import _codec
-  from gaussjax.fitting._fit import initial_count
   groups: dict[tuple[int, int], list[int]] = {}
   for i, n in enumerate(counts):
     start = None if initial is None else initial[i].num_gaussians
@@ -512,8 +500,7 @@ def _fit_all(arrays, initial, counts, config, num_steps: int, mesh, vectorize) -
     images = [arrays[i] for i in members]
     fit_config = _codec._float_fit_config(config, n, num_steps) if num_steps else None
     if initial is None:
-      count = initial_count(n, fit_config) if fit_config is not None else n
-      start = _init_all(images, count, config.seed)
+      start = _init_all(images, n, fit_config, config.seed)
     else:
       start = [initial[i] for i in members]
     if fit_config is None:
@@ -535,8 +522,6 @@ def _finetune_all(arrays, fitted, qsteps, config, mesh, vectorize) -> list[Gauss
   one exact size share a batch, padded to the largest N with parked
   Gaussians (off-image, colour 0: they render nothing and never move).
   """
-  from gaussjax.codec import _codec
-  from gaussjax.fitting import _density
   fitted = list(fitted)
   if config.qat_steps == 0:
     return fitted
@@ -572,14 +557,13 @@ def _finetune_all(arrays, fitted, qsteps, config, mesh, vectorize) -> list[Gauss
   return fitted
 
 
-def _init_all(images, n: int, seed: int) -> list[Gaussians]:
-  """``init_slic`` of each image, on a few threads (SLIC releases the GIL).
+def _init_all(images, n: int, fit_config: FitConfig | None, seed: int) -> list[Gaussians]:
+  """``init_for_fit`` of each image, on a few threads (SLIC releases the GIL).
 
   The images are independent and each result is the same as alone, so a
   batch initialises up to one image per core at a time.
   """
-  from gaussjax.fitting._init import init_slic
-  init = lambda image: init_slic(np.asarray(image), n, key=jax.random.key(seed))
+  init = lambda image: _fit.init_for_fit(image, n, fit_config, key=jax.random.key(seed))
   workers = min(len(images), os.cpu_count() or 1, 8)
   if workers <= 1:
     return [init(image) for image in images]

@@ -31,33 +31,36 @@ the next run.
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import io
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from gaussjax.batch import _shard
+from gaussjax.batch._batch import bucket_shape
+from gaussjax.batch._journal import (
+  LOCK_NAME,
+  MANIFEST_NAME,
+  Journal,
+  ManifestRow,
+  file_lock,
+  is_finished,
+  write_manifest,
+)
+from gaussjax.core._image import check_image
 from gaussjax.core._io import TMP_PREFIX as _TMP_PREFIX
-from gaussjax.core._io import write_atomic
+from gaussjax.core._io import load_image, write_atomic
+from gaussjax.core._metrics import bpp, psnr
 from gaussjax.core._progress import progress_bar
 
+OUTPUT_SUFFIX = ".gjx"
 IMAGE_EXTENSIONS = (
     ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm",
     ".svg", ".svgz")
-
-JOURNAL_NAME = "manifest.jsonl"
-MANIFEST_NAME = "manifest.csv"
-LOCK_NAME = ".encode-dir.lock"
-OUTPUT_SUFFIX = ".gjx"
-
-MANIFEST_COLUMNS = ("name", "width", "height", "bytes", "bpp", "psnr", "seconds", "status", "reason",
-                    "output")
 
 
 class SettingsChanged(ValueError):
@@ -70,41 +73,6 @@ class SettingsChanged(ValueError):
   def __init__(self, summary: str):
     super().__init__(f"{summary}; pass overwrite=True to re-encode them")
     self.summary = summary
-
-
-@dataclasses.dataclass(frozen=True)
-class ManifestRow:
-  """One image of an ``encode_dir`` job.
-
-  Attributes:
-    name: file name inside the input folder.
-    width: image columns (0 when unreadable).
-    height: image rows (0 when unreadable).
-    bytes: size of the encoded file.
-    bpp: bits per pixel of the encoded file.
-    psnr: PSNR (dB) of the decoded file against the source image.
-    seconds: encoding time of the image (its batch's time / batch size).
-    status: ``"ok"`` or ``"error"``.
-    reason: why it failed (empty when ``ok``).
-    output: file name of the encoded file inside the output folder.
-    settings: the encoder settings it was encoded with (a string).
-    source_size: size of the source file in bytes when it was read.
-    source_mtime_ns: modification time of the source file when it was read.
-  """
-
-  name: str
-  width: int = 0
-  height: int = 0
-  bytes: int = 0
-  bpp: float = 0.0
-  psnr: float = 0.0
-  seconds: float = 0.0
-  status: str = "ok"
-  reason: str = ""
-  output: str = ""
-  settings: str = ""
-  source_size: int = 0
-  source_mtime_ns: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,109 +123,26 @@ def _remove_stale_temporaries(out_dir: Path, owned: set[str] | None = None) -> N
         p.unlink()
 
 
-@contextlib.contextmanager
 def _exclusive(out_dir: Path, lock_name: str = LOCK_NAME):
   """Refuses a second job on the same output folder (or shard of it) while one runs."""
-  lock_path = out_dir / lock_name
-  f = open(lock_path, "a+")
-  try:
-    try:
-      import fcntl
-      fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except ImportError:  # Windows: no advisory lock, run unguarded
-      pass
-    except OSError as e:
-      raise RuntimeError(f"another encode-dir job is writing to {out_dir} ({lock_name})") from e
-    yield
-  finally:
-    f.close()
-
-
-# --------------------------------------------------------------------------- journal
-
-
-def read_journal(path: Path) -> dict[str, ManifestRow]:
-  """The latest row of each image in a journal; damaged lines are ignored."""
-  rows: dict[str, ManifestRow] = {}
-  if not Path(path).exists():
-    return rows
-  data = Path(path).read_bytes()
-  fields = {f.name for f in dataclasses.fields(ManifestRow)}
-  # Only whole lines count: the last one may have been cut short by a kill.
-  for line in data[:data.rfind(b"\n") + 1].decode("utf-8", errors="replace").splitlines():
-    try:
-      record = json.loads(line)
-      row = ManifestRow(**{k: v for k, v in record.items() if k in fields})
-    except (json.JSONDecodeError, TypeError):
-      continue  # damaged: ignored, the image is simply done again
-    rows[row.name] = row
-  return rows
-
-
-class Journal:
-  """The append-only record of finished images (``manifest.jsonl``)."""
-
-  def __init__(self, path: Path):
-    self.path = Path(path)
-    if self.path.exists():  # drop a last line cut short by a kill before appending
-      size = self.path.stat().st_size
-      data = self.path.read_bytes()
-      end = data.rfind(b"\n") + 1
-      if end != size:
-        with open(self.path, "r+b") as f:
-          f.truncate(end)
-          os.fsync(f.fileno())
-    self.rows = read_journal(self.path)
-    self._file = open(self.path, "a", encoding="utf-8")
-
-  def append(self, rows: Sequence[ManifestRow]) -> None:
-    """Records rows durably (one JSON line each, then ``fsync``)."""
-    text = "".join(json.dumps(dataclasses.asdict(row)) + "\n" for row in rows)
-    self._file.write(text)
-    self._file.flush()
-    os.fsync(self._file.fileno())
-    for row in rows:
-      self.rows[row.name] = row
-
-  def close(self) -> None:
-    self._file.close()
-
-
-def write_manifest(path: Path, rows: Sequence[ManifestRow]) -> None:
-  """Writes the CSV manifest atomically."""
-  buffer = io.StringIO()
-  writer = csv.writer(buffer, lineterminator="\n")
-  writer.writerow(MANIFEST_COLUMNS)
-  for row in rows:
-    writer.writerow([
-        row.name, row.width, row.height, row.bytes, f"{row.bpp:.5f}", f"{row.psnr:.3f}",
-        f"{row.seconds:.3f}", row.status, row.reason, row.output])
-  write_atomic(path, buffer.getvalue().encode("utf-8"))
-
-
-def read_manifest(path: Path) -> list[dict[str, str]]:
-  """The rows of a CSV manifest as dictionaries of strings."""
-  with open(path, newline="", encoding="utf-8") as f:
-    return list(csv.DictReader(f))
+  return file_lock(out_dir / lock_name,
+                   busy=f"another encode-dir job is writing to {out_dir} ({lock_name})")
 
 
 # --------------------------------------------------------------------------- the job
 
 
 def _read_image(path: Path) -> np.ndarray:
-  from gaussjax.core._io import load_image
   return np.asarray(load_image(path))
 
 
 def _psnr(expected: np.ndarray, actual: np.ndarray) -> float:
-  from gaussjax.core._metrics import psnr
   return float(psnr(np.clip(actual, 0.0, 1.0), expected))
 
 
 def _header_shape(path: Path) -> tuple[int, int]:
   """``(H, W)`` from the file header, cheaply; ``(0, 0)`` when unknown."""
   try:
-    from PIL import Image
     with Image.open(path) as im:
       w, h = im.size
       orientation = im.getexif().get(0x0112, 1)
@@ -336,8 +221,8 @@ def encode_dir(
       if not overwrite:
         _refuse_other_settings({**done, **journal.rows}, mine, out_dir, settings)
       pending = [name for name in mine
-                 if not _is_finished(journal.rows.get(name), in_dir / name, out_dir, settings)
-                 and not _is_finished(done.get(name), in_dir / name, out_dir, settings)]
+                 if not is_finished(journal.rows.get(name), in_dir / name, out_dir, settings)
+                 and not is_finished(done.get(name), in_dir / name, out_dir, settings)]
       encoded = failed = 0
       with progress_bar(len(pending), desc="encode-dir", unit="image",
                         quiet=not progress) as bar:
@@ -393,25 +278,12 @@ def _all_rows(out_dir: Path, names: Sequence[str], settings: str,
   return [rows[name] for name in names if name in rows]
 
 
-def _is_finished(row: ManifestRow | None, source: Path, out_dir: Path, settings: str) -> bool:
-  if row is None or row.status != "ok" or row.settings != settings:
-    return False
-  try:
-    stat = source.stat()
-    out_size = (out_dir / row.output).stat().st_size
-  except OSError:
-    return False
-  return (stat.st_size == row.source_size and stat.st_mtime_ns == row.source_mtime_ns
-          and out_size == row.bytes)
-
-
 def _batches(in_dir: Path, names: Sequence[str], batch_size: int):
   """Batches of names whose images share a size bucket (from the file headers).
 
   Within a bucket, images of one exact size come together, so that the parts
   of ``encode_batch`` that need one exact size get full batches too.
   """
-  from gaussjax.batch._batch import bucket_shape
   groups: dict[tuple[int, int], list[tuple[int, int, str]]] = {}
   for name in names:
     h, w = _header_shape(in_dir / name)
@@ -431,9 +303,7 @@ def _encode_batch_files(in_dir, out_dir, names, outputs, encode_fn, decode_fn, r
     path = in_dir / name
     try:
       stat = path.stat()
-      image = read_fn(path)
-      if image.ndim != 3 or min(image.shape) == 0:
-        raise ValueError(f"expected an [H, W, C] image, got shape {image.shape}")
+      image = check_image(read_fn(path), integers=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is reported, not fatal
       rows[name] = ManifestRow(name=name, status="error", reason=_reason(e), settings=settings)
       continue
@@ -477,7 +347,7 @@ def _encode_batch_files(in_dir, out_dir, names, outputs, encode_fn, decode_fn, r
       continue
     write_atomic(out_dir / outputs[name], data)
     rows[name] = ManifestRow(
-        name=name, width=w, height=h, bytes=len(data), bpp=8.0 * len(data) / (h * w), psnr=psnr,
+        name=name, width=w, height=h, bytes=len(data), bpp=bpp(len(data), h, w), psnr=psnr,
         seconds=seconds[name], status="ok", output=outputs[name], settings=settings,
         source_size=stat.st_size, source_mtime_ns=stat.st_mtime_ns)
   return [rows[name] for name in names]

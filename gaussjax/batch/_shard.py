@@ -27,12 +27,22 @@ See ``docs/multihost.md``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
+
+from gaussjax.batch._journal import (
+  JOURNAL_NAME,
+  LOCK_NAME,
+  MANIFEST_NAME,
+  file_lock,
+  is_finished,
+  read_journal,
+  write_manifest,
+)
+from gaussjax.core._io import write_atomic
 
 SHARD_JOURNAL = re.compile(r"^manifest\.shard-(\d+)-of-(\d+)\.jsonl$")
 MERGE_LOCK_NAME = ".encode-dir.merge.lock"
@@ -79,11 +89,11 @@ def select(names: Sequence[str], index: int, count: int) -> list[str]:
 
 def journal_name(index: int, count: int) -> str:
   """The journal file of a shard (``manifest.jsonl`` for the single shard ``0/1``)."""
-  return "manifest.jsonl" if count == 1 else f"manifest.shard-{index}-of-{count}.jsonl"
+  return JOURNAL_NAME if count == 1 else f"manifest.shard-{index}-of-{count}.jsonl"
 
 
 def lock_name(index: int, count: int) -> str:
-  return ".encode-dir.lock" if count == 1 else f".encode-dir.shard-{index}-of-{count}.lock"
+  return LOCK_NAME if count == 1 else f".encode-dir.shard-{index}-of-{count}.lock"
 
 
 def journals(out_dir: Path) -> list[Path]:
@@ -93,23 +103,13 @@ def journals(out_dir: Path) -> list[Path]:
   merge of the shards', so on a tie (see ``merged_rows``) its row wins.
   """
   out_dir = Path(out_dir)
-  found = [out_dir / "manifest.jsonl"] if (out_dir / "manifest.jsonl").exists() else []
+  found = [out_dir / JOURNAL_NAME] if (out_dir / JOURNAL_NAME).exists() else []
   return sorted(p for p in out_dir.iterdir() if SHARD_JOURNAL.match(p.name)) + found
 
 
-@contextlib.contextmanager
 def _merge_lock(out_dir: Path):
   """Serialises merges of one folder (blocking; advisory, POSIX)."""
-  f = open(Path(out_dir) / MERGE_LOCK_NAME, "a+")
-  try:
-    try:
-      import fcntl  # POSIX only: on Windows merges are not serialised
-      fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-    except ImportError:
-      pass
-    yield
-  finally:
-    f.close()
+  return file_lock(Path(out_dir) / MERGE_LOCK_NAME)
 
 
 def merged_rows(out_dir: Path, settings: str | None = None, in_dir: Path | None = None) -> dict:
@@ -119,11 +119,9 @@ def merged_rows(out_dir: Path, settings: str | None = None, in_dir: Path | None 
   output unchanged when ``in_dir`` is given) beats one that is not; otherwise
   the later journal in ``journals`` order wins.
   """
-  from gaussjax.batch._encode_dir import _is_finished, read_journal
-
   def done(row) -> bool:
     if in_dir is not None and settings is not None:
-      return _is_finished(row, Path(in_dir) / row.name, Path(out_dir), settings)
+      return is_finished(row, Path(in_dir) / row.name, Path(out_dir), settings)
     return row.status == "ok" and (settings is None or row.settings == settings)
 
   best: dict = {}
@@ -149,8 +147,6 @@ def merge(out_dir, names: Sequence[str] | None = None, *, settings: str | None =
     ``(merged, missing)``: whether the files were written, and the names
     with no row yet.
   """
-  from gaussjax.batch._encode_dir import MANIFEST_NAME, write_manifest
-  from gaussjax.core._io import write_atomic
   out_dir = Path(out_dir)
   if not out_dir.is_dir():
     raise ValueError(f"out_dir={str(out_dir)!r} is not a folder")
@@ -164,6 +160,6 @@ def merge(out_dir, names: Sequence[str] | None = None, *, settings: str | None =
       return False, missing
     ordered = [rows[n] for n in names if n in rows]
     text = "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in ordered)
-    write_atomic(out_dir / "manifest.jsonl", text.encode("utf-8"))
+    write_atomic(out_dir / JOURNAL_NAME, text.encode("utf-8"))
     write_manifest(out_dir / MANIFEST_NAME, ordered)
   return True, missing

@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 from gaussjax import __version__, constants
-from gaussjax.batch._encode_dir import IMAGE_EXTENSIONS, SettingsChanged, encode_dir, list_images
 from gaussjax.cli import _cli_shard, _cli_tiles, _cli_video
 from gaussjax.cli._cli_common import (
   EXIT_INTERRUPTED,
@@ -142,7 +141,7 @@ def _run_fit(args) -> int:
   import jax
 
   import gaussjax
-  from gaussjax.fitting._fit import initial_count
+  from gaussjax.fitting._fit import init_for_fit
 
   backend_note("fit", args.backend, quiet=args.quiet)
   image = read_input_image(args.image, **svg_options(args))
@@ -157,9 +156,9 @@ def _run_fit(args) -> int:
       steps=args.steps, backend=args.backend, log_every=log_every, num_gaussians=args.gaussians,
       replan_every=max(log_every, 50), time_budget_s=args.time_budget, target_psnr=args.target_psnr)
   # SLIC starts from part of N and fit grows the rest where the error is
-  # largest (gaussjax.fit_image); random init starts from all N.
+  # largest (as gaussjax.fit_image does); random init starts from all N.
   if args.init == "slic":
-    gaussians = gaussjax.init_slic(image, initial_count(args.gaussians, config), key=key)
+    gaussians = init_for_fit(image, args.gaussians, config, key=key)
   else:
     gaussians = gaussjax.init_random(key, args.gaussians, height, width, channels)
   backend = gaussjax.default_backend() if args.backend == "auto" else args.backend
@@ -217,7 +216,8 @@ def _run_encode(args) -> int:
   _announce(args, "encode", ", " + (f"target {args.bpp} bpp" if args.bpp is not None
                                     else f"quality {args.quality:g}"))
   # Imported after the first line: the codec imports JAX (seconds).
-  from gaussjax.codec._codec import _encode, decode
+  from gaussjax.codec._formats import _encode, decode
+  from gaussjax.core._metrics import bpp
 
   config = _codec_config(args)
   backend_note("encode", args.backend, quiet=args.quiet)
@@ -243,7 +243,7 @@ def _run_encode(args) -> int:
   decoded = np.asarray(decode(data, backend=args.backend, max_pixels=h * w))  # our own file
   _, psnr, ssim = _render_metrics(decoded, image)
   write_atomic(args.output, data)
-  print(f"{len(data)} bytes  {8 * len(data) / (h * w):.4f} bpp  PSNR {psnr}  SSIM {ssim}  "
+  print(f"{len(data)} bytes  {bpp(len(data), h, w):.4f} bpp  PSNR {psnr}  SSIM {ssim}  "
         f"time {elapsed:.1f} s  ({size_text(h, w, c)}) -> {args.output}")
   return 0
 
@@ -278,7 +278,7 @@ def _read_gjx(path: str) -> bytes:
 
 
 def _run_decode(args) -> int:
-  from gaussjax.codec._codec import decode  # import cost (JAX): only when used
+  from gaussjax.codec._formats import decode  # import cost (JAX): only when used
 
   check_input(args.input)
   check_output(args.output, IMAGE, inputs=[args.input])
@@ -318,7 +318,7 @@ def register_decode(subparsers) -> None:
 
 def _run_info(args) -> int:
   # Imported here: the codec imports JAX (seconds), only for the commands that use it.
-  from gaussjax.codec._codec import info
+  from gaussjax.codec._formats import info
   from gaussjax.codec._video import MAGIC as VIDEO_MAGIC
   from gaussjax.codec._video import video_info
   check_input(args.input)
@@ -368,6 +368,15 @@ def _run_encode_dir(args) -> int:
   check_output(args.output, FOLDER)
   if os.path.realpath(args.output) == os.path.realpath(args.in_dir):
     raise CliError(f"--output {args.output!r} is IN_DIR; use another folder")
+  # Imported here: the directory encoder imports JAX (seconds), which fit and
+  # encode must not pay before their first line.
+  from gaussjax.batch._encode_dir import (
+    IMAGE_EXTENSIONS,
+    SettingsChanged,
+    encode_dir,
+    list_images,
+  )
+
   names = list_images(Path(args.in_dir))
   if not names:
     raise CliError(f"no images found in {args.in_dir!r} (looked for "
@@ -380,7 +389,7 @@ def _run_encode_dir(args) -> int:
   note("encode-dir", f"{len(names)} images in {args.in_dir}"
        + (f" ({svgs} SVG)" if svgs else "") + f" -> {args.output}", quiet=args.quiet)
   # Imported after the first line: the codec imports JAX (seconds).
-  from gaussjax.codec._codec import decode
+  from gaussjax.codec._formats import decode
 
   config = _codec_config(args)
   backend_note("encode-dir", args.backend, quiet=args.quiet)

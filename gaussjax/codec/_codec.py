@@ -1,8 +1,11 @@
-"""The codec: Gaussians to bytes and back (format in FORMAT.md).
+"""The single-level codec (format version 1): Gaussians to bytes and back (FORMAT.md).
 
-Call chain::
+The progressive (version 2, ``_progressive``) and tiled (version 3,
+``_tiles``) formats build on this module; ``_formats`` holds the public
+``encode`` / ``decode`` / ``decode_gaussians`` / ``info`` that dispatch
+between the three. Call chain of a single-level file::
 
-  encode(image, config)                       fit → steps → refit → fine-tune → code
+  _encode(image, config)                      fit → steps → refit → fine-tune → code
     ├─ _first_fit                             float fit in two halves:
     │    ├─ _fit_float                        SLIC + gaussjax.fit at the first guess of N
     │    ├─ _choose                           choose_steps (RD search) and N for the rate
@@ -13,10 +16,9 @@ Call chain::
     │                                         frozen fields)
     └─ _code → encode_gaussians               quantise, Morton order, ANS-code, frame;
                                               the rate controller (_encode_rate)
-  decode(data, height=, width=, level=)       decode_gaussians → render at any size
-  decode_gaussians(data)                      parse, validate, entropy-decode, dequantise
-                                              (version 2: gaussjax.codec._progressive)
-  info(data)                                  header fields, no decoding
+  decode_single(data)                         parse, validate, entropy-decode, dequantise
+  info_single(data)                           header fields, no decoding
+  render_safe(gaussians, height, width)       the decoder's render (at any size)
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ import optax
 
 from gaussjax import constants
 from gaussjax.codec import _quantize as qz
-from gaussjax.codec import _tiles
 from gaussjax.codec._bitstream import (
   MAX_ALPHABET,
   DecodeError,
@@ -47,6 +48,8 @@ from gaussjax.codec._bitstream import (
   choose_model,
 )
 from gaussjax.core._gaussians import Gaussians, validate
+from gaussjax.core._image import check_image
+from gaussjax.core._metrics import bpp, bytes_for_bpp
 
 MAGIC = b"\x89GJX"
 VERSION = 1
@@ -359,59 +362,35 @@ _DECODERS = {1: _decode_v1}
 _PROGRESSIVE_VERSION = 2
 
 
-def decode_gaussians(data: bytes, *, level: int | None = None,
-                     partial: bool = False) -> tuple[Gaussians, tuple[int, int]]:
-  """Parses a gaussjax file into Gaussians.
+def decode_single(data: bytes) -> tuple[Gaussians, tuple[int, int]]:
+  """Parses a single-level (version-1) gaussjax file into Gaussians.
 
-  Args:
-    data: the file's bytes.
-    level: of a progressive file, the Gaussians of levels 0..``level``
-      (None: all; a single-level file has only level 0).
-    partial: of a progressive file, accept a truncated file and return the
-      levels that are complete (FORMAT.md, version 2).
+  ``gaussjax.decode_gaussians`` (``gaussjax.codec._formats``) reads every
+  version; this is its version-1 part.
 
   Returns:
     ``(gaussians, (height, width))``: float32 numpy ``Gaussians`` in the
-    pixel coordinates of the encoded image size, in Morton order (per level,
-    coarse to fine, for a progressive file).
+    pixel coordinates of the encoded image size, in Morton order.
 
   Raises:
-    DecodeError: the bytes are not a valid file (see FORMAT.md for limits).
-    ValueError: ``level`` is not a level of the file.
+    DecodeError: the bytes are not a valid version-1 file.
   """
-  if _tiles.is_tiled(data):
-    raise DecodeError("a tiled file (format version 3) has one set of Gaussians per tile: "
-                      "decode it with gaussjax.decode, or read its tiles with gaussjax.codec._tiles")
-  from gaussjax.codec import _progressive  # circular: the progressive format builds on this module
-  _progressive._check_level(level)
-  data, version = _check_container(data)
-  if version == _PROGRESSIVE_VERSION:
-    levels, size, _ = _progressive.decode_levels(data, level=level, partial=partial)
-    return Gaussians(*(np.concatenate(parts) for parts in zip(*levels))), size
-  _progressive._check_level(level, 1)
   header, r = _read_header(data)
   return _DECODERS[header.version](header, r), (header.height, header.width)
 
 
-def info(data: bytes) -> dict:
-  """Header fields and stream models of a gaussjax file, without rendering.
+def info_single(data: bytes) -> dict:
+  """Header fields and stream models of a single-level (version-1) file, without rendering.
 
-  Of a progressive file: the levels, each with its byte offset, size and
-  number of Gaussians; of a tiled file: the grid and each tile's bytes.
+  ``gaussjax.codec._formats.info`` reads every version; this is its version-1 part.
   """
-  if _tiles.is_tiled(data):
-    return _tiles.info_tiled(data)
-  from gaussjax.codec import _progressive  # circular: the progressive format builds on this module
-  data, version = _check_container(data)
-  if version == _PROGRESSIVE_VERSION:
-    return _progressive.level_table(data)
   header, r = _read_header(data)
   out = {
       "version": header.version, "width": header.width, "height": header.height,
       "channels": header.channels, "num_gaussians": header.num_gaussians,
       "color_mode": {COLOR_MODE_DIRECT: "direct", COLOR_MODE_YCOCG: "ycocg"}[header.color_mode],
       "steps": dataclasses.asdict(header.steps), "bytes": len(data),
-      "bpp": 8.0 * len(data) / (header.width * header.height),
+      "bpp": bpp(len(data), header.height, header.width),
   }
   if header.num_gaussians:
     names = ["position buckets", "log l11", "shear", "log l22"] + [
@@ -450,49 +429,6 @@ def _output_size(header_hw, height, width, max_pixels=None):
     raise ValueError(f"output {width}x{height} = {height * width} pixels is over "
                      f"max_pixels={max_pixels}")
   return int(height), int(width)
-
-
-def decode(data: bytes, *, height: int | None = None, width: int | None = None,
-           backend: str = "auto", max_pixels: int = constants.MAX_DECODE_PIXELS,
-           level: int | None = None, partial: bool = False) -> jax.Array:
-  """Decodes a gaussjax file to an image, at the encoded or any other size.
-
-  Args:
-    data: the file's bytes.
-    height: output rows (default: the encoded height, or keep the aspect
-      ratio when only ``width`` is given).
-    width: output columns (likewise).
-    backend: renderer, as in ``gaussjax.render``.
-    max_pixels: the most pixels the output may have
-      (``gaussjax.constants.MAX_DECODE_PIXELS`` by default), checked before
-      anything of the image's size is allocated; raise it for files you trust.
-    level: render levels 0..``level`` of a progressive file (None: all).
-    partial: a progressive file cut short (e.g. a download in progress)
-      decodes to its last complete level instead of raising.
-
-  Returns:
-    ``[height, width, C]`` float32 image clipped to [0, 1].
-
-  Raises:
-    DecodeError: the bytes are not a valid gaussjax file (or are truncated,
-      without ``partial``), or the header's image size is over
-      ``max_pixels`` (when no output size is given).
-    ValueError: the requested output size is invalid or over ``max_pixels``,
-      or ``level`` is not a level of the file.
-  """
-  if _tiles.is_tiled(data):  # a tiled file (gaussjax.encode_tiled): rendered band by band
-    grid = _tiles.unpack(data).grid  # checks the header before anything of its size exists
-    h, w = _output_size((grid.height, grid.width), height, width, max_pixels)
-    return jnp.asarray(_tiles.decode_tiled(data, height=h, width=w, backend=backend))
-  gaussians, (h0, w0) = decode_gaussians(data, level=level, partial=partial)
-  h, w = _output_size((h0, w0), height, width, max_pixels)
-  if gaussians.num_gaussians == 0:
-    return jnp.zeros((h, w, gaussians.channels), jnp.float32)
-  if h * w > _tiles.BAND_PIXELS:  # big outputs: rendered in bands (bounded working memory)
-    return jnp.asarray(_tiles.render_banded(gaussians, h, w, source_size=(h0, w0),
-                                            backend=backend))
-  image = render_safe(gaussians, h, w, backend=backend, source_size=(h0, w0))
-  return jnp.clip(image, 0.0, 1.0)
 
 
 # ---------------------------------------------------------------------------
@@ -630,17 +566,16 @@ def _quantized_loss(g, image, steps, backend) -> float:
 
 def _fit_float(image: jax.Array, n: int, config: CodecConfig,
                num_steps: int | None = None) -> Gaussians:
-  """SLIC initialisation, then ``gaussjax.fit`` growing to ``n`` for ``num_steps``.
+  """``init_for_fit`` (SLIC), then ``gaussjax.fit`` growing to ``n`` for ``num_steps``.
 
   ``num_steps`` defaults to ``config.fit_steps``; 0 returns SLIC at ``n``.
   """
-  from gaussjax.fitting._fit import fit, initial_count
-  from gaussjax.fitting._init import init_slic
+  from gaussjax.fitting._fit import fit, init_for_fit
   num_steps = config.fit_steps if num_steps is None else num_steps
-  if num_steps == 0:
-    return init_slic(np.asarray(image), n, key=jax.random.key(config.seed))
-  fit_config = _float_fit_config(config, n, num_steps)
-  g = init_slic(np.asarray(image), initial_count(n, fit_config), key=jax.random.key(config.seed))
+  fit_config = _float_fit_config(config, n, num_steps) if num_steps else None
+  g = init_for_fit(image, n, fit_config, key=jax.random.key(config.seed))
+  if fit_config is None:
+    return g
   g, _ = fit(image, g, fit_config)
   return g
 
@@ -689,7 +624,7 @@ def _choose(image: jax.Array, g: Gaussians, base: qz.QuantSteps,
   n = g.num_gaussians
   if config.bpp is not None and config.num_gaussians is None:
     size = len(encode_gaussians(g, h, w, steps=steps))
-    n = int(min(max(round(n * config.bpp * h * w / 8.0 / size), 1), MAX_GAUSSIANS, h * w))
+    n = int(min(max(round(n * bytes_for_bpp(config.bpp, h, w) / size), 1), MAX_GAUSSIANS, h * w))
   return steps, n
 
 
@@ -744,11 +679,7 @@ def choose_steps(gaussians: Gaussians, image, *, base: qz.QuantSteps | None = No
   """
   if not (isinstance(slope, (int, float)) and math.isfinite(slope) and slope > 0):
     raise ValueError(f"slope={slope!r} must be a positive number")
-  image = np.asarray(image, np.float32)
-  if image.ndim == 2:
-    image = image[:, :, None]
-  if image.ndim != 3:
-    raise ValueError(f"image must have shape [H, W, C], got {image.shape}")
+  image = check_image(image, integers=True)
   h, w, c = image.shape
   g = validate(gaussians)
   g = Gaussians(*(np.asarray(x, np.float32) for x in g))
@@ -869,25 +800,14 @@ def render_safe(gaussians: Gaussians, height: int, width: int, *, backend: str =
 
 
 def _as_image(image) -> jax.Array:
-  arr = np.asarray(image)
-  if arr.ndim == 2:
-    arr = arr[:, :, None]
-  if arr.ndim != 3:
-    raise ValueError(f"image must have shape [H, W, C], got {arr.shape}")
-  if arr.dtype == np.uint8:
-    arr = arr.astype(np.float32) / 255.0
-  elif arr.dtype == np.uint16:
-    arr = arr.astype(np.float32) / 65535.0
-  elif not np.issubdtype(arr.dtype, np.floating):
-    raise TypeError(f"image must be float in [0, 1], uint8 or uint16, got {arr.dtype}")
+  """``check_image`` (uint8 / uint16 accepted), then the format's limits on size and channels."""
+  arr = check_image(image, integers=True)
   h, w, c = arr.shape
   if not (1 <= h <= MAX_DIM and 1 <= w <= MAX_DIM) or h * w > constants.MAX_PIXELS:
     raise ValueError(f"image size {h}x{w} must be within {MAX_DIM} per side and "
                      f"MAX_PIXELS={constants.MAX_PIXELS}")
   if not 1 <= c <= MAX_CHANNELS:
     raise ValueError(f"image has {c} channels; gaussjax files hold 1 to {MAX_CHANNELS}")
-  if not np.all(np.isfinite(arr)):
-    raise ValueError("image contains NaN or infinite values")
   return jnp.asarray(arr, jnp.float32)
 
 
@@ -898,52 +818,25 @@ def _quality_settings(quality: float, height: int, width: int, channels: int):
   return n, steps
 
 
-def encode(image, config: CodecConfig = CodecConfig()) -> bytes:
-  """Fits Gaussians to an image and codes them into a gaussjax file.
-
-  Steps: half of the float fit at a first guess of N; the quantiser steps
-  chosen by a rate-distortion search on those Gaussians (``choose_steps``)
-  and, with ``config.bpp``, N rescaled from the size of their real file; the
-  other half of the fit at that N; quantisation-aware fine-tuning
-  (``config.finetune``); quantisation and ANS coding. With ``bpp`` a rate
-  controller then measures the real file size and prunes the least
-  important Gaussians or refines the steps (fine-tuning again) until the
-  file is within ``config.rate_tolerance`` of ``bpp · H · W / 8`` bytes.
-  With ``config.levels > 1`` the file is progressive (format version 2,
-  ``gaussjax.codec._progressive``): levels fitted coarse to fine, each prefix at a
-  level boundary a picture (``decode(data, level=k)``).
-
-  Args:
-    image: ``[H, W, C]`` float in [0, 1] (or uint8/uint16), C ≤ 4.
-    config: ``CodecConfig``.
-
-  Returns:
-    The file's bytes (``8 · len(result) / (H · W)`` is the rate in bpp).
-
-  Raises:
-    ValueError: the image or config is invalid, or the rate target cannot be
-      met (e.g. smaller than the header).
-  """
-  return _encode(image, config)
-
-
 # The stages of ``encode``, in order, as ``_encode`` reports them to ``progress``.
 ENCODE_STAGES = ("fit", "fine-tune", "code")
 
 
 def _encode(image, config: CodecConfig, progress=None) -> bytes:
-  """``encode``, calling ``progress(stage)`` as each of ``ENCODE_STAGES`` starts.
+  """``encode`` of a single-level file, calling ``progress(stage)`` as each of
+  ``ENCODE_STAGES`` starts.
 
   ``"code"`` includes the rate search when ``config.bpp`` is set. The
   ``gaussjax encode`` command draws its progress bar from these calls.
+  ``gaussjax.encode`` (``gaussjax.codec._formats``) sends ``levels > 1`` to
+  ``gaussjax.codec._progressive`` instead.
   """
   if not isinstance(config, CodecConfig):
     raise TypeError(f"config must be a CodecConfig, got {type(config).__name__}")
   report = progress or (lambda stage: None)
   image = _as_image(image)
   if config.levels > 1:
-    from gaussjax.codec._progressive import encode_progressive  # circular: it builds on this module
-    return encode_progressive(image, config)
+    raise ValueError(f"levels={config.levels}: a progressive file (gaussjax.encode)")
   report("fit")
   g, steps = _first_fit(image, config)
   report("fine-tune")
@@ -965,13 +858,13 @@ def _fit_settings(h: int, w: int, c: int, config: CodecConfig):
   if config.bpp is None:
     n, steps = _quality_settings(config.quality or 50.0, h, w, c)
     return config.num_gaussians or n, steps
-  target = config.bpp * h * w / 8.0
+  target = bytes_for_bpp(config.bpp, h, w)
   steps = qz.default_steps(c)
   smallest = len(encode_gaussians(
       Gaussians(np.zeros((1, 2), np.float32), np.ones((1, 3), np.float32),
                 np.zeros((1, c), np.float32)), h, w, steps=steps))
   if smallest > target * (1 + config.rate_tolerance):
-    least = 8.0 * smallest / (h * w)
+    least = bpp(smallest, h, w)
     raise ValueError(
         f"a target of {config.bpp:g} bpp ({target:.0f} bytes) is below the smallest file for "
         f"a {w}x{h} image ({smallest} bytes = {least:.3g} bpp)"
@@ -1004,7 +897,7 @@ def _encode_rate(image: jax.Array, config: CodecConfig, g: Gaussians, steps) -> 
   for one quantiser grid lose that on another), and the size fitted once more.
   """
   h, w, c = image.shape
-  target = config.bpp * h * w / 8.0
+  target = bytes_for_bpp(config.bpp, h, w)
   tol = config.rate_tolerance
   lo_ok, hi_ok = target * (1 - tol), target * (1 + tol)
   aim = (target * (1 - tol / 2), target * (1 + tol / 2))

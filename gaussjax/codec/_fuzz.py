@@ -20,9 +20,16 @@ import struct
 import time
 import zlib
 
+import jax
 import numpy as np
 
+from gaussjax.codec import _formats
 from gaussjax.codec._bitstream import DecodeError
+from gaussjax.codec._codec import MAGIC, MAX_GAUSSIANS, encode_gaussians
+from gaussjax.codec._progressive import encode_levels
+from gaussjax.constants import MAX_DECODE_PIXELS
+from gaussjax.core._gaussians import Gaussians
+from gaussjax.fitting._init import init_random
 
 
 def mutate(data: bytes, rng: np.random.Generator) -> bytes:
@@ -114,17 +121,15 @@ def check_case(data: bytes, kind: str) -> str:
   Gaussians checked finite; ``header`` cases are decoded to pixels
   (``decode`` with its default ``max_pixels`` and renderer).
   """
-  from gaussjax.codec._codec import MAX_GAUSSIANS, decode, decode_gaussians
-  from gaussjax.constants import MAX_DECODE_PIXELS
   try:
     if kind == "header":
-      image = np.asarray(decode(data))
+      image = np.asarray(_formats.decode(data))
       if image.shape[0] * image.shape[1] > MAX_DECODE_PIXELS:
         return "over MAX_DECODE_PIXELS"
       if not np.all(np.isfinite(image)):
         return "non-finite pixels"
     else:
-      g, _ = decode_gaussians(data)
+      g, _ = _formats.decode_gaussians(data)
       if g.num_gaussians > MAX_GAUSSIANS or not all(np.all(np.isfinite(a)) for a in g):
         return "non-finite or oversized Gaussians"
   except DecodeError:
@@ -156,7 +161,6 @@ def campaign(seeds: list[bytes], header_seeds: list[bytes], count: int, *, seed:
     outcome that is neither acceptance nor ``DecodeError`` (it must stay
     empty), with up to 5 ``examples`` (kind, error, file as hex).
   """
-  from gaussjax.codec._codec import MAGIC
   shares = shares or {"mutant": 0.87, "header": 0.03, "random": 0.1}
   kinds = list(shares)
   probabilities = np.asarray([shares[k] for k in kinds], np.float64)
@@ -206,8 +210,7 @@ def fuzz(seeds: list[bytes], count: int, *, seed: int = 0, decode=None) -> dict:
     AssertionError: a mutant raised another exception, or decoded to
       non-finite or oversized Gaussians.
   """
-  from gaussjax.codec._codec import MAX_GAUSSIANS, decode_gaussians
-  decode = decode or decode_gaussians
+  decode = decode or _formats.decode_gaussians
   rng = np.random.default_rng(seed)
   accepted = rejected = 0
   slowest = 0.0
@@ -235,12 +238,6 @@ def seed_files(cases) -> list[bytes]:
   Random Gaussians with Cholesky factors of both signs, so every field of the
   format takes varied values.
   """
-  import jax
-
-  from gaussjax.codec._codec import encode_gaussians
-  from gaussjax.core._gaussians import Gaussians
-  from gaussjax.fitting._init import init_random
-
   out = []
   for n, c, (h, w) in cases:
     g = init_random(jax.random.key(n), n, h, w, c)
@@ -259,8 +256,6 @@ def bomb(width: int = 65535, height: int = 4096, channels: int = 3) -> bytes:
   values (3.2 GB): the decompression bomb that ``decode``'s ``max_pixels``
   refuses before allocating anything.
   """
-  from gaussjax.codec._codec import encode_gaussians
-  from gaussjax.core._gaussians import Gaussians
   empty = Gaussians(np.zeros((0, 2), np.float32), np.zeros((0, 3), np.float32),
                     np.zeros((0, channels), np.float32))
   return encode_gaussians(empty, height, width)
@@ -272,12 +267,6 @@ def progressive_seed_files(cases) -> list[bytes]:
   Each level holds random Gaussians as in ``seed_files`` (an empty level
   when its count is 0).
   """
-  import jax
-
-  from gaussjax.codec._progressive import encode_levels
-  from gaussjax.core._gaussians import Gaussians
-  from gaussjax.fitting._init import init_random
-
   out = []
   for counts, c, (h, w) in cases:
     levels = []

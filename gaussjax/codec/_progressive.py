@@ -39,6 +39,9 @@ from gaussjax.codec import _codec
 from gaussjax.codec import _quantize as qz
 from gaussjax.codec._bitstream import DecodeError, Writer
 from gaussjax.core._gaussians import Gaussians, validate
+from gaussjax.core._metrics import bpp, bytes_for_bpp
+from gaussjax.fitting._density import sample_from_error
+from gaussjax.fitting._fit import FitConfig, fit, init_for_fit
 
 VERSION = 2
 MAX_LEVELS = 16
@@ -275,12 +278,12 @@ def level_table(data: bytes) -> dict:
     levels.append({
         "level": k, "offset": seg.offset, "bytes": seg.end - seg.offset, "end": seg.end,
         "num_gaussians": header.num_gaussians, "steps": dataclasses.asdict(header.steps),
-        "prefix_bpp": 8.0 * seg.end / (width * height)})
+        "prefix_bpp": bpp(seg.end, height, width)})
   return {
       "version": VERSION, "width": width, "height": height, "channels": c,
       "num_gaussians": total,
       "color_mode": "ycocg" if c == 3 else "direct",
-      "bytes": len(data), "bpp": 8.0 * len(data) / (width * height),
+      "bytes": len(data), "bpp": bpp(len(data), height, width),
       "num_levels": num_levels, "levels": levels,
   }
 
@@ -311,7 +314,6 @@ def _per_level(steps: int, levels: int) -> int:
 
 
 def _fit_config(config, n: int | None, num_steps: int, densify: bool, **kw):
-  from gaussjax.fitting._fit import FitConfig
   extra = {} if densify else {"densify_every": 0}
   return FitConfig(steps=max(num_steps, 1), backend=config.backend, log_every=max(num_steps, 1),
                    replan_every=50, num_gaussians=n, **extra, **kw)
@@ -319,7 +321,6 @@ def _fit_config(config, n: int | None, num_steps: int, densify: bool, **kw):
 
 def _from_error(rng, residual: np.ndarray, n: int) -> Gaussians:
   """``n`` Gaussians placed where ``residual`` is largest, half the mean spacing wide."""
-  from gaussjax.fitting._density import sample_from_error
   h, w = residual.shape[:2]
   return sample_from_error(rng, residual, n, 0.5 * math.sqrt(h * w / n))
 
@@ -327,21 +328,19 @@ def _from_error(rng, residual: np.ndarray, n: int) -> Gaussians:
 def _fit_level(target: np.ndarray, n: int, first: bool, config, rng, budget, steps):
   """Float fit of one level to ``target`` (the image, or the residual of the levels before).
 
-  Level 0 is SLIC at half of N grown by ``gaussjax.fit``'s density control,
-  as the single-level codec fits. Later levels start from Gaussians sampled
+  Level 0 starts as ``gaussjax.fit_image`` does (``init_for_fit``) and is
+  grown to N by ``gaussjax.fit``'s density control, as the single-level codec fits. Later levels start from Gaussians sampled
   where the residual is largest and are fitted without density events (those
   measure the error of a render clipped to [0, 1], which a signed residual
   is not). With a byte budget the fit runs in two halves: N is moved
   between them by the size of the level's real body.
   """
-  from gaussjax.fitting._fit import fit, initial_count
-  from gaussjax.fitting._init import init_slic
   fit_steps = _per_level(config.fit_steps, config.levels)
   h, w = target.shape[:2]
   n = int(min(max(n, 1), h * w))
   key = jax.random.key(config.seed)
   if first:
-    g = init_slic(target, initial_count(n, _fit_config(config, n, 1, True)), key=key)
+    g = init_for_fit(target, n, _fit_config(config, n, 1, True), key=key)
   else:
     g = _from_error(rng, target, n)
   if fit_steps == 0:
@@ -370,7 +369,6 @@ def _finetune_level(g: Gaussians, target: np.ndarray, steps: qz.QuantSteps, conf
   with a zero learning rate on the frozen fields); ``encode_gaussians``
   rounds the colours last.
   """
-  from gaussjax.fitting._fit import FitConfig, fit
   num = _per_level(config.qat_steps, config.levels)
   if num == 0 or g.num_gaussians == 0:
     return g
@@ -408,7 +406,7 @@ def _code_level(g: Gaussians, height: int, width: int, steps: qz.QuantSteps, lo,
     if data is None:
       fits = False
       data = _codec.encode_gaussians(g, height, width, steps=steps)
-  decoded, _ = _codec.decode_gaussians(data)
+  decoded, _ = _codec.decode_single(data)
   return data[_V1_PREFIX:-_CRC], decoded, fits
 
 
@@ -441,7 +439,7 @@ def encode_progressive(image, config) -> bytes:
     target = None
   else:
     steps = qz.default_steps(c)
-    target = config.bpp * h * w / 8.0
+    target = bytes_for_bpp(config.bpp, h, w)
     one = Gaussians(np.zeros((1, 2), np.float32), np.ones((1, 3), np.float32),
                     np.zeros((1, c), np.float32))
     smallest = HEADER_BYTES + num_levels * segment_size(len(level_body(one, h, w, steps)))
@@ -479,3 +477,4 @@ def encode_progressive(image, config) -> bytes:
     used += segment_size(len(body))
     prefix = prefix + _render(decoded, h, w, config.backend)
   return frame(bodies, c, h, w)
+

@@ -83,15 +83,13 @@ class QuantSteps:
 
 
 def default_steps(channels: int) -> QuantSteps:
-  """The starting steps (benchmarks/results/quantizers.md).
+  """The starting steps.
 
-  On a fitted Kodak image (kodim23 at 384x256, 1,200 Gaussians, 31.05 dB
-  float) each step sits near break-even between bytes and PSNR: halving one
-  attribute's step costs 4.6% more bytes (shear 2.2%, colour 6.8%) for +0.10
-  (position), +0.20 (scale), +0.04 (shear) or +0.14 dB (colour); doubling
-  saves 4.5% (shear 2.3%, colour 6.6%) for -0.26, -0.45, -0.14 or -0.72 dB.
-  ``choose_steps`` moves them per image, since the balance shifts with the
-  quality.
+  On a fitted Kodak image each step sits near break-even between bytes and
+  PSNR: halving or doubling one attribute's step trades a few percent of
+  bytes for about as much PSNR as that is worth
+  (the ``step_factor`` table of ``benchmarks/results/quantizers.md``). ``choose_steps``
+  moves them per image, since the balance shifts with the quality.
   """
   if channels == 3:
     color = (1.0 / 128.0, 1.0 / 64.0, 1.0 / 64.0)

@@ -22,8 +22,10 @@ the command line plans with them before it imports JAX.
 
 Call chain::
 
-  encode_tiled(image, config, tile=, margin=)   per tile: encode(crop) → version-3 file
-  decode_tiled(data, height=, width=)           per band of tiles: decode_gaussians, render, blend
+  encode_tiled(image, config, tile=, margin=)   per tile: _codec._encode(crop) (a version-1
+                                                file) → a version-3 file
+  decode_tiled(data, height=, width=)           per band of tiles: _codec.decode_single,
+                                                render, blend
   fit_tiled(image, n, config, tile=)            per tile: fit_image(crop) → TiledGaussians
   render_tiled(tiled, height=, width=)          per band: render each crop, blend
 """
@@ -39,6 +41,15 @@ import numpy as np
 
 from gaussjax import constants
 from gaussjax.codec._bitstream import DecodeError, Reader, Writer
+from gaussjax.codec._codec import (
+  MAX_FILE_BYTES,
+  CodecConfig,
+  _encode,
+  _output_size,
+  _read_header,
+  decode_single,
+  render_safe,
+)
 from gaussjax.codec._tile_grid import (  # noqa: F401 - the grid and budget, re-exported
   DEFAULT_MARGIN,
   DEFAULT_MEMORY_BUDGET_MB,
@@ -54,7 +65,8 @@ from gaussjax.codec._tile_grid import (  # noqa: F401 - the grid and budget, re-
   fit_memory_mb,
   largest_tile,
 )
-from gaussjax.core._gaussians import Gaussians
+from gaussjax.core._gaussians import Gaussians, scale_gaussians
+from gaussjax.core._metrics import bpp
 from gaussjax.core._progress import progress_bar
 
 MAGIC = b"\x89GJX"
@@ -178,7 +190,6 @@ def pack(grid: TileGrid, channels: int, segments: Sequence[bytes]) -> bytes:
 
 def unpack(data) -> TiledFile:
   """Parses and checks a tiled file's header and index (segments are checked when decoded)."""
-  from gaussjax.codec._codec import MAX_FILE_BYTES
   if not isinstance(data, (bytes, bytearray, memoryview)):
     raise TypeError(f"data must be bytes, got {type(data).__name__}")
   data = bytes(data)
@@ -219,7 +230,6 @@ def unpack(data) -> TiledFile:
   if grid.crop_height > 65535 or grid.crop_width > 65535:
     raise DecodeError(f"tile crops of {grid.crop_height}x{grid.crop_width} are over 65535")
   # Every segment's own checksum and header, before the output is allocated.
-  from gaussjax.codec._codec import _read_header
   for index, (offset, length) in enumerate(segments):
     try:
       header, _ = _read_header(data[offset:offset + length])
@@ -242,7 +252,8 @@ def encode_tiled(image, config=None, *, tile: int = DEFAULT_TILE, margin: int = 
   """Encodes an image tile by tile into one tiled gaussjax file (format version 3).
 
   Each tile's crop (the tile and ``margin`` pixels of context around it) is
-  encoded by ``gaussjax.encode`` into a version-1 file; with ``config.bpp``
+  encoded as by ``gaussjax.encode`` into a version-1 file (so ``config.levels``
+  must be 1); with ``config.bpp``
   each crop gets ``bpp · tile area / crop area`` so the whole file lands at
   ``bpp`` over the image (the overlap is paid for once per side). Peak
   memory: one crop's encode plus the image (``check_budget``).
@@ -264,10 +275,12 @@ def encode_tiled(image, config=None, *, tile: int = DEFAULT_TILE, margin: int = 
     MemoryBudgetError: the crops (and image) would not fit the budget.
     ValueError: bad image or options.
   """
-  from gaussjax.codec._codec import CodecConfig, encode
   config = CodecConfig() if config is None else config
   if not isinstance(config, CodecConfig):
     raise TypeError(f"config must be a CodecConfig, got {type(config).__name__}")
+  if config.levels > 1:  # the decoder (unpack) reads version-1 tiles only, as FORMAT.md says
+    raise ValueError(f"levels={config.levels}: the tiles of a tiled file are single-level "
+                     "(FORMAT.md, version 3); encode with levels=1 or without tiles")
   array = _as_array(image)
   h, w, c = array.shape
   grid = TileGrid.make(h, w, tile=tile, margin=margin)
@@ -285,8 +298,8 @@ def encode_tiled(image, config=None, *, tile: int = DEFAULT_TILE, margin: int = 
       if config.bpp is not None:
         share = (y1 - y0) * (x1 - x0) / crop_area
         tile_config = dataclasses.replace(config, bpp=config.bpp * share)
-      segments.append(encode(_crop_float(array, grid.crop(index)), tile_config))
-      tick(f"{8 * sum(map(len, segments)) / (h * w):.3f} bpp so far")
+      segments.append(_encode(_crop_float(array, grid.crop(index)), tile_config))
+      tick(f"{bpp(sum(map(len, segments)), h, w):.3f} bpp so far")
   finally:
     tick(None)
   return pack(grid, c, segments)
@@ -303,8 +316,6 @@ def _blend_bands(grid: TileGrid, channels: int, gaussians_of: Callable[[int], Ga
   the rows they touch; rows that no later tile row touches are yielded. The
   buffer holds at most about two crop heights of the output.
   """
-  from gaussjax.codec._codec import render_safe
-  from gaussjax.core._gaussians import scale_gaussians
   sy, sx = out_h / grid.height, out_w / grid.width
   (yb, _, _), (xb, _, _) = grid.y, grid.x
   buffer = np.zeros((0, out_w, channels), np.float32)
@@ -364,7 +375,6 @@ def decode_tiled(data, *, height: int | None = None, width: int | None = None,
   Returns:
     ``[height, width, C]`` image.
   """
-  from gaussjax.codec._codec import _output_size
   parsed = unpack(data)
   grid = parsed.grid
   out_h, out_w = _output_size((grid.height, grid.width), height, width)
@@ -399,8 +409,6 @@ def render_banded(gaussians: Gaussians, height: int, width: int, *,
   are shifted up by the band's first row), clipped to [0, 1], with the
   renderer's working memory bounded by one band instead of the whole output.
   """
-  from gaussjax.codec._codec import render_safe
-  from gaussjax.core._gaussians import scale_gaussians
   g = Gaussians(*(np.asarray(a, np.float32) for a in gaussians))
   if source_size is not None and tuple(source_size) != (height, width):
     g = scale_gaussians(g, height / source_size[0], width / source_size[1])
@@ -415,8 +423,7 @@ def render_banded(gaussians: Gaussians, height: int, width: int, *,
 
 
 def _segment_gaussians(parsed: TiledFile, index: int) -> Gaussians:
-  from gaussjax.codec._codec import decode_gaussians
-  g, size = decode_gaussians(parsed.segment(index))
+  g, size = decode_single(parsed.segment(index))
   expected = (parsed.grid.crop_height, parsed.grid.crop_width)
   if size != expected:
     raise DecodeError(f"tile {index} is {size[0]}x{size[1]}, expected the crop size "
@@ -434,7 +441,7 @@ def info_tiled(data) -> dict:
           "channels": parsed.channels, "tile_rows": grid.rows, "tile_cols": grid.cols,
           "margin": grid.margin, "crop": [grid.crop_height, grid.crop_width],
           "tile_bytes": [length for _, length in parsed.segments], "bytes": len(parsed.data),
-          "bpp": 8.0 * len(parsed.data) / (grid.width * grid.height)}
+          "bpp": bpp(len(parsed.data), grid.height, grid.width)}
 
 
 # --------------------------------------------------------------------------- fit
@@ -501,7 +508,6 @@ def fit_tiled(image, num_gaussians: int, config=None, *, tile: int = DEFAULT_TIL
 def render_tiled(tiled: TiledGaussians, *, height: int | None = None, width: int | None = None,
                  backend: str = "auto", dtype=np.float32, progress=False) -> np.ndarray:
   """Renders ``TiledGaussians`` band by band, blending the crops (as ``decode_tiled``)."""
-  from gaussjax.codec._codec import _output_size
   grid = tiled.grid
   out_h, out_w = _output_size((grid.height, grid.width), height, width)
   channels = tiled.tiles[0].channels

@@ -49,12 +49,12 @@ from gaussjax.codec._codec import (
   MAX_GAUSSIANS,
   CodecConfig,
   _output_size,
-  decode_gaussians,
-  encode,
   encode_gaussians,
   render_safe,
 )
-from gaussjax.codec._codec import info as gjx_info
+from gaussjax.codec._formats import decode_gaussians, encode
+from gaussjax.codec._formats import info as gjx_info
+from gaussjax.core import _metrics
 from gaussjax.core._gaussians import Gaussians
 from gaussjax.core._metrics import psnr
 from gaussjax.fitting._density import contributions
@@ -480,7 +480,7 @@ class _Encoder:
     self.refresh = False  # the next frame is an I-frame (P-frame quality fell)
 
   def frame_bytes(self) -> float:
-    return self.config.bpp * self.h * self.w / 8.0
+    return _metrics.bytes_for_bpp(self.config.bpp, self.h, self.w)
 
   def encode(self, index: int, frame: np.ndarray) -> tuple[int, bytes, dict]:
     cfg = self.config
@@ -517,7 +517,7 @@ class _Encoder:
       # less what was spent (a GOP cut short passes its unspent bytes on).
       left = self.gop_end * self.frame_bytes() - self.spent
       share = 1.0 / (1.0 + (length - 1) * cfg.p_cost)
-      bpp = 8.0 * left * share / (self.h * self.w)
+      bpp = _metrics.bpp(max(left * share, 0.0), self.h, self.w)  # overspent: the floor below
       bpp = float(np.clip(bpp, 0.5 * cfg.bpp, 64.0))
     payload = encode(frame, cfg.codec_config(bpp))
     self.state = _gjx_state(payload, None, self.h, self.w, self.c)
@@ -833,11 +833,11 @@ def decode_video_frame(data: bytes, index: int, *, height: int | None = None,
 def video_info(data: bytes) -> dict:
   """Header fields and per-frame segment types and sizes of a ``.gjv`` file."""
   header, segments = _parse(data)
-  pixels = header.width * header.height
   return {
       "format": "gjv", "version": header.version, "width": header.width,
       "height": header.height, "channels": header.channels, "num_frames": header.num_frames,
       "fps": header.fps, "gop": header.gop, "bytes": len(data),
-      "bpp_per_frame": 8.0 * len(data) / (pixels * max(header.num_frames, 1)),
+      "bpp_per_frame": _metrics.bpp(len(data), header.height, header.width)
+                       / max(header.num_frames, 1),
       "frames": [{"type": SEGMENT_NAMES[k], "bytes": len(p)} for k, p in segments],
   }

@@ -8,6 +8,7 @@ C]``; leading axes are a batch and each metric returns one value per image
 from __future__ import annotations
 
 import functools
+import math
 
 import dm_pix
 import jax
@@ -197,11 +198,27 @@ def ms_ssim(a: Array, b: Array, *, filter_size: int = SSIM_FILTER_SIZE, filter_s
   return jnp.prod(values**weights, axis=-1)
 
 
-def bpp(num_bytes: int, height: int, width: int) -> float:
-  """Bits per pixel of a ``num_bytes`` file describing a ``height x width`` image."""
+def _check_size(height, width) -> None:
   for name, value in (("height", height), ("width", width)):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
       raise ValueError(f"{name}={value!r} must be a positive int")
-  if isinstance(num_bytes, bool) or not isinstance(num_bytes, (int, np.integer)) or num_bytes < 0:
-    raise ValueError(f"num_bytes={num_bytes!r} must be a non-negative int")
-  return 8.0 * int(num_bytes) / (int(height) * int(width))
+
+
+def bpp(num_bytes: float, height: int, width: int) -> float:
+  """Bits per pixel of a ``num_bytes`` file describing a ``height x width`` image.
+
+  ``num_bytes`` is a file's size (an int) or a byte budget (any number >= 0).
+  The package computes every rate here; ``bytes_for_bpp`` is the inverse.
+  """
+  _check_size(height, width)
+  if isinstance(num_bytes, bool) or not isinstance(num_bytes, (int, float, np.integer,
+                                                               np.floating)) \
+      or not num_bytes >= 0 or not math.isfinite(num_bytes):
+    raise ValueError(f"num_bytes={num_bytes!r} must be a non-negative number")
+  return 8.0 * num_bytes / (int(height) * int(width))
+
+
+def bytes_for_bpp(rate: float, height: int, width: int) -> float:
+  """The bytes of a ``height x width`` image's file at ``rate`` bits per pixel (``bpp``'s inverse)."""
+  _check_size(height, width)
+  return rate * height * width / 8.0

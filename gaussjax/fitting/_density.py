@@ -22,12 +22,9 @@ the same counts of pruned, split and added Gaussians. Enable it through
 ``FitConfig`` (``num_gaussians``, ``densify_every``, ``prune_fraction``,
 ``split_fraction``, ``grow_until``, ``densify_until``).
 
-Measured (``benchmarks/represent.py`` ablation, Kodak 03 and 23 at 1/4 size,
-625 Gaussians, 300 steps): from SLIC at N, pruning and re-adding 2 % per
-event changes PSNR by +0.05 dB, growing from N/2 by -0.1 to -0.2 dB, and
-splitting adds nothing; from a random init, pruning 5 % adds +0.2 dB. Error
-placement pays off where Gaussians are wasted, not after a good SLIC init at
-these step counts, so ``fit`` leaves it off by default.
+Density control is on by default (``FitConfig.densify_every``; 0 turns it
+off). The ablation that chose the defaults is ``benchmarks/represent.py``,
+its numbers in ``benchmarks/results/represent_cpu.md``.
 """
 
 from __future__ import annotations
@@ -139,6 +136,20 @@ def sample_from_error(
   return Gaussians(means.astype(np.float32), chol.astype(np.float32), colors.astype(np.float32))
 
 
+def _split_offset(chol, xp):
+  """``[K, 2]``: one standard deviation along the major axis of each ``L Lᵀ``.
+
+  ``xp`` is ``numpy`` (``split_gaussians``) or ``jax.numpy`` (``_split_jnp``).
+  """
+  l11, l21, l22 = chol[:, 0], chol[:, 1], chol[:, 2]
+  sxx, sxy, syy = l11 * l11, l11 * l21, l21 * l21 + l22 * l22
+  # Major axis of [[sxx, sxy], [sxy, syy]].
+  half = 0.5 * (sxx + syy)
+  lam = half + xp.sqrt(xp.maximum(0.25 * (sxx - syy) ** 2 + sxy * sxy, 0.0))
+  angle = 0.5 * xp.arctan2(2.0 * sxy, sxx - syy)
+  return xp.sqrt(lam)[:, None] * xp.stack([xp.cos(angle), xp.sin(angle)], -1)
+
+
 def split_gaussians(
     gaussians: Gaussians, index: np.ndarray, *, shrink: float = 1.6) -> tuple[Gaussians, Gaussians]:
   """Splits each Gaussian at ``index`` into two along its major axis.
@@ -157,13 +168,7 @@ def split_gaussians(
   means = np.asarray(gaussians.means, np.float64)[index]
   chol = np.asarray(gaussians.chol, np.float64)[index]
   colors = np.asarray(gaussians.colors, np.float32)[index]
-  l11, l21, l22 = chol[:, 0], chol[:, 1], chol[:, 2]
-  sxx, sxy, syy = l11 * l11, l11 * l21, l21 * l21 + l22 * l22
-  # Major axis of [[sxx, sxy], [sxy, syy]].
-  half = 0.5 * (sxx + syy)
-  lam = half + np.sqrt(np.maximum(0.25 * (sxx - syy) ** 2 + sxy * sxy, 0.0))
-  angle = 0.5 * np.arctan2(2.0 * sxy, sxx - syy)
-  offset = np.sqrt(lam)[:, None] * np.stack([np.cos(angle), np.sin(angle)], -1)
+  offset = _split_offset(chol, np)
   new_chol = (chol / shrink).astype(np.float32)
   first = Gaussians((means + offset).astype(np.float32), new_chol, colors)
   second = Gaussians((means - offset).astype(np.float32), new_chol.copy(), colors.copy())
@@ -563,12 +568,7 @@ def _solve_colors_device(means, chol, valid, residual, mask, prior, sigma, backe
 
 def _split_jnp(means, chol, shrink: float = 1.6):
   """``split_gaussians`` in jnp: ``(first means, second means, new chol)``."""
-  l11, l21, l22 = chol[:, 0], chol[:, 1], chol[:, 2]
-  sxx, sxy, syy = l11 * l11, l11 * l21, l21 * l21 + l22 * l22
-  half = 0.5 * (sxx + syy)
-  lam = half + jnp.sqrt(jnp.maximum(0.25 * (sxx - syy) ** 2 + sxy * sxy, 0.0))
-  angle = 0.5 * jnp.arctan2(2.0 * sxy, sxx - syy)
-  offset = jnp.sqrt(lam)[:, None] * jnp.stack([jnp.cos(angle), jnp.sin(angle)], -1)
+  offset = _split_offset(chol, jnp)
   return means + offset, means - offset, chol / shrink
 
 

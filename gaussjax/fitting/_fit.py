@@ -50,9 +50,11 @@ import numpy as np
 import optax
 
 from gaussjax.core._gaussians import Gaussians, validate
+from gaussjax.core._image import check_image
 from gaussjax.core._metrics import psnr as _psnr
 from gaussjax.core._metrics import ssim as _ssim
 from gaussjax.fitting import _density, _loop
+from gaussjax.fitting._init import init_slic
 from gaussjax.rendering import _render
 from gaussjax.rendering._render import _is_concrete, rasterize, resolve_backend
 
@@ -73,22 +75,17 @@ class FitConfig:
   linear warmup then a cosine decay to ``lr · final_lr_fraction`` at
   ``steps``.
 
-  Defaults (measured, ``benchmarks/represent.py`` ablation: Kodak 03 and 23
-  at 1/4 size with 625 Gaussians, the density of 10k at full size, 300
-  steps, SLIC init): twice the earlier rates (0.15, 0.03, 0.02) and a decay
-  to 0.2 instead of 0.05 of the peak gain 0.46 dB (32.49 -> 32.95 dB); rates
-  x3 gain less (32.63), colour rate x2 alone nothing (32.44).
+  The default rates and decay were chosen with the ``benchmarks/represent.py``
+  ablation (Kodak at 1/4 size, SLIC init).
 
   Density control is on by default: every ``densify_every`` steps up to
   ``densify_until`` of the run, the 5% of Gaussians that contribute least
   are moved to where the error is largest, and when ``fit`` is given fewer
-  Gaussians than ``num_gaussians`` (as ``fit_image`` does: SLIC at half of
-  N) the count grows to N over the first ``grow_until`` of the run. Set
-  ``densify_every=0`` for plain fitting. Measured (``represent.py``
-  ablation, Kodak 03/13/23 at 1/4 size, 625 Gaussians): +0.46 dB over plain
-  fitting from SLIC at N after 600 steps and +0.91 dB after 2,300 (growth
-  alone +0.16 / +0.21, relocation alone +0.01 / +0.25; splitting and events
-  every 100 steps gain less).
+  Gaussians than ``num_gaussians`` (as ``fit_image`` does: SLIC at
+  ``initial_count``) the count grows to N over the first ``grow_until`` of the run. Set
+  ``densify_every=0`` for plain fitting. What growth, relocation and
+  splitting each add: the ablation tables of
+  ``benchmarks/results/represent_cpu.md``.
 
   Attributes:
     steps: optimisation steps (the schedule's horizon).
@@ -542,18 +539,7 @@ def loop_static(config: FitConfig, schedule, height: int, width: int):
 def _check_image(image) -> Array:
   if not _is_concrete(image):
     raise TypeError("fit runs a host loop; call it on concrete arrays (use fit_step under jit)")
-  shape = np.shape(image)
-  if len(shape) == 2:
-    image = np.asarray(image)[..., None]
-    shape = image.shape
-  if len(shape) != 3 or 0 in shape:
-    raise ValueError(f"image must be [H, W, C], got shape {shape}")
-  if not np.issubdtype(np.asarray(image).dtype, np.floating):
-    raise TypeError(f"image must be floating point in [0, 1], got dtype {np.asarray(image).dtype}")
-  image = jnp.asarray(image, jnp.float32)
-  if not bool(jnp.all(jnp.isfinite(image))):
-    raise ValueError("image contains NaN or infinite values")
-  return image
+  return jnp.asarray(check_image(image))
 
 
 def fit(
@@ -700,6 +686,19 @@ def initial_count(num_gaussians: int, config: FitConfig) -> int:
   return max(1, int(math.ceil(GROW_FROM * num_gaussians)))
 
 
+def init_for_fit(image, num_gaussians: int, config: FitConfig | None, *,
+                 key: Array | None = None) -> Gaussians:
+  """The Gaussians ``fit_image`` starts from: SLIC at ``initial_count(num_gaussians, config)``.
+
+  ``fit`` with ``config`` (its ``num_gaussians`` set to ``num_gaussians``)
+  grows them to ``num_gaussians``. ``config`` None: no fit follows, so SLIC
+  at ``num_gaussians``. The one place of this recipe: the codec, the batch
+  encoder and the CLI start their fits here too.
+  """
+  count = num_gaussians if config is None else initial_count(num_gaussians, config)
+  return init_slic(np.asarray(image), count, key=key)
+
+
 def fit_image(
     image,
     num_gaussians: int,
@@ -711,7 +710,7 @@ def fit_image(
   """Represents ``image`` with exactly ``num_gaussians`` Gaussians: init and fit in one call.
 
   SLIC-initialises ``initial_count(num_gaussians, config)`` Gaussians
-  (``gaussjax.init_slic``), then ``fit`` grows them to ``num_gaussians``
+  (``init_for_fit``), then ``fit`` grows them to ``num_gaussians``
   while fitting (``config.num_gaussians`` is set to it). The recommended way
   to fit an image; use ``init_slic`` and ``fit`` directly for other
   initialisations.
@@ -735,13 +734,12 @@ def fit_image(
     >>> fitted.means.shape
     (40, 2)
   """
-  from gaussjax.fitting._init import init_slic
   if not isinstance(config, FitConfig):
     raise TypeError(f"config must be a gaussjax.FitConfig, got {type(config).__name__}")
   if isinstance(num_gaussians, bool) or not isinstance(num_gaussians, (int, np.integer)):
     raise TypeError(f"num_gaussians must be an int, got {num_gaussians!r}")
   image = _check_image(image)
   key = jax.random.key(0) if key is None else key
-  gaussians = init_slic(np.asarray(image), initial_count(int(num_gaussians), config), key=key)
+  gaussians = init_for_fit(image, int(num_gaussians), config, key=key)
   config = dataclasses.replace(config, num_gaussians=int(num_gaussians))
   return fit(image, gaussians, config, key=key, callback=callback)
