@@ -27,6 +27,7 @@ import numpy as np
 from gaussjax import constants
 from gaussjax.codec import _codec, _progressive, _tiles
 from gaussjax.codec._bitstream import DecodeError
+from gaussjax.core._compiled import release_if_crowded
 from gaussjax.core._gaussians import Gaussians
 
 
@@ -141,6 +142,7 @@ def decode(data: bytes, *, height: int | None = None, width: int | None = None,
     ValueError: the requested output size is invalid or over ``max_pixels``,
       or ``level`` is not a level of the file.
   """
+  release_if_crowded()  # a long process: free compiled programs near the map limit
   if _tiles.is_tiled(data):  # a tiled file (gaussjax.encode_tiled): rendered band by band
     grid = _tiles.unpack(data).grid  # checks the header before anything of its size exists
     h, w = _codec._output_size((grid.height, grid.width), height, width, max_pixels)

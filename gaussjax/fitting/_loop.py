@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
+from gaussjax.core._compiled import release_if_crowded
 from gaussjax.core._gaussians import Gaussians
 from gaussjax.rendering import _render
 
@@ -188,6 +189,7 @@ def run(
   Raises:
     RuntimeError: fresh plans keep overflowing (``_render.replan``).
   """
+  release_if_crowded()  # a long process: free compiled programs near the map limit
   if view is None:
     view = _gaussians_of
   # The channels of the parameters (a view, e.g. fake quantisation, keeps them).
