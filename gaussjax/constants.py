@@ -46,6 +46,10 @@ MAX_PIXELS = 1 << 28
 # a float32 RGB image; decoding and saving it peaks at a few times that.
 MAX_DECODE_PIXELS = 1 << 25
 
+# The largest gaussjax file (.gjx, .gjv) any reader accepts, in bytes: checked
+# before the file is read (the command line reads it before importing JAX).
+MAX_FILE_BYTES = 1 << 28
+
 # The renderers (``gaussjax.render(..., backend=)``, ``--backend``): "auto" picks
 # pallas on a GPU and xla elsewhere. Here, not in ``gaussjax.rendering``, so that
 # the command line can check the flag before it imports JAX.

@@ -129,3 +129,13 @@ def test_png_header_exif_orientation(tmp_path):
   exif[0x0112] = 6
   Image.new("RGB", (7, 5)).save(path, exif=exif)
   assert image_header(path) == (7, 5, 3) == load_image(path).shape
+
+
+def test_decode_first_line_comes_before_jax(tmp_path):
+  source = ROOT / "tests" / "data" / "v1_rgb.gjx"
+  result = run_cli(["decode", source, "-o", "out.png"], tmp_path, fake_jax=True)
+  assert result.returncode == 3, result.stderr  # ended by the stand-in jax
+  assert result.stderr.splitlines() == [
+      f"gaussjax decode: {source}: {source.stat().st_size} bytes -> out.png",
+      "stand-in jax imported"]
+  assert not (tmp_path / "out.png").exists()

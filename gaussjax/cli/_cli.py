@@ -273,17 +273,18 @@ def register_encode(subparsers) -> None:
 
 
 def _read_gjx(path: str) -> bytes:
-  from gaussjax.codec._codec import MAX_FILE_BYTES  # import cost (JAX): only when used
-  return read_input_file(path, MAX_FILE_BYTES)
+  return read_input_file(path, constants.MAX_FILE_BYTES)
 
 
 def _run_decode(args) -> int:
-  from gaussjax.codec._formats import decode  # import cost (JAX): only when used
-
   check_input(args.input)
   check_output(args.output, IMAGE, inputs=[args.input])
-  backend_note("decode", args.backend, quiet=args.quiet)
   data = _read_gjx(args.input)
+  # The first line, before JAX: what is decoded, and to where.
+  note("decode", f"{args.input}: {len(data)} bytes -> {args.output}", quiet=args.quiet)
+  from gaussjax.codec._formats import decode  # import cost (JAX): after the first line
+
+  backend_note("decode", args.backend, quiet=args.quiet)
   if _cli_tiles.is_tiled(data):  # a tiled file: rendered band by band, with progress
     image = _cli_tiles.decode(data, height=args.height, width=args.width)
   else:
