@@ -15,8 +15,8 @@ step never changes shape while the number of live Gaussians grows:
 
 Two implementations of the event: ``densify`` (NumPy/SciPy on concrete
 arrays, host side, a reference and a tool) and ``densify_device`` (jnp with
-static shapes: the one ``fit`` runs, inside the compiled training loop of
-``gaussjax.fitting._loop`` at the steps of a ``Schedule``, described statically by
+static shapes: the one ``fit`` runs, on the device between the compiled chunks
+of ``gaussjax.fitting._loop`` at the steps of a ``Schedule``, described statically by
 an ``EventSpec``; random choices from the fit state's PRNG key). Both make
 the same counts of pruned, split and added Gaussians. Enable it through
 ``FitConfig`` (``num_gaussians``, ``densify_every``, ``prune_fraction``,
@@ -362,8 +362,9 @@ class Schedule:
 # --------------------------------------------------------------------------- on the device
 #
 # The same event as ``densify``, in jnp with static shapes, so that it runs
-# inside the compiled training loop (``gaussjax.fitting._loop``) with no host round
-# trip: a ``lax.cond`` on the step index. Counts (how many are pruned, split
+# on the device in the training loop (``gaussjax.fitting._loop``: a compiled
+# program of its own between two chunks of steps) with no host round trip
+# of data. Counts (how many are pruned, split
 # and added) follow the same ``Schedule``; the random choices come from the
 # PRNG key of the fit state, so runs are deterministic. The colours of new
 # Gaussians are the same ridge least-squares fit to the residual as on the
