@@ -260,7 +260,7 @@ def run(
         jnp.asarray(end - done, jnp.int32), step=step, static=static, plan=plan, length=chunk,
         batch=batch, mesh=mesh)
     # One read of the device per chunk (the event's flag is ready by then).
-    if bool(overflowed | event_overflowed):  # redo from the start state with a fresh plan
+    if bool(overflowed) or bool(event_overflowed):  # redo from the start state, a fresh plan
       overflows += 1
       attempt += 1
       plan = _render.replan(view(state), height, width, backend=backend, attempt=attempt)
