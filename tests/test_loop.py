@@ -89,6 +89,22 @@ def test_device_events_follow_the_schedule_and_keep_exactly_n(image, initial):
   assert live[CONFIG.steps - 1] == CONFIG.num_gaussians
 
 
+def test_the_density_event_is_compiled_apart_from_the_steps(image, initial):
+  # The steps of a chunk hold no density event (it is its own program, run
+  # between chunks): the step's program has none of the event's top-k
+  # selections, the event's has.
+  schedule = _density.Schedule.make(initial.num_gaussians, CONFIG)
+  static = _fit.loop_static(CONFIG, schedule, 32, 32)
+  state = gaussjax.init_fit_state(_density.to_buffer(initial, schedule.target), CONFIG)
+  data = (image, None, None)
+  program = lambda f: str(jax.make_jaxpr(lambda s, t: f(s, data, t, None, static))(
+      state, jnp.int32(5)))
+  assert "top_k" not in program(_fit._loop_step)
+  assert "top_k" in program(_fit._loop_event)
+  due = _fit.event_due(static)
+  assert [t for t in range(CONFIG.steps) if due(t)] == list(schedule.events)
+
+
 @pytest.mark.parametrize("target, prune, split", [(24, 3, 2), (30, 3, 0), (20, 0, 4), (25, 0, 0)])
 def test_device_event_counts_equal_the_host_event(image, initial, target, prune, split):
   schedule = _density.Schedule.make(initial.num_gaussians, CONFIG)
