@@ -182,11 +182,11 @@ def write(results, machine, args):
   lines = ["# Representation benchmark (Kodak)", "",
            "Machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()), ""]
   for key in sorted(k for k in old if k.startswith("main")):
-    lines += [f"## Full size 768x512 ({key}): {old[key]['config']}", "",
-              "| N | mode | images | steps | PSNR dB | MS-SSIM | fit s (incl. compile) | init+fit s |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [f"## Full size 768x512 ({key}): {old[key]['config']}", ""]
     if old[key].get("note"):
       lines += [old[key]["note"], ""]
+    lines += ["| N | mode | images | steps | PSNR dB | MS-SSIM | fit s (incl. compile) | init+fit s |",
+              "|---|---|---|---|---|---|---|---|"]
     for e in old[key]["summary"]:
       lines.append(f"| {e['target_n']} | {e['mode']} | {e['images']} | {e['steps']:.0f} | {e['psnr']:.2f} | "
                    f"{e.get('ms_ssim', float('nan')):.4f} | {e['fit_s']:.1f} | {e['total_s']:.1f} |")
