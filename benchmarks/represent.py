@@ -15,6 +15,8 @@ Usage::
 
   python benchmarks/represent.py --images 3,23 --n 5000,10000 --steps 60 --budget 120
   python benchmarks/represent.py --part ablation --images 3,23 --ablation-scale 4
+  python benchmarks/represent.py --part main --images 1,4,7,10,13,16,19,22 --n 10000 \
+      --steps 1000 --modes steps --tag 10k --results-name represent_cpu_loop   # main_10k, steps
 
 Fit times include compilation (every new plan is a new compiled step).
 """
@@ -166,7 +168,7 @@ def summarise(rows, keys) -> list[dict]:
 
 def write(results, machine, args):
   os.makedirs(RESULTS, exist_ok=True)
-  name = f"represent_{machine['platform']}"
+  name = args.results_name or f"represent_{machine['platform']}"
   path = os.path.join(RESULTS, name + ".json")
   old = {}
   if os.path.exists(path):
@@ -179,11 +181,11 @@ def write(results, machine, args):
   lines = ["# Representation benchmark (Kodak)", "",
            "Machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()), ""]
   for key in sorted(k for k in old if k.startswith("main")):
-    lines += [f"## Full size 768x512 ({key}): {old[key]['config']}", "",
-              "| N | mode | images | steps | PSNR dB | MS-SSIM | fit s (incl. compile) | init+fit s |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [f"## Full size 768x512 ({key}): {old[key]['config']}", ""]
     if old[key].get("note"):
       lines += [old[key]["note"], ""]
+    lines += ["| N | mode | images | steps | PSNR dB | MS-SSIM | fit s (incl. compile) | init+fit s |",
+              "|---|---|---|---|---|---|---|---|"]
     for e in old[key]["summary"]:
       lines.append(f"| {e['target_n']} | {e['mode']} | {e['images']} | {e['steps']:.0f} | {e['psnr']:.2f} | "
                    f"{e.get('ms_ssim', float('nan')):.4f} | {e['fit_s']:.1f} | {e['total_s']:.1f} |")
@@ -264,6 +266,8 @@ def main():
   parser.add_argument("--ablation-steps", type=int, default=300)
   parser.add_argument("--tag", default="", help="store the main part under main_<tag>")
   parser.add_argument("--write-only", action="store_true", help="rewrite the .md from the .json")
+  parser.add_argument("--results-name", default="",
+                      help="results file name (default represent_<platform>, which is updated)")
   parser.add_argument("--variants", default="", help="ablation variants to run (names, ';'-separated)")
   args = parser.parse_args()
   args.images = [int(x) for x in args.images.split(",")]
@@ -275,7 +279,8 @@ def main():
   machine = machine_info()
   results = {}
   if args.write_only:
-    with open(os.path.join(RESULTS, f"represent_{machine['platform']}.json")) as f:
+    with open(os.path.join(RESULTS, (args.results_name or f"represent_{machine['platform']}")
+                           + ".json")) as f:
       machine = json.load(f)["machine"]
     write(results, machine, args)
     return

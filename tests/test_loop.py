@@ -36,10 +36,11 @@ def run(image, initial, config=CONFIG, *, chunk=50, key=None, plan=None, on_chun
   height, width = image.shape[:2]
   schedule = _density.Schedule.make(initial.num_gaussians, config)
   state = gaussjax.init_fit_state(_density.to_buffer(initial, schedule.target), config, key=key)
+  static = _fit.loop_static(config, schedule, height, width)
   return _loop.run(_fit._loop_step, state, (image, None, None), num_steps=config.steps,
-                   static=_fit.loop_static(config, schedule, height, width), height=height,
-                   width=width, backend=config.backend, chunk=chunk, plan=plan,
-                   on_chunk=on_chunk)
+                   static=static, height=height, width=width, backend=config.backend,
+                   chunk=chunk, plan=plan, on_chunk=on_chunk, event=_fit._loop_event,
+                   event_due=_fit.event_due(static))
 
 
 def test_chunked_and_unchunked_runs_agree(image, initial):
@@ -86,6 +87,22 @@ def test_device_events_follow_the_schedule_and_keep_exactly_n(image, initial):
     expected = schedule.event(events[-1])[0] if events else schedule.initial
     assert live[step] == expected, (step, live[step], expected)
   assert live[CONFIG.steps - 1] == CONFIG.num_gaussians
+
+
+def test_the_density_event_is_compiled_apart_from_the_steps(image, initial):
+  # The steps of a chunk hold no density event (it is its own program, run
+  # between chunks): the step's program has none of the event's top-k
+  # selections, the event's has.
+  schedule = _density.Schedule.make(initial.num_gaussians, CONFIG)
+  static = _fit.loop_static(CONFIG, schedule, 32, 32)
+  state = gaussjax.init_fit_state(_density.to_buffer(initial, schedule.target), CONFIG)
+  data = (image, None, None)
+  program = lambda f: str(jax.make_jaxpr(lambda s, t: f(s, data, t, None, static))(
+      state, jnp.int32(5)))
+  assert "top_k" not in program(_fit._loop_step)
+  assert "top_k" in program(_fit._loop_event)
+  due = _fit.event_due(static)
+  assert [t for t in range(CONFIG.steps) if due(t)] == list(schedule.events)
 
 
 @pytest.mark.parametrize("target, prune, split", [(24, 3, 2), (30, 3, 0), (20, 0, 4), (25, 0, 0)])
@@ -167,12 +184,19 @@ def test_a_horizon_runs_the_schedule_of_that_many_steps(image, initial):
 
 
 def test_time_budget_shortens_the_schedule_instead_of_cutting_it(kodak_crop, monkeypatch):
-  # A clock that advances 1 s per reading: every chunk of 10 steps takes 1 s,
-  # so a budget of 8.5 s allows about 80 of the 200 planned steps. The
-  # schedule (and the growth from 15 to 30) is fitted to those steps: no
-  # free slot is left to fill at the end.
-  clock = iter(range(10_000))
-  monkeypatch.setattr(_fit.time, "perf_counter", lambda: float(next(clock)))
+  # A clock that advances 0.1 s per step made (chunks end at log points and
+  # at density events, so their lengths vary), so a budget of 8.5 s allows
+  # about 85 of the 200 planned steps. The schedule (and the growth from 15
+  # to 30) is fitted to those steps: no free slot is left to fill at the end.
+  clock = [0.0]
+  chunk = _loop._chunk
+
+  def timed_chunk(state, data, start, num_valid, **kwargs):
+    clock[0] += 0.1 * int(num_valid)
+    return chunk(state, data, start, num_valid, **kwargs)
+
+  monkeypatch.setattr(_loop, "_chunk", timed_chunk)
+  monkeypatch.setattr(_fit.time, "perf_counter", lambda: clock[0])
   monkeypatch.setattr(_fit, "_fill", None)  # fails if called
   config = dataclasses.replace(CONFIG, steps=200, log_every=10, time_budget_s=8.5)
   fitted, history = gaussjax.fit(kodak_crop[:32, :32], gaussjax.init_slic(kodak_crop[:32, :32], 15),

@@ -347,6 +347,38 @@ def test_native_batch_equals_each_image_alone():
     np.testing.assert_array_equal(together[0][0], together[0][1])
 
 
+def test_native_colour_transpose_equals_the_backward():
+  # Differentiating the colours alone (the density events' colour solve) runs
+  # the kernel's colour transpose, not the whole backward; it must give the
+  # backward's colour gradient, alone and under vmap.
+  if not _native.available():
+    pytest.skip("the native kernel cannot be built here")
+  height, width = 24, 40
+  scenes = [scene(50 + i, 2000, height, width, 3, scale=(0.3, 4.0)) for i in range(2)]
+  cotangents = jax.random.normal(jax.random.key(52), (2, height, width, 3))
+
+  def colours_only(g, cotangent):
+    shapes = _xla._shapes(g.chol)
+    _, vjp = jax.vjp(lambda c: _native.splat(g.means, shapes, c, height, width), g.colors)
+    return vjp(cotangent)[0]
+
+  def everything(g, cotangent):
+    shapes = _xla._shapes(g.chol)
+    _, vjp = jax.vjp(lambda m, s, c: _native.splat(m, s, c, height, width),
+                     g.means, shapes, g.colors)
+    return vjp(cotangent)[2]
+
+  lowered = jax.jit(colours_only).lower(scenes[0], cotangents[0]).as_text()
+  assert "gaussjax_splat_color_grad" in lowered and "gaussjax_splat_backward" not in lowered
+  for g, cotangent in zip(scenes, cotangents):
+    np.testing.assert_allclose(jax.jit(colours_only)(g, cotangent),
+                               jax.jit(everything)(g, cotangent), rtol=1e-6, atol=1e-6)
+  batch = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *scenes)
+  together = jax.jit(jax.vmap(colours_only))(batch, cotangents)
+  for i, g in enumerate(scenes):
+    np.testing.assert_array_equal(together[i], jax.jit(colours_only)(g, cotangents[i]))
+
+
 def test_spans_wider_than_the_row_buffer(impl):
   # The native forward works on spans of at most 1024 pixels (the row buffer
   # of its backward) and blocks of 16: wide Gaussians on a 1300-pixel-wide,

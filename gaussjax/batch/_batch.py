@@ -8,7 +8,7 @@ Call chain::
     ├─ batch_mesh / shard_batch               the batch axis split over devices
     └─ run_batch → _loop.run(_fit._loop_step) the one training loop of gaussjax.fit:
                                               compiled chunks of steps, density events
-                                              inside, vmap over each device's images
+                                              between them, vmap over each device's images
                                               (lax.map on the CPU without the native
                                               kernel), shard_map over devices; plans
                                               and overflow redo by the render layer
@@ -363,11 +363,13 @@ def fit_batch(images, gaussians, config=None, *, devices=None, vectorize: bool |
     schedule = _density.Schedule.make(initial[members[0]].num_gaussians, config)
     state = jax.vmap(lambda g: init_fit_state(g, config))(
         _stack([_density.to_buffer(initial[i], schedule.target) for i in members]))
+    static = _fit.loop_static(config, schedule, hb, wb)
+    due = _fit.event_due(static)
     state, info = run_batch(
         _fit._loop_step, state, (images_b, masks_b, None), mesh=mesh, num_steps=config.steps,
-        static=_fit.loop_static(config, schedule, hb, wb), height=hb, width=wb, backend=backend,
-        chunk=_fit.chunk_steps(config), replan_every=config.replan_every,
-        batch=_loop_batch(vectorize))
+        static=static, height=hb, width=wb, backend=backend, chunk=_fit.chunk_steps(config),
+        replan_every=config.replan_every, batch=_loop_batch(vectorize),
+        event=_fit._loop_event if due else None, event_due=due)
     state, group_loss, group_psnr, _ = _fit.finish(state, images_b, masks_b, schedule, config,
                                                    info.plan, batched=True)
     g = state.gaussians

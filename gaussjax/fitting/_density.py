@@ -15,8 +15,8 @@ step never changes shape while the number of live Gaussians grows:
 
 Two implementations of the event: ``densify`` (NumPy/SciPy on concrete
 arrays, host side, a reference and a tool) and ``densify_device`` (jnp with
-static shapes: the one ``fit`` runs, inside the compiled training loop of
-``gaussjax.fitting._loop`` at the steps of a ``Schedule``, described statically by
+static shapes: the one ``fit`` runs, on the device between the compiled chunks
+of ``gaussjax.fitting._loop`` at the steps of a ``Schedule``, described statically by
 an ``EventSpec``; random choices from the fit state's PRNG key). Both make
 the same counts of pruned, split and added Gaussians. Enable it through
 ``FitConfig`` (``num_gaussians``, ``densify_every``, ``prune_fraction``,
@@ -367,8 +367,9 @@ class Schedule:
 # --------------------------------------------------------------------------- on the device
 #
 # The same event as ``densify``, in jnp with static shapes, so that it runs
-# inside the compiled training loop (``gaussjax.fitting._loop``) with no host round
-# trip: a ``lax.cond`` on the step index. Counts (how many are pruned, split
+# on the device in the training loop (``gaussjax.fitting._loop``: a compiled
+# program of its own between two chunks of steps) with no host round trip
+# of data. Counts (how many are pruned, split
 # and added) follow the same ``Schedule``; the random choices come from the
 # PRNG key of the fit state, so runs are deterministic. The colours of new
 # Gaussians are the same ridge least-squares fit to the residual as on the
@@ -574,15 +575,26 @@ def _split_jnp(means, chol, shrink: float = 1.6):
 
 def _reset_rows_jnp(tree, written, n: int):
   """``reset_rows`` on the device: ``written [N]`` bool marks the rows to reset."""
+  rows = lambda x: hasattr(x, "ndim") and x.ndim >= 1 and x.shape[0] == n
+  is_nu = lambda path: any(getattr(key, "name", None) == "nu" for key in path)
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  # The medians of every nu leaf's columns, from one sort (one compiled
+  # sort instead of one per leaf; each column's median is its own).
+  nus = [x.reshape(n, -1) for path, x in leaves if rows(x) and is_nu(path)]
+  medians = []
+  if nus:
+    columns = jnp.concatenate([x.astype(jnp.float32) for x in nus], axis=1)
+    median = jnp.nanmedian(jnp.where(written[:, None], jnp.nan, columns), axis=0)
+    median = jnp.where(jnp.isfinite(median), median, 0.0)
+    medians = list(jnp.split(median, np.cumsum([x.shape[1] for x in nus])[:-1]))
+
   def reset(path, x):
-    if not (hasattr(x, "ndim") and x.ndim >= 1 and x.shape[0] == n):
+    if not rows(x):
       return x
     mark = written.reshape((n,) + (1,) * (x.ndim - 1))
     value = jnp.zeros((), x.dtype)
-    if any(getattr(key, "name", None) == "nu" for key in path):
-      others = jnp.where(mark, jnp.nan, x)
-      value = jnp.nanmedian(others, axis=0)
-      value = jnp.where(jnp.isfinite(value), value, 0.0).astype(x.dtype)
+    if is_nu(path):
+      value = medians.pop(0).reshape(x.shape[1:]).astype(x.dtype)
     return jnp.where(mark, value, x)
   return jax.tree_util.tree_map_with_path(reset, tree)
 
@@ -625,7 +637,10 @@ def densify_device(key, gaussians: Gaussians, residual, mask, target, prune, spl
     active = active.at[drop].set(False, mode="drop")
   live = jnp.sum(active).astype(jnp.int32)
   need = jnp.clip(target - live, 0, spec.max_new)
-  free = jnp.nonzero(jnp.logical_not(active), size=n, fill_value=n)[0]
+  # The free slots in index order, then n (jnp.nonzero's result; a stable
+  # sort compiles in a fraction of its time).
+  free = jnp.argsort(active, stable=True)
+  free = jnp.where(jnp.arange(n) < n - jnp.sum(active), free, n)
   written = jnp.zeros((n,), bool)
 
   # 2. Split the largest of the live Gaussians with the largest positional gradients.

@@ -7,9 +7,10 @@ Call chain::
          │                                  of steps; plans and overflow redo by
          │                                  the render layer (_render.plan_for /
          │                                  replan); logging at chunk boundaries
+         ├─ _loop_event(state, data, t)     jitted on its own, dispatched between
+         │    └─ _event                     chunks where event_due(t): density
+         │         └─ _density.densify_device   control on the device
          └─ _loop_step(state, data, t)      jitted, pure, inside a lax.scan
-              ├─ _event (lax.cond on t)     density control on the device
-              │    └─ _density.densify_device
               └─ fit_step(state, image, config=, plan=)   pure, public
                    └─ rasterize(g, H, W, backend, plan) -> (image, overflow)
   finish(...)                               free slots filled (a run stopped while
@@ -21,8 +22,8 @@ returns the state unchanged (never a step computed on an incomplete image) and
 ``overflow=True``. ``fit`` never sees that: the training loop redoes any chunk
 of steps that overflowed from its start state with a fresh plan.
 
-Adaptive density control (``gaussjax.fitting._density``) runs inside the compiled
-loop: ``fit`` keeps a buffer of exactly ``num_gaussians`` slots, unused ones
+Adaptive density control (``gaussjax.fitting._density``) runs on the device in
+the training loop, a compiled event between two chunks of steps: ``fit`` keeps a buffer of exactly ``num_gaussians`` slots, unused ones
 parked off the image, so the compiled step never changes shape; at the event
 steps of the ``Schedule`` an event prunes, splits and adds Gaussians where
 the error is largest (random choices from the state's PRNG key), and resets
@@ -37,6 +38,7 @@ measures what the loop costs over bare forward and backward passes.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
 import math
@@ -445,33 +447,61 @@ def _event(state: FitState, image, mask, target, split, plan, config: FitConfig,
 
 
 def _loop_step(state: FitState, data, t, plan, static):
-  """The step of the training loop (``gaussjax.fitting._loop``): the density event of ``t``, then ``fit_step``."""
-  config, spec = static
+  """The step of the training loop (``gaussjax.fitting._loop``): ``fit_step``."""
+  config, _ = static
   image, mask, horizon = data
-  overflow = jnp.zeros((), bool)
-  if spec is not None and spec.steps:
-    steps = jnp.asarray(spec.steps, jnp.int32)
-    if horizon is None:
-      due = jnp.any(steps == t)
-      index = jnp.clip(jnp.searchsorted(steps, t), 0, len(spec.steps) - 1)
-    else:
-      # The schedule's events at the same fractions of a shorter horizon:
-      # the last event passed since the previous step (its targets include
-      # the growth of any event passed with it).
-      virtual = lambda u: jnp.where(u < 0, -1, (u * config.steps) // horizon)
-      index = jnp.searchsorted(steps, virtual(t), side="right") - 1
-      due = (index >= 0) & (steps[jnp.maximum(index, 0)] > virtual(t - 1))
-      index = jnp.maximum(index, 0)
-    target = jnp.asarray(spec.targets, jnp.int32)[index]
-    split = jnp.asarray(spec.splits, jnp.int32)[index]
-    state, overflow = jax.lax.cond(
-        due,
-        lambda s: _event(s, image, mask, target, split, plan, config, spec),
-        lambda s: (s, jnp.zeros((), bool)), state)
   new_state, metrics = fit_step(state, image, config=config, plan=plan, mask=mask,
                                 horizon=horizon)
   return new_state, {"loss": metrics["loss"], "psnr": metrics["psnr"],
-                     "overflow": overflow | metrics["overflow"]}
+                     "overflow": metrics["overflow"]}
+
+
+def _loop_event(state: FitState, data, t, plan, static):
+  """The density event before step ``t`` of the training loop, where ``event_due`` says.
+
+  Returns ``(state, overflow of its render)``. With a horizon (the data's
+  third field) the events sit at the same fractions of the shorter run: the
+  event is the last one passed since the previous step (its target includes
+  the growth of any event passed with it).
+  """
+  config, spec = static
+  image, mask, horizon = data
+  steps = jnp.asarray(spec.steps, jnp.int32)
+  if horizon is None:
+    index = jnp.clip(jnp.searchsorted(steps, t), 0, len(spec.steps) - 1)
+  else:
+    virtual = (t * config.steps) // horizon
+    index = jnp.maximum(jnp.searchsorted(steps, virtual, side="right") - 1, 0)
+  target = jnp.asarray(spec.targets, jnp.int32)[index]
+  split = jnp.asarray(spec.splits, jnp.int32)[index]
+  return _event(state, image, mask, target, split, plan, config, spec)
+
+
+def event_due(static, horizon: Callable[[], int] | None = None) -> Callable[[int], bool] | None:
+  """The host side of ``_loop_event``: ``due(t)``, whether an event runs before step ``t``.
+
+  Args:
+    static: ``loop_static(...)``.
+    horizon: the current horizon of a run fitted to a time budget (it
+      changes between chunks, as the data's horizon), or None.
+
+  Returns:
+    ``due(t) -> bool``, or None when the run has no events.
+  """
+  config, spec = static
+  if spec is None or not spec.steps:
+    return None
+  if horizon is None:
+    return frozenset(spec.steps).__contains__
+  steps = spec.steps
+
+  def due(t: int) -> bool:
+    h = horizon()
+    virtual = lambda u: -1 if u < 0 else (u * config.steps) // h
+    index = bisect.bisect_right(steps, virtual(t)) - 1
+    return index >= 0 and steps[index] > virtual(t - 1)
+
+  return due
 
 
 @functools.partial(jax.jit, static_argnames=("plan", "config", "spec"))
@@ -652,12 +682,15 @@ def fit(
   def refresh(data):
     return data[:2] + (jnp.asarray(horizon[0], jnp.int32),)
 
+  static = loop_static(config, schedule, height, width)
+  due = event_due(static, None if budget is None else lambda: horizon[0])
   state, info = _loop.run(
       _loop_step, state, (image, None, None if budget is None else jnp.int32(config.steps)),
-      num_steps=config.steps, static=loop_static(config, schedule, height, width), height=height,
-      width=width, backend=backend, chunk=chunk_steps(config), replan_every=config.replan_every,
+      num_steps=config.steps, static=static, height=height, width=width, backend=backend,
+      chunk=chunk_steps(config), replan_every=config.replan_every,
       boundary=lambda done: min((done // config.log_every + 1) * config.log_every, horizon[0]),
-      on_chunk=on_chunk, refresh=None if budget is None else refresh)
+      on_chunk=on_chunk, refresh=None if budget is None else refresh,
+      event=_loop_event if due else None, event_due=due)
   # Final entry: the fitted Gaussians themselves (free slots filled first).
   end_time = time.perf_counter() - start
   state, loss, psnr_value, made = finish(state, image, None, schedule, config, info.plan,

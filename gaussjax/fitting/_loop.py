@@ -10,12 +10,16 @@ Call chain::
     ├─ _render.plan_for(view(state), ...)       the plan of the next chunk (kept
     │                                           while it holds; None for the
     │                                           backends that need none)
+    ├─ _event_call(state, data, t)              jit, only where event_due(t): an
+    │    └─ event(state, data, t, plan, static) event between steps (density
+    │                                           control), on the device
     ├─ _chunk(state, data, start, num_valid)    jit: lax.scan over `length` steps
     │    └─ step(state, data, t, plan, static)  one image; vmap (or lax.map) over
     │                                           a batch; shard_map over devices
-    ├─ on overflow: _render.replan              the chunk is discarded and redone
-    │                                           from its start state with a fresh
-    │                                           plan (never accepted)
+    ├─ on overflow: _render.replan              the chunk (and its event) is
+    │                                           discarded and redone from its
+    │                                           start state with a fresh plan
+    │                                           (never accepted)
     └─ on_chunk(start, count, state, metrics)   logging and stopping rules
 
 A step is a pure function ``step(state, data, t, plan, static) -> (state,
@@ -25,6 +29,13 @@ has a fixed, static length; its last steps are masked off (``num_valid``,
 a traced count) so a partial chunk does not compile again: one compilation
 per (shapes, step, static, plan, length). The per-step metrics come back
 stacked ``[length, ...]``; the host reads them once per chunk.
+
+An event (``event(state, data, t, plan, static) -> (state, overflow)``, e.g.
+a density-control event) runs before step ``t`` where ``event_due(t)`` (a
+host predicate): chunks end before event steps, and the event is its own
+compiled program, dispatched between two chunks with no data leaving the
+device. Keeping it out of the chunk keeps the chunk small to compile and
+its steps free of a branch that is rarely taken.
 """
 
 from __future__ import annotations
@@ -79,6 +90,24 @@ def _batched_step(step, state, data, t, plan, static, batch):
   if batch == "vmap":
     return jax.vmap(step, in_axes=(0, 0, None, None, None))(state, data, t, plan, static)
   return jax.lax.map(lambda args: step(*args, t, plan, static), (state, data))
+
+
+@functools.partial(jax.jit, static_argnames=("event", "static", "plan", "batch", "mesh"))
+def _event_call(state, data, t, *, event, static, plan, batch, mesh):
+  """``event`` before step ``t``: ``(state, overflowed)`` (any image of a batch)."""
+
+  def local(state, data, t):
+    state, overflow = _batched_step(event, state, data, t, plan, static, batch)
+    return state, jnp.any(overflow)
+
+  if mesh is None:
+    return local(state, data, t)
+  spec = PartitionSpec(BATCH_AXIS)
+  state, overflowed = jax.shard_map(
+      lambda s, d, a: (lambda r: (r[0], r[1][None]))(local(s, d, a)),
+      mesh=mesh, in_specs=(spec, spec, PartitionSpec()), out_specs=(spec, spec),
+      check_vma=False)(state, data, t)
+  return state, jnp.any(overflowed)
 
 
 @functools.partial(jax.jit, static_argnames=("step", "static", "plan", "length", "batch", "mesh"))
@@ -148,6 +177,8 @@ def run(
     plan=None,
     on_chunk: Callable | None = None,
     refresh: Callable | None = None,
+    event: Callable | None = None,
+    event_due: Callable[[int], bool] | None = None,
 ):
   """Runs ``num_steps`` steps of ``step`` in compiled chunks: ``(state, LoopInfo)``.
 
@@ -182,6 +213,11 @@ def run(
     refresh: ``refresh(data) -> data`` before each chunk (traced inputs that
       the host adjusts between chunks, e.g. a schedule's horizon; same
       shapes, so nothing compiles again).
+    event: ``event(state, data, t, plan, static) -> (state, overflow)`` for
+      one image, pure and hashable: run before step ``t`` wherever
+      ``event_due(t)`` (compiled once, apart from the steps).
+    event_due: ``event_due(t) -> bool`` on the host (it may follow what
+      ``refresh`` follows); None: no events.
 
   Returns:
     ``(state, LoopInfo)``.
@@ -189,6 +225,8 @@ def run(
   Raises:
     RuntimeError: fresh plans keep overflowing (``_render.replan``).
   """
+  if (event is None) != (event_due is None):
+    raise ValueError("run takes an event together with event_due, or neither")
   release_if_crowded()  # a long process: free compiled programs near the map limit
   if view is None:
     view = _gaussians_of
@@ -211,10 +249,20 @@ def run(
     end = min(done + chunk, num_steps)
     if boundary is not None:
       end = min(end, max(boundary(start + done) - start, done + 1))
+    first_state, event_overflowed = state, False
+    if event_due is not None:
+      # The chunk ends before the next event; the event of its first step runs first.
+      end = next((u for u in range(done + 1, end) if event_due(start + u)), end)
+      if event_due(start + done):
+        first_state, event_overflowed = _event_call(
+            state, data, jnp.asarray(start + done, jnp.int32), event=event, static=static,
+            plan=plan, batch=batch, mesh=mesh)
     new_state, metrics, overflowed = _chunk(
-        state, data, jnp.asarray(start + done, jnp.int32), jnp.asarray(end - done, jnp.int32),
-        step=step, static=static, plan=plan, length=chunk, batch=batch, mesh=mesh)
-    if bool(overflowed):  # redo the chunk from its start state with a fresh plan
+        first_state, data, jnp.asarray(start + done, jnp.int32),
+        jnp.asarray(end - done, jnp.int32), step=step, static=static, plan=plan, length=chunk,
+        batch=batch, mesh=mesh)
+    # One read of the device per chunk (the event's flag is ready by then).
+    if bool(overflowed) or bool(event_overflowed):  # redo from the start state, a fresh plan
       overflows += 1
       attempt += 1
       plan = _render.replan(view(state), height, width, backend=backend, attempt=attempt)

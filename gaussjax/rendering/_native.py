@@ -93,6 +93,8 @@ def available() -> bool:
                                 jax.ffi.pycapsule(lib.GaussjaxSplatForward), platform="cpu")
     jax.ffi.register_ffi_target("gaussjax_splat_backward",
                                 jax.ffi.pycapsule(lib.GaussjaxSplatBackward), platform="cpu")
+    jax.ffi.register_ffi_target("gaussjax_splat_color_grad",
+                                jax.ffi.pycapsule(lib.GaussjaxSplatColorGrad), platform="cpu")
   except (OSError, AttributeError, ValueError):
     return False
   return True
@@ -112,17 +114,33 @@ def splat(means, shapes, colors, height, width):
 
 
 def _splat_fwd(means, shapes, colors, height, width):
-  return splat(means, shapes, colors, height, width), (means, shapes, colors)
+  # Symbolic zeros: when only the colours are differentiated (a colour solve,
+  # ``_density._solve_colors_device``), the backward is the colour transpose
+  # alone, at about the cost of a forward.
+  geometry = means.perturbed or shapes.perturbed
+  means, shapes, colors = means.value, shapes.value, colors.value
+  image = splat(means, shapes, colors, height, width)
+  return image, ((means, shapes, colors) if geometry else (means, shapes))
 
 
 def _splat_bwd(height, width, residuals, cotangent):
-  means, shapes, colors = residuals
+  means, shapes = residuals[:2]
+  if isinstance(cotangent, jax.custom_derivatives.SymbolicZero):
+    cotangent = jnp.zeros(cotangent.shape, cotangent.dtype)
+  cotangent = jnp.transpose(cotangent, (2, 0, 1)).astype(jnp.float32)
+  if len(residuals) == 2:
+    channels = cotangent.shape[-3]
+    out = jax.ShapeDtypeStruct(means.shape[:-1] + (channels,), jnp.float32)
+    d_colors = jax.ffi.ffi_call("gaussjax_splat_color_grad", out, vmap_method="broadcast_all")(
+        means, shapes, _constants(), cotangent)
+    return None, None, d_colors
+  colors = residuals[2]
   outs = tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (means, shapes, colors))
   return jax.ffi.ffi_call("gaussjax_splat_backward", outs, vmap_method="broadcast_all")(
-      means, shapes, colors, _constants(), jnp.transpose(cotangent, (2, 0, 1)).astype(jnp.float32))
+      means, shapes, colors, _constants(), cotangent)
 
 
-splat.defvjp(_splat_fwd, _splat_bwd)
+splat.defvjp(_splat_fwd, _splat_bwd, symbolic_zeros=True)
 
 
 def usable(dtype, channels: int) -> bool:
