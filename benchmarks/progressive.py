@@ -186,6 +186,47 @@ def write_md(name, rows, prefix_rows, meta, args):
   return meta
 
 
+SAME = ("scale", "levels", "bpp", "curve", "fit_steps", "qat_steps", "level_steps")
+
+
+def combine(name, parts, args):
+  """Joins the results of runs on disjoint images (same settings) into one file.
+
+  A long run on a shared machine may be cut (it was: LLVM ran out of memory
+  maps, ``gaussjax.core._compiled``) and rerun on the images left; each part
+  keeps its own date, load and images in ``meta["parts"]``.
+  """
+  rows, prefixes, meta_parts, machine = [], [], [], None
+  for part in parts:
+    with open(os.path.join(_machine.RESULTS_DIR, f"{part}.json")) as f:
+      old = json.load(f)
+    meta = old["meta"]
+    if meta_parts:
+      first = meta_parts[0]["settings"]
+      differ = {k: (first[k], meta.get(k)) for k in SAME if first[k] != meta.get(k)}
+      if differ:
+        raise SystemExit(f"{part}: other settings than {parts[0]}: {differ}")
+    done = set(meta["images_done"])
+    if done & {r["image"] for r in rows}:
+      raise SystemExit(f"{part}: images {sorted(done & {r['image'] for r in rows})} twice")
+    rows += [r for r in old["rows"] if r["image"] in done]
+    prefixes += [p for p in meta["prefixes"] if p["image"] in done]
+    machine = old["machine"]
+    meta_parts.append(dict(name=part, date=old["machine"]["date"], images=sorted(done),
+                           settings={k: meta.get(k) for k in SAME},
+                           load_average_start=meta.get("load_average_start"),
+                           load_average_now=meta.get("load_average_now"),
+                           wall_s=meta.get("wall_s")))
+  settings = meta_parts[0]["settings"]
+  args.levels, args.bpp = settings["levels"], settings["bpp"]
+  meta = dict(settings, images=sorted({r["image"] for r in rows}),
+              device="CPU (jax CPU backend)", parts=meta_parts)
+  _machine.machine_info = lambda: machine  # the machine (and date) of the last part
+  meta = write_md(name, rows, prefixes, meta, args)
+  print(_machine.format_table(meta["per_level"]))
+  print(f"{len(meta['images_done'])} images, mean BD-rate {meta['mean_bd_rate_pct']:+.2f}%")
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--images", default=",".join(str(i) for i in range(1, 25)),
@@ -205,7 +246,13 @@ def main(argv=None):
                            "levels (gaussjax.codec._progressive.LEVEL_STEPS)")
   parser.add_argument("--rewrite", action="store_true",
                       help="encode nothing: rewrite <name>.md (and the summary) from <name>.json")
+  parser.add_argument("--combine", default=None,
+                      help="encode nothing: NAME1,NAME2,... results of runs with the same "
+                           "settings on other images, joined into <name>.md/.json")
   args = parser.parse_args(argv)
+  if args.combine:
+    combine(args.name, args.combine.split(","), args)
+    return
   gaussjax.codec._progressive.LEVEL_STEPS = args.level_steps
   args.curve = sorted({float(b) for b in args.curve.split(",")} | {args.bpp})
   if args.rewrite:
