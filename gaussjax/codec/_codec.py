@@ -35,7 +35,7 @@ import optax
 
 from gaussjax import constants
 from gaussjax.codec import _quantize as qz
-from gaussjax.codec import _tiles
+from gaussjax.codec import _rate, _tiles
 from gaussjax.codec._bitstream import (
   MAX_ALPHABET,
   DecodeError,
@@ -103,6 +103,13 @@ class CodecConfig:
     levels: 1 (a version-1 file) or 2..16: a progressive version-2 file of
       coarse-to-fine levels, each a prefix that decodes to a picture
       (``gaussjax.codec._progressive``; ``decode(data, level=k)``).
+    rate_weight: the fine-tuning minimises ``MSE + rate_weight · λ · R``,
+      ``R`` the estimated bits per pixel of the Gaussians' symbols
+      (``gaussjax.codec._rate``) and ``λ`` the MSE a bit per pixel buys at
+      ``rd_slope`` (``_rate.rd_lambda``). 0: distortion only.
+    rd_prune: the rate controller drops the Gaussians of least distortion
+      change per estimated bit (``_prune_order``); False: least energy
+      (``fitting._density.contributions``).
   """
 
   bpp: float | None = None
@@ -118,6 +125,8 @@ class CodecConfig:
   backend: str = "auto"
   seed: int = 0
   levels: int = 1
+  rate_weight: float = 1.0
+  rd_prune: bool = True
 
   def __post_init__(self):
     if isinstance(self.levels, bool) or not isinstance(self.levels, int) or \
@@ -136,6 +145,9 @@ class CodecConfig:
       raise ValueError(f"rate_tolerance={self.rate_tolerance} must be in [0.005, 0.5]")
     if self.rd_slope is not None and not (0.0 < self.rd_slope <= 20.0):
       raise ValueError(f"rd_slope={self.rd_slope} must be in (0, 20] or None")
+    if not (isinstance(self.rate_weight, (int, float)) and math.isfinite(self.rate_weight)
+            and 0.0 <= self.rate_weight <= 100.0):
+      raise ValueError(f"rate_weight={self.rate_weight!r} must be in [0, 100]")
     if self.finetune not in FINETUNE_MODES:
       raise ValueError(f"finetune={self.finetune!r} must be one of {FINETUNE_MODES}")
 
@@ -518,18 +530,23 @@ def _optimizer(learning_rate: float, num_steps: int, frozen: tuple[str, ...] = (
       optax.scale_by_schedule(lambda t: -schedule(t)))
 
 
-def _loss(g, image, mask=None, *, height, width, backend, steps, plan):
-  """MSE of the (fake-quantised) rendering; returns ``(loss, overflow)``.
+def _loss(g, image, mask=None, *, height, width, backend, steps, plan, rate=None):
+  """MSE of the (fake-quantised) rendering (+ λ·R); returns ``(loss, overflow)``.
 
   ``mask [H, W]`` (1 on real pixels, 0 on padding) restricts the mean to real
   pixels, so padding changes neither the loss nor its gradient (used by
   ``gaussjax.fit_batch`` / ``encode_batch``); ``None`` averages every pixel.
+  ``rate`` (a ``_rate.RateTerm``) adds ``rate.weight`` times the estimated
+  bits per pixel of the Gaussians' symbols.
   """
   from gaussjax.fitting._fit import masked_mean
   from gaussjax.rendering._render import rasterize
   gq = qz.fake_quantize(g, height, width, steps) if steps is not None else g
   out, overflow = rasterize(gq, image.shape[0], image.shape[1], backend=backend, plan=plan)
-  return masked_mean((out - image) ** 2, mask), overflow
+  loss = masked_mean((out - image) ** 2, mask)
+  if rate is not None:
+    loss = loss + rate.weight * _rate.rate_bpp(g, image.shape[0], image.shape[1], rate)
+  return loss, overflow
 
 
 # Steps per compiled chunk and re-plan interval of the fine-tuning loop.
@@ -573,12 +590,13 @@ def _train_step(state: _TrainState, data, t, plan, static):
   Remembers the best iterate by its loss.
   """
   del t  # the optimiser counts its own steps
-  image, mask = data
+  image, mask, *rate = data  # (image, mask) or (image, mask, RateTerm)
   height, width, backend, qsteps, learning_rate, num_steps, frozen = static
   optimizer = _optimizer(learning_rate, num_steps, frozen)
   g = state.gaussians
   (loss, overflow), grads = jax.value_and_grad(_loss, has_aux=True)(
-      g, image, mask, height=height, width=width, backend=backend, steps=qsteps, plan=plan)
+      g, image, mask, height=height, width=width, backend=backend, steps=qsteps, plan=plan,
+      rate=rate[0] if rate else None)
   updates, opt_state = optimizer.update(grads, state.opt_state, g)
   better = loss < state.best_loss  # `loss` is that of `g`, before the update
   best = jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), g, state.best)
@@ -587,7 +605,7 @@ def _train_step(state: _TrainState, data, t, plan, static):
   return new, {"loss": loss, "overflow": overflow}
 
 
-def _train_result(state: _TrainState, image, static) -> Gaussians:
+def _train_result(state: _TrainState, image, static, rate=None) -> Gaussians:
   """The trained Gaussians: the last iterate, or with quantiser steps the best one if better."""
   _, _, backend, qsteps, _, _, _ = static
   if qsteps is None:
@@ -595,17 +613,21 @@ def _train_result(state: _TrainState, image, static) -> Gaussians:
   # With quantisation the loss is that of the decoded file: keep the best iterate
   # (the rounding makes the last one no better than any other).
   last = _quantized_loss(state.gaussians, image, qsteps, backend)
+  if rate is not None:
+    last += float(rate.weight * _rate.rate_bpp(state.gaussians, *image.shape[:2], rate))
   return state.best if float(state.best_loss) <= last else state.gaussians
 
 
 def _train(gaussians: Gaussians, image: jax.Array, *, num_steps: int, learning_rate: float,
            steps: qz.QuantSteps | None, backend: str,
-           frozen: tuple[str, ...] = ()) -> Gaussians:
+           frozen: tuple[str, ...] = (), rate: _rate.RateTerm | None = None) -> Gaussians:
   """Adam on the MSE of the rendering; with ``steps``, through ``fake_quantize``.
 
-  ``frozen`` names fields that stay as they are (see ``_optimizer``). Runs
-  ``_train_step`` in the training loop (``gaussjax.fitting._loop``), which owns the
-  plans and redoes any chunk that overflowed, so no contribution is dropped.
+  ``frozen`` names fields that stay as they are (see ``_optimizer``). ``rate``
+  adds λ times the estimated rate (``_loss``); None is the distortion-only
+  fit. Runs ``_train_step`` in the training loop (``gaussjax.fitting._loop``),
+  which owns the plans and redoes any chunk that overflowed, so no
+  contribution is dropped.
   """
   from gaussjax.fitting._loop import run
   from gaussjax.rendering._render import resolve_backend
@@ -615,11 +637,12 @@ def _train(gaussians: Gaussians, image: jax.Array, *, num_steps: int, learning_r
   height, width = image.shape[:2]
   g = Gaussians(*(jnp.asarray(x, jnp.float32) for x in gaussians))
   static = (height, width, backend, steps, learning_rate, num_steps, frozen)
-  state, _ = run(_train_step, _train_state(g, static), (image, None), num_steps=num_steps,
+  data = (image, None) if rate is None else (image, None, rate)
+  state, _ = run(_train_step, _train_state(g, static), data, num_steps=num_steps,
                  static=static, height=height, width=width, backend=backend,
                  view=functools.partial(_train_view, static=static), chunk=TRAIN_CHUNK,
                  replan_every=TRAIN_REPLAN)
-  return _train_result(state, image, static)
+  return _train_result(state, image, static, rate)
 
 
 def _quantized_loss(g, image, steps, backend) -> float:
@@ -838,15 +861,36 @@ def _finetune(g: Gaussians, image: jax.Array, steps: qz.QuantSteps, config: Code
   num_steps = config.qat_steps if num_steps is None else num_steps
   if num_steps == 0 or g.num_gaussians == 0:
     return g
+  rate = _finetune_rate(g, image, steps, config)
   if config.finetune == "ste":
     return _train(g, image, num_steps=num_steps, learning_rate=qat_learning_rate(config),
-                  steps=steps, backend=config.backend)
+                  steps=steps, backend=config.backend, rate=rate)
   h, w = image.shape[:2]
   for frozen, lr, n in _sequential_stages(num_steps):
     g = _snap(g, h, w, steps, frozen)
     g = _train(g, image, num_steps=n, learning_rate=lr * config.learning_rate, steps=None,
-               backend=config.backend, frozen=frozen)
+               backend=config.backend, frozen=frozen, rate=rate)
   return g
+
+
+def _finetune_rate(g: Gaussians, image: jax.Array, steps: qz.QuantSteps,
+                   config: CodecConfig) -> _rate.RateTerm | None:
+  """The rate term of the fine-tuning (None when ``config.rate_weight`` is 0).
+
+  λ (``_rate.rd_lambda``) at the operating point of ``g``: the MSE of its
+  decoded file and the target rate (or, without one, the rate of that file),
+  at ``config.rd_slope`` dB per doubling (1.75 when the step search is off).
+  """
+  if config.rate_weight == 0:
+    return None
+  h, w = image.shape[:2]
+  data = encode_gaussians(g, h, w, steps=steps)
+  decoded, _ = decode_gaussians(data)
+  mse = float(jnp.mean((jnp.clip(render_safe(decoded, h, w, backend=config.backend), 0, 1)
+                        - image) ** 2))
+  bpp = config.bpp if config.bpp is not None else 8.0 * len(data) / (h * w)
+  lam = _rate.rd_lambda(max(mse, 1e-8), bpp, config.rd_slope or 1.75)
+  return _rate.rate_term(config.rate_weight * lam, steps)
 
 
 def render_safe(gaussians: Gaussians, height: int, width: int, *, backend: str = "auto",
@@ -1017,9 +1061,10 @@ def _encode_rate(image: jax.Array, config: CodecConfig, g: Gaussians, steps) -> 
     if lo_ok <= len(data) <= hi_ok:
       return data
     # Aim at half the tolerance; accept the full tolerance when that fails.
-    data, g_fit, steps_fit = _fit_size(g, h, w, steps, *aim)
+    order = _prune_order(g, image, steps, config.backend) if config.rd_prune else None
+    data, g_fit, steps_fit = _fit_size(g, h, w, steps, *aim, order=order)
     if data is None:
-      data, g_fit, steps_fit = _fit_size(g, h, w, steps, lo_ok, hi_ok)
+      data, g_fit, steps_fit = _fit_size(g, h, w, steps, lo_ok, hi_ok, order=order)
     if data is None:  # too few Gaussians even with the finest steps: refit with more
       size = len(encode_gaussians(g, h, w, steps=steps.scaled(0.25)))
       n = int(math.ceil(n * 1.15 * target / max(size, 1)))
@@ -1031,26 +1076,30 @@ def _encode_rate(image: jax.Array, config: CodecConfig, g: Gaussians, steps) -> 
       g2 = _finetune(g_fit, image, steps_fit, config, num_steps=max(2, config.qat_steps // 3))
       data2 = encode_gaussians(g2, h, w, steps=steps_fit)
       if not lo_ok <= len(data2) <= hi_ok:
-        data2, _, _ = _fit_size(g2, h, w, steps_fit, lo_ok, hi_ok)
+        order2 = _prune_order(g2, image, steps_fit, config.backend) if config.rd_prune else None
+        data2, _, _ = _fit_size(g2, h, w, steps_fit, lo_ok, hi_ok, order=order2)
       if data2 is not None:
         return data2
     return data
   raise ValueError(f"could not reach bpp={config.bpp} within {tol:.0%} for a {h}x{w} image")
 
 
-def _fit_size(g, h, w, steps, lo_ok, hi_ok):
+def _fit_size(g, h, w, steps, lo_ok, hi_ok, order=None):
   """Prunes (by importance) or refines steps until the file size is in range.
 
-  Returns ``(data, gaussians, steps)``, with ``data`` None when even the
-  finest steps give a file smaller than ``lo_ok``.
+  ``order``: the Gaussians, most important first (``_prune_order``); None:
+  by energy (``fitting._density.contributions``). Returns ``(data,
+  gaussians, steps)``, with ``data`` None when even the finest steps give a
+  file smaller than ``lo_ok``.
   """
   g = Gaussians(*(np.asarray(x, np.float32) for x in g))
   data = encode_gaussians(g, h, w, steps=steps)
   if lo_ok <= len(data) <= hi_ok:
     return data, g, steps
   if len(data) > hi_ok:
-    from gaussjax.fitting._density import contributions
-    order = np.argsort(-contributions(g), kind="stable")
+    if order is None:
+      from gaussjax.fitting._density import contributions
+      order = np.argsort(-contributions(g), kind="stable")
     lo, hi = 1, g.num_gaussians  # size(lo) <= target assumed, size(hi) > target
     best = None
     while lo <= hi:
@@ -1079,3 +1128,40 @@ def _fit_size(g, h, w, steps, lo_ok, hi_ok):
     else:
       fhi = f
   return None, g, steps
+
+
+def _prune_order(g: Gaussians, image: jax.Array, steps: qz.QuantSteps,
+                 backend: str) -> np.ndarray:
+  """The Gaussians by distortion change per bit, most valuable first.
+
+  Removing Gaussian ``i`` alone changes the squared error by exactly
+  ``‖c_i w_i‖² - 2 c_i · Σ_p e(p) w_i(p)`` (the render is linear in the
+  colours; ``e`` the residual): the energy (``contributions``) less twice
+  the colour times the gradient of ½ SSE. Divided by the Gaussian's
+  estimated bits (``_rate.gaussian_bits``). Falls back to energy per bit
+  when the render overflows its plan.
+  """
+  from gaussjax.fitting._density import contributions
+  from gaussjax.rendering._render import make_plan, resolve_backend
+  g = Gaussians(*(np.asarray(x, np.float32) for x in g))
+  h, w = image.shape[:2]
+  backend = resolve_backend(backend)
+  plan = make_plan(g, h, w, backend=backend)
+  grad, overflow = _half_sse_grad(g, image, h, w, backend, plan)
+  delta = contributions(g)
+  if not bool(overflow):
+    delta = delta - 2.0 * np.sum(g.colors * np.asarray(grad, np.float64), -1)
+  value = delta / np.maximum(_rate.gaussian_bits(g, h, w, steps), 1.0)
+  return np.argsort(-value, kind="stable")
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _half_sse_grad(g, image, height, width, backend, plan):
+  """Gradient of ½ Σ (render - image)² in the colours, and the overflow flag."""
+  from gaussjax.rendering._render import rasterize
+
+  def half_sse(colors):
+    out, overflow = rasterize(g._replace(colors=colors), height, width, backend=backend,
+                              plan=plan)
+    return 0.5 * jnp.sum((out - image) ** 2), overflow
+  return jax.grad(half_sse, has_aux=True)(g.colors)
