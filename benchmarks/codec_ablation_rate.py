@@ -45,6 +45,8 @@ NAME = "codec_ablation_rate"
 
 
 def _commit() -> str:
+  if os.environ.get("GJX_COMMIT"):  # run from a copy of the code outside the repository
+    return os.environ["GJX_COMMIT"]
   try:
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
