@@ -76,6 +76,7 @@ def main(argv=None):
   images = [int(x) for x in args.images.split(",")]
   targets = [float(x) for x in args.bpp.split(",")]
   variants = args.variants.split(",")
+  commit = _commit()  # of the code imported now
   path = os.path.join(_machine.RESULTS_DIR, NAME + ".json")
   rows = []
   if os.path.exists(path):
@@ -109,7 +110,7 @@ def main(argv=None):
         head = gaussjax.codec._codec.info(data)
         rows.append(dict(image=index, target=bpp, variant=name, bpp=8 * len(data) / (h * w),
                          psnr=float(gaussjax.psnr(out, ref)), gaussians=head["num_gaussians"],
-                         enc_s=enc_s, commit=_commit(), load=os.getloadavg()[0]))
+                         enc_s=enc_s, commit=commit, load=os.getloadavg()[0]))
         print(rows[-1], flush=True)
   summary = _summary(rows, images)
   print(_machine.format_table(summary))

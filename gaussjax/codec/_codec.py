@@ -1134,25 +1134,46 @@ def _prune_order(g: Gaussians, image: jax.Array, steps: qz.QuantSteps,
                  backend: str) -> np.ndarray:
   """The Gaussians by distortion change per bit, most valuable first.
 
-  Removing Gaussian ``i`` alone changes the squared error by exactly
-  ``‖c_i w_i‖² - 2 c_i · Σ_p e(p) w_i(p)`` (the render is linear in the
-  colours; ``e`` the residual): the energy (``contributions``) less twice
-  the colour times the gradient of ½ SSE. Divided by the Gaussian's
-  estimated bits (``_rate.gaussian_bits``). Falls back to energy per bit
-  when the render overflows its plan.
+  ``_removal_delta`` divided by the Gaussian's estimated bits
+  (``_rate.gaussian_bits``).
   """
+  g = Gaussians(*(np.asarray(x, np.float32) for x in g))
+  h, w = image.shape[:2]
+  value = _removal_delta(g, image, backend) / np.maximum(_rate.gaussian_bits(g, h, w, steps), 1.0)
+  return np.argsort(-value, kind="stable")
+
+
+def _removal_delta(g: Gaussians, image: jax.Array, backend: str) -> np.ndarray:
+  """``[N]`` increase of the squared error (summed over pixels) when Gaussian ``i`` alone goes.
+
+  The render is linear in the colours, so it is ``‖c_i w_i‖² - 2 c_i ·
+  Σ_p e(p) w_i(p)`` (``e`` the residual): the energy (``contributions``)
+  times the share of ``w_i²`` that falls on the image (a Gaussian partly
+  outside it loses that part; cut-off neglected), less twice the colour
+  times the colour gradient of ½ SSE. Falls back to the energy alone when
+  the render overflows its plan.
+  """
+  from jax.scipy.special import ndtr
+
   from gaussjax.fitting._density import contributions
   from gaussjax.rendering._render import make_plan, resolve_backend
   g = Gaussians(*(np.asarray(x, np.float32) for x in g))
   h, w = image.shape[:2]
   backend = resolve_backend(backend)
   plan = make_plan(g, h, w, backend=backend)
-  grad, overflow = _half_sse_grad(g, image, h, w, backend, plan)
-  delta = contributions(g)
+  grad, overflow = _half_sse_grad(g, jnp.asarray(image, jnp.float32), h, w, backend, plan)
+  # w² is a Gaussian of covariance Σ/2 (Σ with the prefilter): its mass on the
+  # image, as the product of the x and y marginals' masses.
+  chol = np.asarray(g.chol, np.float64)
+  var = np.stack([chol[:, 0] ** 2, chol[:, 1] ** 2 + chol[:, 2] ** 2], -1) + constants.COV_FLOOR
+  sd = np.sqrt(var / 2)
+  mu = np.asarray(g.means, np.float64)
+  size = np.asarray([w, h], np.float64)
+  inside = np.prod(np.asarray(ndtr((size - mu) / sd)) - np.asarray(ndtr(-mu / sd)), -1)
+  delta = contributions(g) * inside
   if not bool(overflow):
     delta = delta - 2.0 * np.sum(g.colors * np.asarray(grad, np.float64), -1)
-  value = delta / np.maximum(_rate.gaussian_bits(g, h, w, steps), 1.0)
-  return np.argsort(-value, kind="stable")
+  return delta
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
