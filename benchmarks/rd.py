@@ -33,6 +33,14 @@ import gaussjax  # noqa: E402
 from gaussjax.codec._codec import decode_gaussians, render_safe  # noqa: E402
 
 KODAK = os.environ.get("GJX_KODAK", "/work/shared/data/kodak")
+ANCHORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "anchors.json")
+
+
+def load_anchors() -> dict:
+  """Published Kodak points (``anchors.json``: bpp, psnr, source), mean over 24 images at 768x512."""
+  import json
+  with open(ANCHORS) as f:
+    return json.load(f)["anchors"]
 CLASSIC = {
     "jpeg": [3, 5, 8, 10, 15, 20, 25, 30, 40, 50, 60, 70, 80, 90],
     "webp": [0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90],
@@ -228,16 +236,42 @@ def main(argv=None):
       "bd_rate_method": "Bjontegaard, cubic log-rate vs PSNR, classical curves restricted to 0.08-1.5 bpp",
       "decode_time_s": dec, "total_s": total, "psnr_at_rate": at_rate, "bd_rate": summary,
   }
+  # Published anchors (not measured here; full-size Kodak): PSNR at the target
+  # rates (interpolated in log-bpp), and gaussjax's BD-rate against them when
+  # this run is at full size too.
+  anchors = load_anchors()
+  published = []
+  for name, a in anchors.items():
+    row = {"published": name, "resolution": "768x512 (24 images)"}
+    for bpp in targets:
+      inside = a["bpp"][0] <= bpp <= a["bpp"][-1]
+      row[f"psnr@{bpp}"] = float(np.interp(np.log(bpp), np.log(a["bpp"]), a["psnr"])) \
+          if inside else float("nan")
+    if args.scale == 1:
+      rg = [np.mean([r["bpp"] for r in rows if r["codec"] == "gaussjax" and r["param"] == t])
+            for t in targets]
+      dg = [np.mean([r["psnr"] for r in rows if r["codec"] == "gaussjax" and r["param"] == t])
+            for t in targets]
+      row["gaussjax_bd_rate_pct"] = bd_rate(a["bpp"], a["psnr"], rg, dg)
+    else:
+      row["gaussjax_bd_rate_pct"] = "n/a (other resolution)"
+    row["source"] = a["source"].split(" (")[0]
+    published.append(row)
+  meta["published_anchors"] = published
   _machine.write_results(args.name, rows, meta)
   with open(os.path.join(_machine.RESULTS_DIR, f"{args.name}.md"), "a") as f:
     f.write("\n## PSNR (dB) at target rate, mean over images\n\n" + _machine.format_table(at_rate))
     f.write("\n## BD-rate of gaussjax against each codec (%)\n\n" + _machine.format_table(summary))
+    f.write("\n## Published anchors (not measured here; mean over the 24 Kodak images at "
+            "768x512, from benchmarks/anchors.json; the BD-rate only when this run is at full "
+            "size, from the mean curves)\n\n" + _machine.format_table(published))
     f.write("\n## Mean decode time per image (ms, best of 3, gaussjax warm)\n\n" + _machine.format_table(
         [{"codec": k, "decode_ms": 1e3 * v} for k, v in dec.items()]))
-  plot(rows, codecs, os.path.join(_machine.RESULTS_DIR, f"{args.name}.png"), meta["images"])
+  plot(rows, codecs, os.path.join(_machine.RESULTS_DIR, f"{args.name}.png"), meta["images"],
+       anchors, full_size=args.scale == 1)
 
 
-def plot(rows, codecs, path, title):
+def plot(rows, codecs, path, title, anchors=None, full_size=False):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -264,6 +298,9 @@ def plot(rows, codecs, path, title):
         vals.append(np.interp(np.log(g), np.log(bb), mm) if bb[0] <= g <= bb[-1] else np.nan)
       ms.append(np.nanmean(vals))
     ax[1].plot(grid, ms, ".-", label=codec)
+  for name, a in (anchors or {}).items():
+    label = f"{name} (published, 768x512{'' if full_size else ', other resolution'})"
+    ax[0].plot(a["bpp"], a["psnr"], "x--", ms=7, lw=1, alpha=0.8, label=label)
   for a, name in zip(ax, ("PSNR (dB)", "MS-SSIM")):
     a.set_xscale("log")
     a.set_xlabel("bpp (whole file)")

@@ -89,7 +89,7 @@ def test_rd_lambda_is_the_slope():
 
 
 def _train(g, img, rate, frozen=()):
-  return _codec._train(g, jnp.asarray(img), num_steps=12, learning_rate=0.01, steps=None,
+  return _codec._train(g, jnp.asarray(img), iterations=12, learning_rate=0.01, qsteps=None,
                        backend="xla", frozen=frozen, rate=rate)
 
 
@@ -104,8 +104,8 @@ def test_zero_weight_reproduces_the_distortion_only_fit(fitted):
   expected = g
   for frozen, lr, n in _codec._sequential_stages(12):
     expected = _codec._snap(expected, h, w, steps, frozen)
-    expected = _codec._train(expected, jnp.asarray(img), num_steps=n, learning_rate=lr * 0.01,
-                             steps=None, backend="xla", frozen=frozen)
+    expected = _codec._train(expected, jnp.asarray(img), iterations=n, learning_rate=lr * 0.01,
+                             qsteps=None, backend="xla", frozen=frozen)
   for a, b in zip(tuned, expected):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 

@@ -515,13 +515,13 @@ def decode(data: bytes, *, height: int | None = None, width: int | None = None,
 _FIELD_LR = Gaussians(means=20.0, chol=5.0, colors=1.0)
 
 
-def _optimizer(learning_rate: float, num_steps: int, frozen: tuple[str, ...] = ()):
-  """Adam with per-field learning rates and a cosine decay over ``num_steps``.
+def _optimizer(learning_rate: float, iterations: int, frozen: tuple[str, ...] = ()):
+  """Adam with per-field learning rates and a cosine decay over ``iterations``.
 
   The fields named in ``frozen`` (``"means"``, ``"chol"``, ``"colors"``) are
   not changed.
   """
-  schedule = optax.cosine_decay_schedule(learning_rate, num_steps, alpha=0.05)
+  schedule = optax.cosine_decay_schedule(learning_rate, iterations, alpha=0.05)
   return optax.chain(
       optax.scale_by_adam(),
       optax.transforms.partition(
@@ -530,7 +530,7 @@ def _optimizer(learning_rate: float, num_steps: int, frozen: tuple[str, ...] = (
       optax.scale_by_schedule(lambda t: -schedule(t)))
 
 
-def _loss(g, image, mask=None, *, height, width, backend, steps, plan, rate=None):
+def _loss(g, image, mask=None, *, height, width, backend, qsteps, plan, rate=None):
   """MSE of the (fake-quantised) rendering (+ λ·R); returns ``(loss, overflow)``.
 
   ``mask [H, W]`` (1 on real pixels, 0 on padding) restricts the mean to real
@@ -541,7 +541,7 @@ def _loss(g, image, mask=None, *, height, width, backend, steps, plan, rate=None
   """
   from gaussjax.fitting._fit import masked_mean
   from gaussjax.rendering._render import rasterize
-  gq = qz.fake_quantize(g, height, width, steps) if steps is not None else g
+  gq = qz.fake_quantize(g, height, width, qsteps) if qsteps is not None else g
   out, overflow = rasterize(gq, image.shape[0], image.shape[1], backend=backend, plan=plan)
   loss = masked_mean((out - image) ** 2, mask)
   if rate is not None:
@@ -562,8 +562,8 @@ class _TrainState(NamedTuple):
 
 
 def _train_state(g: Gaussians, static) -> _TrainState:
-  _, _, _, _, learning_rate, num_steps, frozen = static
-  opt_state = _optimizer(learning_rate, num_steps, frozen).init(g)
+  _, _, _, _, learning_rate, iterations, frozen = static
+  opt_state = _optimizer(learning_rate, iterations, frozen).init(g)
   return _TrainState(g, opt_state, g, jnp.full((), jnp.inf, jnp.float32))
 
 
@@ -591,11 +591,11 @@ def _train_step(state: _TrainState, data, t, plan, static):
   """
   del t  # the optimiser counts its own steps
   image, mask, *rate = data  # (image, mask) or (image, mask, RateTerm)
-  height, width, backend, qsteps, learning_rate, num_steps, frozen = static
-  optimizer = _optimizer(learning_rate, num_steps, frozen)
+  height, width, backend, qsteps, learning_rate, iterations, frozen = static
+  optimizer = _optimizer(learning_rate, iterations, frozen)
   g = state.gaussians
   (loss, overflow), grads = jax.value_and_grad(_loss, has_aux=True)(
-      g, image, mask, height=height, width=width, backend=backend, steps=qsteps, plan=plan,
+      g, image, mask, height=height, width=width, backend=backend, qsteps=qsteps, plan=plan,
       rate=rate[0] if rate else None)
   updates, opt_state = optimizer.update(grads, state.opt_state, g)
   better = loss < state.best_loss  # `loss` is that of `g`, before the update
@@ -618,10 +618,10 @@ def _train_result(state: _TrainState, image, static, rate=None) -> Gaussians:
   return state.best if float(state.best_loss) <= last else state.gaussians
 
 
-def _train(gaussians: Gaussians, image: jax.Array, *, num_steps: int, learning_rate: float,
-           steps: qz.QuantSteps | None, backend: str,
+def _train(gaussians: Gaussians, image: jax.Array, *, iterations: int, learning_rate: float,
+           qsteps: qz.QuantSteps | None, backend: str,
            frozen: tuple[str, ...] = (), rate: _rate.RateTerm | None = None) -> Gaussians:
-  """Adam on the MSE of the rendering; with ``steps``, through ``fake_quantize``.
+  """Adam on the MSE of the rendering; with ``qsteps``, through ``fake_quantize``.
 
   ``frozen`` names fields that stay as they are (see ``_optimizer``). ``rate``
   adds λ times the estimated rate (``_loss``); None is the distortion-only
@@ -632,47 +632,47 @@ def _train(gaussians: Gaussians, image: jax.Array, *, num_steps: int, learning_r
   from gaussjax.fitting._loop import run
   from gaussjax.rendering._render import resolve_backend
   backend = resolve_backend(backend)
-  if num_steps == 0 or gaussians.num_gaussians == 0:
+  if iterations == 0 or gaussians.num_gaussians == 0:
     return gaussians
   height, width = image.shape[:2]
   g = Gaussians(*(jnp.asarray(x, jnp.float32) for x in gaussians))
-  static = (height, width, backend, steps, learning_rate, num_steps, frozen)
+  static = (height, width, backend, qsteps, learning_rate, iterations, frozen)
   data = (image, None) if rate is None else (image, None, rate)
-  state, _ = run(_train_step, _train_state(g, static), data, num_steps=num_steps,
+  state, _ = run(_train_step, _train_state(g, static), data, num_steps=iterations,
                  static=static, height=height, width=width, backend=backend,
                  view=functools.partial(_train_view, static=static), chunk=TRAIN_CHUNK,
                  replan_every=TRAIN_REPLAN)
   return _train_result(state, image, static, rate)
 
 
-def _quantized_loss(g, image, steps, backend) -> float:
+def _quantized_loss(g, image, qsteps, backend) -> float:
   height, width = image.shape[:2]
-  out = render_safe(qz.fake_quantize(g, height, width, steps), height, width, backend=backend)
+  out = render_safe(qz.fake_quantize(g, height, width, qsteps), height, width, backend=backend)
   return float(jnp.mean((out - image) ** 2))
 
 
 def _fit_float(image: jax.Array, n: int, config: CodecConfig,
-               num_steps: int | None = None) -> Gaussians:
-  """SLIC initialisation, then ``gaussjax.fit`` growing to ``n`` for ``num_steps``.
+               iterations: int | None = None) -> Gaussians:
+  """SLIC initialisation, then ``gaussjax.fit`` growing to ``n`` for ``iterations``.
 
-  ``num_steps`` defaults to ``config.fit_steps``; 0 returns SLIC at ``n``.
+  ``iterations`` defaults to ``config.fit_steps``; 0 returns SLIC at ``n``.
   """
   from gaussjax.fitting._fit import fit, initial_count
   from gaussjax.fitting._init import init_slic
-  num_steps = config.fit_steps if num_steps is None else num_steps
-  if num_steps == 0:
+  iterations = config.fit_steps if iterations is None else iterations
+  if iterations == 0:
     return init_slic(np.asarray(image), n, key=jax.random.key(config.seed))
-  fit_config = _float_fit_config(config, n, num_steps)
+  fit_config = _float_fit_config(config, n, iterations)
   g = init_slic(np.asarray(image), initial_count(n, fit_config), key=jax.random.key(config.seed))
   g, _ = fit(image, g, fit_config)
   return g
 
 
-def _float_fit_config(config: CodecConfig, n: int, num_steps: int | None = None):
+def _float_fit_config(config: CodecConfig, n: int, iterations: int | None = None):
   """``FitConfig`` of a float fit to ``n`` Gaussians (also used by ``gaussjax.encode_batch``)."""
   from gaussjax.fitting._fit import FitConfig
-  num_steps = config.fit_steps if num_steps is None else num_steps
-  return FitConfig(steps=num_steps, backend=config.backend, log_every=max(num_steps, 1),
+  iterations = config.fit_steps if iterations is None else iterations
+  return FitConfig(steps=iterations, backend=config.backend, log_every=max(iterations, 1),
                    replan_every=50, num_gaussians=n)
 
 
@@ -717,17 +717,17 @@ def _choose(image: jax.Array, g: Gaussians, base: qz.QuantSteps,
 
 
 def _refit(image: jax.Array, g: Gaussians, n: int, config: CodecConfig,
-           num_steps: int) -> Gaussians:
-  """``gaussjax.fit`` of ``g`` for ``num_steps`` more steps with its count moved to ``n``.
+           iterations: int) -> Gaussians:
+  """``gaussjax.fit`` of ``g`` for ``iterations`` more steps with its count moved to ``n``.
 
   ``fit`` prunes the least contributing Gaussians at once, or grows the
   count over the first part of the steps. Without steps, only pruning.
   """
   from gaussjax.fitting._density import to_buffer
   from gaussjax.fitting._fit import fit
-  if num_steps == 0:
+  if iterations == 0:
     return to_buffer(g, n) if n < g.num_gaussians else g
-  g, _ = fit(image, g, _float_fit_config(config, n, num_steps))
+  g, _ = fit(image, g, _float_fit_config(config, n, iterations))
   return g
 
 
@@ -810,12 +810,12 @@ def choose_steps(gaussians: Gaussians, image, *, base: qz.QuantSteps | None = No
   return best_steps
 
 
-def _snap(g: Gaussians, height: int, width: int, steps: qz.QuantSteps,
+def _snap(g: Gaussians, height: int, width: int, qsteps: qz.QuantSteps,
           fields: tuple[str, ...]) -> Gaussians:
   """``g`` with the named fields replaced by the decoder's reconstruction."""
   g = Gaussians(*(np.asarray(x, np.float32) for x in g))
-  sym, order = qz.quantize(g, height, width, steps)
-  decoded = qz.dequantize(sym, height, width, steps)
+  sym, order = qz.quantize(g, height, width, qsteps)
+  decoded = qz.dequantize(sym, height, width, qsteps)
   inverse = np.argsort(order)
   return g._replace(**{f: getattr(decoded, f)[inverse] for f in fields})
 
@@ -825,18 +825,18 @@ def _snap(g: Gaussians, height: int, width: int, steps: qz.QuantSteps,
 _SEQUENTIAL = ((("means",), 0.1, 0.5), (("means", "chol"), 0.2, 0.5))
 
 
-def _sequential_stages(num_steps: int):
-  """``(frozen fields, relative learning rate, steps)`` of each stage; steps sum to ``num_steps``."""
+def _sequential_stages(iterations: int):
+  """``(frozen fields, relative learning rate, iterations)`` of each stage, summing to ``iterations``."""
   done = 0
   for k, (frozen, lr, share) in enumerate(_SEQUENTIAL):
-    n = num_steps - done if k == len(_SEQUENTIAL) - 1 else int(round(share * num_steps))
+    n = iterations - done if k == len(_SEQUENTIAL) - 1 else int(round(share * iterations))
     done += n
     yield frozen, lr, n
 
 
-def _finetune(g: Gaussians, image: jax.Array, steps: qz.QuantSteps, config: CodecConfig,
-              num_steps: int | None = None) -> Gaussians:
-  """Quantisation-aware fine-tuning of fitted Gaussians for ``steps``.
+def _finetune(g: Gaussians, image: jax.Array, qsteps: qz.QuantSteps, config: CodecConfig,
+              iterations: int | None = None) -> Gaussians:
+  """Quantisation-aware fine-tuning of fitted Gaussians for the quantiser steps ``qsteps``.
 
   ``"sequential"`` (default): quantise the means and fine-tune the Cholesky
   factors and colours in float, then quantise the factors too and fine-tune
@@ -851,29 +851,29 @@ def _finetune(g: Gaussians, image: jax.Array, steps: qz.QuantSteps, config: Code
   Args:
     g: fitted ``Gaussians``.
     image: ``[H, W, C]`` target.
-    steps: the quantiser steps the file will use.
+    qsteps: the quantiser steps (``QuantSteps``) the file will use.
     config: ``CodecConfig`` (``finetune``, ``learning_rate``, ``backend``).
-    num_steps: optimiser steps in all (default ``config.qat_steps``).
+    iterations: optimiser iterations in all (default ``config.qat_steps``).
 
   Returns:
     ``Gaussians``; sequential ones hold quantised means and factors.
   """
-  num_steps = config.qat_steps if num_steps is None else num_steps
-  if num_steps == 0 or g.num_gaussians == 0:
+  iterations = config.qat_steps if iterations is None else iterations
+  if iterations == 0 or g.num_gaussians == 0:
     return g
-  rate = _finetune_rate(g, image, steps, config)
+  rate = _finetune_rate(g, image, qsteps, config)
   if config.finetune == "ste":
-    return _train(g, image, num_steps=num_steps, learning_rate=qat_learning_rate(config),
-                  steps=steps, backend=config.backend, rate=rate)
+    return _train(g, image, iterations=iterations, learning_rate=qat_learning_rate(config),
+                  qsteps=qsteps, backend=config.backend, rate=rate)
   h, w = image.shape[:2]
-  for frozen, lr, n in _sequential_stages(num_steps):
-    g = _snap(g, h, w, steps, frozen)
-    g = _train(g, image, num_steps=n, learning_rate=lr * config.learning_rate, steps=None,
+  for frozen, lr, n in _sequential_stages(iterations):
+    g = _snap(g, h, w, qsteps, frozen)
+    g = _train(g, image, iterations=n, learning_rate=lr * config.learning_rate, qsteps=None,
                backend=config.backend, frozen=frozen, rate=rate)
   return g
 
 
-def _finetune_rate(g: Gaussians, image: jax.Array, steps: qz.QuantSteps,
+def _finetune_rate(g: Gaussians, image: jax.Array, qsteps: qz.QuantSteps,
                    config: CodecConfig) -> _rate.RateTerm | None:
   """The rate term of the fine-tuning (None when ``config.rate_weight`` is 0).
 
@@ -884,13 +884,13 @@ def _finetune_rate(g: Gaussians, image: jax.Array, steps: qz.QuantSteps,
   if config.rate_weight == 0:
     return None
   h, w = image.shape[:2]
-  data = encode_gaussians(g, h, w, steps=steps)
+  data = encode_gaussians(g, h, w, steps=qsteps)
   decoded, _ = decode_gaussians(data)
   mse = float(jnp.mean((jnp.clip(render_safe(decoded, h, w, backend=config.backend), 0, 1)
                         - image) ** 2))
   bpp = config.bpp if config.bpp is not None else 8.0 * len(data) / (h * w)
   lam = _rate.rd_lambda(max(mse, 1e-8), bpp, config.rd_slope or 1.75)
-  return _rate.rate_term(config.rate_weight * lam, steps)
+  return _rate.rate_term(config.rate_weight * lam, qsteps)
 
 
 def render_safe(gaussians: Gaussians, height: int, width: int, *, backend: str = "auto",
@@ -1073,7 +1073,7 @@ def _encode_rate(image: jax.Array, config: CodecConfig, g: Gaussians, steps) -> 
       continue
     if config.qat_steps:
       # Fine-tune what was pruned or re-stepped, then fit the size again.
-      g2 = _finetune(g_fit, image, steps_fit, config, num_steps=max(2, config.qat_steps // 3))
+      g2 = _finetune(g_fit, image, steps_fit, config, iterations=max(2, config.qat_steps // 3))
       data2 = encode_gaussians(g2, h, w, steps=steps_fit)
       if not lo_ok <= len(data2) <= hi_ok:
         order2 = _prune_order(g2, image, steps_fit, config.backend) if config.rd_prune else None
