@@ -102,10 +102,16 @@ def run_classic(codec, ref, index, rows):
                      bpp=8 * len(data) / (h * w), psnr=ps, msssim=ms, dec_s=dec_s))
 
 
-def run_gaussjax(ref, index, targets, args, rows):
+# The encoder before issue 14 (no rate term, pruning by energy): --compare-old
+# times it against the defaults on the same images in the same run.
+OLD_ENCODER = {"rate_weight": 0.0, "rd_prune": False}
+
+
+def run_gaussjax(ref, index, targets, args, rows, codec="gaussjax", overrides=None):
   h, w = ref.shape[:2]
   for bpp in targets:
-    cfg = gaussjax.CodecConfig(bpp=bpp, fit_steps=args.fit_steps, qat_steps=args.qat_steps)
+    cfg = gaussjax.CodecConfig(bpp=bpp, fit_steps=args.fit_steps, qat_steps=args.qat_steps,
+                               **(overrides or {}))
     t = time.perf_counter()
     data = gaussjax.encode(ref, cfg)
     enc_s = time.perf_counter() - t
@@ -120,10 +126,10 @@ def run_gaussjax(ref, index, targets, args, rows):
     out, dec_s = timed_decode(dec)
     ps, ms = metrics(out, ref)
     n = gaussjax.codec._codec.info(data)["num_gaussians"]
-    rows.append(dict(image=index, codec="gaussjax", param=bpp, bytes=len(data),
+    rows.append(dict(image=index, codec=codec, param=bpp, bytes=len(data),
                      bpp=8 * len(data) / (h * w), psnr=ps, msssim=ms, dec_s=dec_s,
                      dec_first_s=first_s, enc_s=enc_s, gaussians=n))
-    print(f"  kodim{index:02d} gaussjax target {bpp}: {rows[-1]['bpp']:.4f} bpp, {ps:.2f} dB, "
+    print(f"  kodim{index:02d} {codec} target {bpp}: {rows[-1]['bpp']:.4f} bpp, {ps:.2f} dB, "
           f"MS-SSIM {ms:.4f}, N={n}, enc {enc_s:.0f}s, dec {dec_s * 1e3:.1f} ms", flush=True)
 
 
@@ -176,19 +182,34 @@ def main(argv=None):
                       default=int(os.environ.get("GJX_RD_FIT_STEPS", defaults.fit_steps)))
   parser.add_argument("--qat-steps", type=int, default=defaults.qat_steps)
   parser.add_argument("--name", default="rd")
+  parser.add_argument("--compare-old", type=int, default=0,
+                      help="also encode the first K images with the encoder before issue 14 "
+                           "(rate_weight=0, rd_prune=False), interleaved, to compare encode times")
   args = parser.parse_args(argv)
   images = [int(x) for x in args.images.split(",")]
   targets = [float(x) for x in args.bpp.split(",")]
   codecs = [c for c in CLASSIC if c != "avif" or features.check("avif")]
   rows = []
   t0 = time.perf_counter()
-  for index in images:
+  for k, index in enumerate(images):
     ref = load(index, args.scale)
     print(f"kodim{index:02d} {ref.shape[1]}x{ref.shape[0]}", flush=True)
     for codec in codecs:
       run_classic(codec, ref, index, rows)
-    run_gaussjax(ref, index, targets, args, rows)
+    if k < args.compare_old:
+      # Interleaved, old-new then new-old (compiles and the machine's load hit both alike).
+      for j, bpp in enumerate(targets):
+        pair = [("gaussjax_old", OLD_ENCODER), ("gaussjax", None)]
+        for codec, overrides in pair[::(-1) ** (j + k)]:
+          run_gaussjax(ref, index, [bpp], args, rows, codec, overrides)
+    else:
+      run_gaussjax(ref, index, targets, args, rows)
+    # The results so far, rewritten after every image (a run cut short still reports).
+    report(rows, images[:k + 1], targets, codecs, args, t0)
 
+
+def report(rows, images, targets, codecs, args, t0):
+  """Tables, results files and figure of the images done so far."""
   # BD-rate of gaussjax against each codec, per image, over 0.08..1.5 bpp.
   summary = []
   for codec in codecs:
@@ -258,6 +279,21 @@ def main(argv=None):
     row["source"] = a["source"].split(" (")[0]
     published.append(row)
   meta["published_anchors"] = published
+  old = [r for r in rows if r["codec"] == "gaussjax_old"]
+  if old:
+    pairs = [(r["enc_s"], next(n["enc_s"] for n in rows if n["codec"] == "gaussjax" and
+                               (n["image"], n["param"]) == (r["image"], r["param"])))
+             for r in old if any(n["codec"] == "gaussjax" and (n["image"], n["param"]) ==
+                                 (r["image"], r["param"]) for n in rows)]
+    meta["encode_time_new_over_old"] = {
+        "images": sorted({r["image"] for r in old}), "pairs": len(pairs),
+        "old_s": float(np.mean([a for a, _ in pairs])), "new_s": float(np.mean([b for _, b in pairs])),
+        "ratio_of_means": float(np.sum([b for _, b in pairs]) / np.sum([a for a, _ in pairs])),
+        "old_psnr_db": float(np.mean([r["psnr"] for r in old])),
+        "new_psnr_db_same_points": float(np.mean(
+            [n["psnr"] for r in old for n in rows if n["codec"] == "gaussjax"
+             and (n["image"], n["param"]) == (r["image"], r["param"])])),
+    }
   _machine.write_results(args.name, rows, meta)
   with open(os.path.join(_machine.RESULTS_DIR, f"{args.name}.md"), "a") as f:
     f.write("\n## PSNR (dB) at target rate, mean over images\n\n" + _machine.format_table(at_rate))
@@ -265,6 +301,9 @@ def main(argv=None):
     f.write("\n## Published anchors (not measured here; mean over the 24 Kodak images at "
             "768x512, from benchmarks/anchors.json; the BD-rate only when this run is at full "
             "size, from the mean curves)\n\n" + _machine.format_table(published))
+    if "encode_time_new_over_old" in meta:
+      f.write("\n## Encode time, defaults against the encoder before issue 14 (same images, "
+              "interleaved, same run)\n\n" + _machine.format_table([meta["encode_time_new_over_old"]]))
     f.write("\n## Mean decode time per image (ms, best of 3, gaussjax warm)\n\n" + _machine.format_table(
         [{"codec": k, "decode_ms": 1e3 * v} for k, v in dec.items()]))
   plot(rows, codecs, os.path.join(_machine.RESULTS_DIR, f"{args.name}.png"), meta["images"],
