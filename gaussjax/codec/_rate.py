@@ -28,6 +28,7 @@ import numpy as np
 
 from gaussjax.codec import _quantize as qz
 from gaussjax.core._gaussians import Gaussians
+from gaussjax.fitting._density import PARK_POSITION
 
 # Smallest probability a symbol is charged (the coder's tables have 2^-24
 # resolution; anything this improbable costs the same 20 bits here).
@@ -97,10 +98,14 @@ def laplace_log2_prob(q, loc, scale, xp=jnp):
   return xp.maximum(xp.where(d >= 0.5, tail, centre) / math.log(2.0), _MIN_LOG2_P)
 
 
-def _fit_laplace(q, xp):
-  """Per-stream ``(loc, scale)`` of symbols ``q [N, S]``: mean and mean absolute deviation."""
-  loc = xp.mean(q, 0)
-  scale = xp.maximum(xp.mean(xp.abs(q - loc), 0), _MIN_SCALE)
+def _fit_laplace(q, weight, xp):
+  """Per-stream ``(loc, scale)`` of symbols ``q [N, S]``: mean and mean absolute deviation.
+
+  ``weight [N, 1]``: 1 for the Gaussians that count, 0 for parked slots.
+  """
+  n = xp.maximum(xp.sum(weight), 1.0)
+  loc = xp.sum(q * weight, 0) / n
+  scale = xp.maximum(xp.sum(xp.abs(q - loc) * weight, 0) / n, _MIN_SCALE)
   return loc, scale
 
 
@@ -109,11 +114,14 @@ def attribute_bits(gaussians: Gaussians, height: int, width: int, term: RateTerm
 
   The symbols are the straight-through rounded latents; each stream's
   Laplace is fitted to the current symbols and held constant in the gradient.
+  Parked slots (``fitting._density``: padding of a batch) cost 0 and are
+  left out of the fit.
   """
   x = _stream_latents(gaussians, height, width, term.scale, term.shear, term.color, jnp)
   q = x + jax.lax.stop_gradient(jnp.round(x) - x)
-  loc, scale = _fit_laplace(jax.lax.stop_gradient(q), jnp)
-  return -jnp.sum(laplace_log2_prob(q, loc, scale), -1)
+  active = (gaussians.means[:, :1] > PARK_POSITION / 2).astype(x.dtype)
+  loc, scale = _fit_laplace(jax.lax.stop_gradient(q), active, jnp)
+  return -jnp.sum(laplace_log2_prob(q, loc, scale), -1) * active[:, 0]
 
 
 def rate_bpp(gaussians: Gaussians, height: int, width: int, term: RateTerm) -> jax.Array:
@@ -148,7 +156,7 @@ def gaussian_bits(gaussians: Gaussians, height: int, width: int,
   x = _stream_latents(g, height, width, steps.scale, steps.shear,
                       np.asarray(steps.color, np.float64), np)
   q = np.rint(x)
-  loc, scale = _fit_laplace(q, np)
+  loc, scale = _fit_laplace(q, np.ones((n, 1)), np)
   attr = -np.sum(laplace_log2_prob(q, loc, scale, np), -1)
   return attr + _position_bits(g, height, width, steps) / n
 
