@@ -75,7 +75,8 @@ def main(argv=None):
   args = parser.parse_args(argv)
   images = [int(x) for x in args.images.split(",")]
   targets = [float(x) for x in args.bpp.split(",")]
-  variants = args.variants.split(",")
+  # "report": no encoding, the tables and files rebuilt from the rows stored.
+  variants = [] if args.variants == "report" else args.variants.split(",")
   commit = _commit()  # of the code imported now
   path = os.path.join(_machine.RESULTS_DIR, NAME + ".json")
   rows = []
@@ -97,10 +98,10 @@ def main(argv=None):
         ps, _ = metrics(out / 255.0, ref)
         rows.append(dict(image=index, target=None, variant="jpeg2000",
                          bpp=8 * len(data) / (ref.shape[0] * ref.shape[1]), psnr=ps))
+  h, w = load(images[0], args.scale).shape[:2]
   for name in variants:
     for index in images:
       ref = load(index, args.scale)
-      h, w = ref.shape[:2]
       for bpp in targets:
         config = _config(bpp, args, VARIANTS[name])
         t = time.perf_counter()
@@ -124,7 +125,11 @@ def main(argv=None):
   _machine.write_results(NAME, rows, meta)
   with open(os.path.join(_machine.RESULTS_DIR, NAME + ".md"), "a") as f:
     f.write("\n## Per variant (BD-rate: negative = fewer bytes at equal PSNR)\n\n"
-            + _machine.format_table(summary))
+            + _machine.format_table(summary)
+            + "\nenc_time_ratio compares runs made at different times on a shared machine "
+              "(mean_load: its 1-minute load average during the variant's encodes); the encode "
+              "time of the defaults against the old encoder, measured interleaved in one run, is "
+              "in rd.md.\n")
 
 
 def _curve(rows, image, variant, lo=0.0, hi=10.0):
@@ -157,6 +162,7 @@ def _summary(rows, images) -> list[dict]:
                     per_image_vs_baseline=", ".join(f"{v:+.1f}" for v in vs_base),
                     max_rate_error_pct=100 * float(np.max(err)),
                     enc_time_ratio=float(np.mean(time_ratio)) if time_ratio else float("nan"),
+                    mean_load=float(np.mean([r["load"] for r in rows if r["variant"] == name])),
                     commit=next(r["commit"] for r in rows if r["variant"] == name)))
   return out
 
