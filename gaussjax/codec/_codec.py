@@ -106,10 +106,13 @@ class CodecConfig:
     rate_weight: the fine-tuning minimises ``MSE + rate_weight · λ · R``,
       ``R`` the estimated bits per pixel of the Gaussians' symbols
       (``gaussjax.codec._rate``) and ``λ`` the MSE a bit per pixel buys at
-      ``rd_slope`` (``_rate.rd_lambda``). 0: distortion only.
+      ``rd_slope`` (``_rate.rd_lambda``). 0: distortion only (exactly the
+      fine-tuning before the term existed). What it changes:
+      ``benchmarks/results/codec_ablation_rate.md``.
     rd_prune: the rate controller drops the Gaussians of least distortion
       change per estimated bit (``_prune_order``); False: least energy
-      (``fitting._density.contributions``).
+      (``fitting._density.contributions``). Compared on the same Gaussians:
+      ``benchmarks/results/prune_rule.md``.
   """
 
   bpp: float | None = None
