@@ -84,7 +84,7 @@ def toy_step(gaussians, example, t, plan, static):
   image, mask = example
   learning_rate = static
   (_, overflow), grad = jax.value_and_grad(_codec._loss, has_aux=True)(
-      gaussians, image, mask, height=0, width=0, backend="reference", steps=None, plan=plan)
+      gaussians, image, mask, height=0, width=0, backend="reference", qsteps=None, plan=plan)
   return (jax.tree_util.tree_map(lambda p, d: p - learning_rate * d, gaussians, grad),
           {"overflow": overflow})
 
