@@ -34,6 +34,14 @@ from gaussjax.codec._codec import render_safe  # noqa: E402
 from gaussjax.codec._formats import decode_gaussians  # noqa: E402
 
 KODAK = os.environ.get("GJX_KODAK", "/work/shared/data/kodak")
+ANCHORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "anchors.json")
+
+
+def load_anchors() -> dict:
+  """Published Kodak points (``anchors.json``: bpp, psnr, source), mean over 24 images at 768x512."""
+  import json
+  with open(ANCHORS) as f:
+    return json.load(f)["anchors"]
 CLASSIC = {
     "jpeg": [3, 5, 8, 10, 15, 20, 25, 30, 40, 50, 60, 70, 80, 90],
     "webp": [0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90],
@@ -95,10 +103,16 @@ def run_classic(codec, ref, index, rows):
                      bpp=8 * len(data) / (h * w), psnr=ps, msssim=ms, dec_s=dec_s))
 
 
-def run_gaussjax(ref, index, targets, args, rows):
+# The encoder before issue 14 (no rate term, pruning by energy): --compare-old
+# times it against the defaults on the same images in the same run.
+OLD_ENCODER = {"rate_weight": 0.0, "rd_prune": False}
+
+
+def run_gaussjax(ref, index, targets, args, rows, codec="gaussjax", overrides=None):
   h, w = ref.shape[:2]
   for bpp in targets:
-    cfg = gaussjax.CodecConfig(bpp=bpp, fit_steps=args.fit_steps, qat_steps=args.qat_steps)
+    cfg = gaussjax.CodecConfig(bpp=bpp, fit_steps=args.fit_steps, qat_steps=args.qat_steps,
+                               **(overrides or {}))
     t = time.perf_counter()
     data = gaussjax.encode(ref, cfg)
     enc_s = time.perf_counter() - t
@@ -113,10 +127,10 @@ def run_gaussjax(ref, index, targets, args, rows):
     out, dec_s = timed_decode(dec)
     ps, ms = metrics(out, ref)
     n = gaussjax.codec._formats.info(data)["num_gaussians"]
-    rows.append(dict(image=index, codec="gaussjax", param=bpp, bytes=len(data),
+    rows.append(dict(image=index, codec=codec, param=bpp, bytes=len(data),
                      bpp=8 * len(data) / (h * w), psnr=ps, msssim=ms, dec_s=dec_s,
                      dec_first_s=first_s, enc_s=enc_s, gaussians=n))
-    print(f"  kodim{index:02d} gaussjax target {bpp}: {rows[-1]['bpp']:.4f} bpp, {ps:.2f} dB, "
+    print(f"  kodim{index:02d} {codec} target {bpp}: {rows[-1]['bpp']:.4f} bpp, {ps:.2f} dB, "
           f"MS-SSIM {ms:.4f}, N={n}, enc {enc_s:.0f}s, dec {dec_s * 1e3:.1f} ms", flush=True)
 
 
@@ -169,19 +183,34 @@ def main(argv=None):
                       default=int(os.environ.get("GJX_RD_FIT_STEPS", defaults.fit_steps)))
   parser.add_argument("--qat-steps", type=int, default=defaults.qat_steps)
   parser.add_argument("--name", default="rd")
+  parser.add_argument("--compare-old", type=int, default=0,
+                      help="also encode the first K images with the encoder before issue 14 "
+                           "(rate_weight=0, rd_prune=False), interleaved, to compare encode times")
   args = parser.parse_args(argv)
   images = [int(x) for x in args.images.split(",")]
   targets = [float(x) for x in args.bpp.split(",")]
   codecs = [c for c in CLASSIC if c != "avif" or features.check("avif")]
   rows = []
   t0 = time.perf_counter()
-  for index in images:
+  for k, index in enumerate(images):
     ref = load(index, args.scale)
     print(f"kodim{index:02d} {ref.shape[1]}x{ref.shape[0]}", flush=True)
     for codec in codecs:
       run_classic(codec, ref, index, rows)
-    run_gaussjax(ref, index, targets, args, rows)
+    if k < args.compare_old:
+      # Interleaved, old-new then new-old (compiles and the machine's load hit both alike).
+      for j, bpp in enumerate(targets):
+        pair = [("gaussjax_old", OLD_ENCODER), ("gaussjax", None)]
+        for codec, overrides in pair[::(-1) ** (j + k)]:
+          run_gaussjax(ref, index, [bpp], args, rows, codec, overrides)
+    else:
+      run_gaussjax(ref, index, targets, args, rows)
+    # The results so far, rewritten after every image (a run cut short still reports).
+    report(rows, images[:k + 1], targets, codecs, args, t0)
 
+
+def report(rows, images, targets, codecs, args, t0):
+  """Tables, results files and figure of the images done so far."""
   # BD-rate of gaussjax against each codec, per image, over 0.08..1.5 bpp.
   summary = []
   for codec in codecs:
@@ -229,16 +258,60 @@ def main(argv=None):
       "bd_rate_method": "Bjontegaard, cubic log-rate vs PSNR, classical curves restricted to 0.08-1.5 bpp",
       "decode_time_s": dec, "total_s": total, "psnr_at_rate": at_rate, "bd_rate": summary,
   }
+  # Published anchors (not measured here; full-size Kodak): PSNR at the target
+  # rates (interpolated in log-bpp), and gaussjax's BD-rate against them when
+  # this run is at full size too.
+  anchors = load_anchors()
+  published = []
+  for name, a in anchors.items():
+    row = {"published": name, "resolution": "768x512 (24 images)"}
+    for bpp in targets:
+      inside = a["bpp"][0] <= bpp <= a["bpp"][-1]
+      row[f"psnr@{bpp}"] = float(np.interp(np.log(bpp), np.log(a["bpp"]), a["psnr"])) \
+          if inside else float("nan")
+    if args.scale == 1:
+      rg = [np.mean([r["bpp"] for r in rows if r["codec"] == "gaussjax" and r["param"] == t])
+            for t in targets]
+      dg = [np.mean([r["psnr"] for r in rows if r["codec"] == "gaussjax" and r["param"] == t])
+            for t in targets]
+      row["gaussjax_bd_rate_pct"] = bd_rate(a["bpp"], a["psnr"], rg, dg)
+    else:
+      row["gaussjax_bd_rate_pct"] = "n/a (other resolution)"
+    row["source"] = a["source"].split(" (")[0]
+    published.append(row)
+  meta["published_anchors"] = published
+  old = [r for r in rows if r["codec"] == "gaussjax_old"]
+  if old:
+    pairs = [(r["enc_s"], next(n["enc_s"] for n in rows if n["codec"] == "gaussjax" and
+                               (n["image"], n["param"]) == (r["image"], r["param"])))
+             for r in old if any(n["codec"] == "gaussjax" and (n["image"], n["param"]) ==
+                                 (r["image"], r["param"]) for n in rows)]
+    meta["encode_time_new_over_old"] = {
+        "images": sorted({r["image"] for r in old}), "pairs": len(pairs),
+        "old_s": float(np.mean([a for a, _ in pairs])), "new_s": float(np.mean([b for _, b in pairs])),
+        "ratio_of_means": float(np.sum([b for _, b in pairs]) / np.sum([a for a, _ in pairs])),
+        "old_psnr_db": float(np.mean([r["psnr"] for r in old])),
+        "new_psnr_db_same_points": float(np.mean(
+            [n["psnr"] for r in old for n in rows if n["codec"] == "gaussjax"
+             and (n["image"], n["param"]) == (r["image"], r["param"])])),
+    }
   _machine.write_results(args.name, rows, meta)
   with open(os.path.join(_machine.RESULTS_DIR, f"{args.name}.md"), "a") as f:
     f.write("\n## PSNR (dB) at target rate, mean over images\n\n" + _machine.format_table(at_rate))
     f.write("\n## BD-rate of gaussjax against each codec (%)\n\n" + _machine.format_table(summary))
+    f.write("\n## Published anchors (not measured here; mean over the 24 Kodak images at "
+            "768x512, from benchmarks/anchors.json; the BD-rate only when this run is at full "
+            "size, from the mean curves)\n\n" + _machine.format_table(published))
+    if "encode_time_new_over_old" in meta:
+      f.write("\n## Encode time, defaults against the encoder before issue 14 (same images, "
+              "interleaved, same run)\n\n" + _machine.format_table([meta["encode_time_new_over_old"]]))
     f.write("\n## Mean decode time per image (ms, best of 3, gaussjax warm)\n\n" + _machine.format_table(
         [{"codec": k, "decode_ms": 1e3 * v} for k, v in dec.items()]))
-  plot(rows, codecs, os.path.join(_machine.RESULTS_DIR, f"{args.name}.png"), meta["images"])
+  plot(rows, codecs, os.path.join(_machine.RESULTS_DIR, f"{args.name}.png"), meta["images"],
+       anchors, full_size=args.scale == 1)
 
 
-def plot(rows, codecs, path, title):
+def plot(rows, codecs, path, title, anchors=None, full_size=False):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -265,6 +338,9 @@ def plot(rows, codecs, path, title):
         vals.append(np.interp(np.log(g), np.log(bb), mm) if bb[0] <= g <= bb[-1] else np.nan)
       ms.append(np.nanmean(vals))
     ax[1].plot(grid, ms, ".-", label=codec)
+  for name, a in (anchors or {}).items():
+    label = f"{name} (published, 768x512{'' if full_size else ', other resolution'})"
+    ax[0].plot(a["bpp"], a["psnr"], "x--", ms=7, lw=1, alpha=0.8, label=label)
   for a, name in zip(ax, ("PSNR (dB)", "MS-SSIM")):
     a.set_xscale("log")
     a.set_xlabel("bpp (whole file)")

@@ -57,7 +57,7 @@ def test_masked_loss_ignores_padding_in_value_and_gradient():
 
   def loss(g, image, mask):
     return _codec._loss(g, jnp.asarray(image), mask, height=0, width=0, backend="reference",
-                        steps=None, plan=None)[0]
+                        qsteps=None, plan=None)[0]
 
   expected, expected_grad = jax.value_and_grad(loss)(g, image, None)
   actual, actual_grad = jax.value_and_grad(loss)(g, padded, jnp.asarray(mask))
@@ -84,7 +84,7 @@ def toy_step(gaussians, example, t, plan, static):
   image, mask = example
   learning_rate = static
   (_, overflow), grad = jax.value_and_grad(_codec._loss, has_aux=True)(
-      gaussians, image, mask, height=0, width=0, backend="reference", steps=None, plan=plan)
+      gaussians, image, mask, height=0, width=0, backend="reference", qsteps=None, plan=plan)
   return (jax.tree_util.tree_map(lambda p, d: p - learning_rate * d, gaussians, grad),
           {"overflow": overflow})
 

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gaussjax.codec import _codec, _formats
+from gaussjax.codec import _codec, _formats, _rate
 from gaussjax.core._gaussians import Gaussians, validate
 from gaussjax.core._image import check_image
 from gaussjax.fitting import _density, _fit, _loop
@@ -384,7 +384,7 @@ def fit_batch(images, gaussians, config=None, *, devices=None, vectorize: bool |
 
 def _qat_batch(gaussians: Gaussians, images, *, num_steps: int, learning_rate: float, qsteps,
                backend: str, mesh: Mesh | None, vectorize: bool | None,
-               frozen: tuple[str, ...] = ()) -> list[Gaussians]:
+               frozen: tuple[str, ...] = (), rates=None) -> list[Gaussians]:
   """The codec's ``_train`` for images of one exact size: the same step, batched.
 
   Args:
@@ -397,6 +397,8 @@ def _qat_batch(gaussians: Gaussians, images, *, num_steps: int, learning_rate: f
     mesh: device mesh, or ``None``.
     vectorize: as in ``fit_batch``.
     frozen: fields that stay as they are.
+    rates: one ``codec._rate.RateTerm`` per image (the rate term of
+      ``_codec._finetune``), or None (distortion only).
 
   Returns:
     One ``Gaussians`` per image, as ``_codec._train`` chooses them.
@@ -409,13 +411,17 @@ def _qat_batch(gaussians: Gaussians, images, *, num_steps: int, learning_rate: f
   height, width = images.shape[1:3]
   static = (height, width, backend, qsteps, learning_rate, num_steps, frozen)
   state = jax.vmap(lambda g: _codec._train_state(g, static))(g)
+  data = (jnp.asarray(images), None)
+  if rates is not None:
+    data += (jax.tree_util.tree_map(lambda *x: jnp.stack(x), *rates),)
   state, _ = run_batch(
-      _codec._train_step, state, (jnp.asarray(images), None), mesh=mesh, num_steps=num_steps,
+      _codec._train_step, state, data, mesh=mesh, num_steps=num_steps,
       static=static, height=height, width=width, backend=backend,
       view=functools.partial(_codec._train_view, static=static), chunk=_codec.TRAIN_CHUNK,
       replan_every=_codec.TRAIN_REPLAN, batch=_loop_batch(vectorize))
   return [_codec._train_result(jax.tree_util.tree_map(lambda x, k=k: x[k], state), images[k],
-                               static) for k in range(count)]
+                               static, None if rates is None else rates[k])
+          for k in range(count)]
 
 
 def _resolve_mesh(devices) -> Mesh:
@@ -527,6 +533,11 @@ def _finetune_all(arrays, fitted, qsteps, config, mesh, vectorize) -> list[Gauss
   fitted = list(fitted)
   if config.qat_steps == 0:
     return fitted
+  rates = None  # the rate term of each image, as _codec._finetune computes it
+  if config.rate_weight:
+    rates = [(_codec._finetune_rate(g, a, s, config) if g.num_gaussians else None)
+             or _rate.rate_term(0.0, s) for g, a, s in zip(fitted, arrays, qsteps)]
+  pick = lambda members: None if rates is None else [rates[i] for i in members]
   if config.finetune == "ste":
     groups: dict[tuple, list[int]] = {}
     for i, a in enumerate(arrays):
@@ -535,7 +546,8 @@ def _finetune_all(arrays, fitted, qsteps, config, mesh, vectorize) -> list[Gauss
       out = _qat_batch(_stack([fitted[i] for i in members]),
                        jnp.stack([arrays[i] for i in members]), num_steps=config.qat_steps,
                        learning_rate=_codec.qat_learning_rate(config), qsteps=steps,
-                       backend=config.backend, mesh=mesh, vectorize=vectorize)
+                       backend=config.backend, mesh=mesh, vectorize=vectorize,
+                       rates=pick(members))
       for i, g in zip(members, out):
         fitted[i] = g
     return fitted
@@ -552,7 +564,8 @@ def _finetune_all(arrays, fitted, qsteps, config, mesh, vectorize) -> list[Gauss
         padded = [_density.to_buffer(g, max(counts)) for g in snapped]
         out = _qat_batch(_stack(padded), jnp.stack([arrays[i] for i in members]),
                          num_steps=n_steps, learning_rate=lr * config.learning_rate, qsteps=None,
-                         backend=config.backend, mesh=mesh, vectorize=vectorize, frozen=frozen)
+                         backend=config.backend, mesh=mesh, vectorize=vectorize, frozen=frozen,
+                         rates=pick(members))
         out = [Gaussians(*(np.asarray(x)[:n] for x in g)) for g, n in zip(out, counts)]
       for i, g in zip(members, out):
         fitted[i] = g

@@ -37,6 +37,7 @@ import optax
 
 from gaussjax import constants
 from gaussjax.codec import _quantize as qz
+from gaussjax.codec import _rate
 from gaussjax.codec._bitstream import (
   MAX_ALPHABET,
   DecodeError,
@@ -106,6 +107,16 @@ class CodecConfig:
     levels: 1 (a version-1 file) or 2..16: a progressive version-2 file of
       coarse-to-fine levels, each a prefix that decodes to a picture
       (``gaussjax.codec._progressive``; ``decode(data, level=k)``).
+    rate_weight: the fine-tuning minimises ``MSE + rate_weight · λ · R``,
+      ``R`` the estimated bits per pixel of the Gaussians' symbols
+      (``gaussjax.codec._rate``) and ``λ`` the MSE a bit per pixel buys at
+      ``rd_slope`` (``_rate.rd_lambda``). 0: distortion only (exactly the
+      fine-tuning before the term existed). What it changes:
+      ``benchmarks/results/codec_ablation_rate.md``.
+    rd_prune: the rate controller drops the Gaussians of least distortion
+      change per estimated bit (``_prune_order``); False: least energy
+      (``fitting._density.contributions``). Compared on the same Gaussians:
+      ``benchmarks/results/prune_rule.md``.
   """
 
   bpp: float | None = None
@@ -121,6 +132,8 @@ class CodecConfig:
   backend: str = "auto"
   seed: int = 0
   levels: int = 1
+  rate_weight: float = 1.0
+  rd_prune: bool = True
 
   def __post_init__(self):
     if isinstance(self.levels, bool) or not isinstance(self.levels, int) or \
@@ -139,6 +152,9 @@ class CodecConfig:
       raise ValueError(f"rate_tolerance={self.rate_tolerance} must be in [0.005, 0.5]")
     if self.rd_slope is not None and not (0.0 < self.rd_slope <= 20.0):
       raise ValueError(f"rd_slope={self.rd_slope} must be in (0, 20] or None")
+    if not (isinstance(self.rate_weight, (int, float)) and math.isfinite(self.rate_weight)
+            and 0.0 <= self.rate_weight <= 100.0):
+      raise ValueError(f"rate_weight={self.rate_weight!r} must be in [0, 100]")
     if self.finetune not in FINETUNE_MODES:
       raise ValueError(f"finetune={self.finetune!r} must be one of {FINETUNE_MODES}")
 
@@ -439,13 +455,13 @@ def _output_size(header_hw, height, width, max_pixels=None):
 _FIELD_LR = Gaussians(means=20.0, chol=5.0, colors=1.0)
 
 
-def _optimizer(learning_rate: float, num_steps: int, frozen: tuple[str, ...] = ()):
-  """Adam with per-field learning rates and a cosine decay over ``num_steps``.
+def _optimizer(learning_rate: float, iterations: int, frozen: tuple[str, ...] = ()):
+  """Adam with per-field learning rates and a cosine decay over ``iterations``.
 
   The fields named in ``frozen`` (``"means"``, ``"chol"``, ``"colors"``) are
   not changed.
   """
-  schedule = optax.cosine_decay_schedule(learning_rate, num_steps, alpha=0.05)
+  schedule = optax.cosine_decay_schedule(learning_rate, iterations, alpha=0.05)
   return optax.chain(
       optax.scale_by_adam(),
       optax.transforms.partition(
@@ -454,18 +470,23 @@ def _optimizer(learning_rate: float, num_steps: int, frozen: tuple[str, ...] = (
       optax.scale_by_schedule(lambda t: -schedule(t)))
 
 
-def _loss(g, image, mask=None, *, height, width, backend, steps, plan):
-  """MSE of the (fake-quantised) rendering; returns ``(loss, overflow)``.
+def _loss(g, image, mask=None, *, height, width, backend, qsteps, plan, rate=None):
+  """MSE of the (fake-quantised) rendering (+ λ·R); returns ``(loss, overflow)``.
 
   ``mask [H, W]`` (1 on real pixels, 0 on padding) restricts the mean to real
   pixels, so padding changes neither the loss nor its gradient (used by
   ``gaussjax.fit_batch`` / ``encode_batch``); ``None`` averages every pixel.
+  ``rate`` (a ``_rate.RateTerm``) adds ``rate.weight`` times the estimated
+  bits per pixel of the Gaussians' symbols.
   """
   from gaussjax.fitting._fit import masked_mean
   from gaussjax.rendering._render import rasterize
-  gq = qz.fake_quantize(g, height, width, steps) if steps is not None else g
+  gq = qz.fake_quantize(g, height, width, qsteps) if qsteps is not None else g
   out, overflow = rasterize(gq, image.shape[0], image.shape[1], backend=backend, plan=plan)
-  return masked_mean((out - image) ** 2, mask), overflow
+  loss = masked_mean((out - image) ** 2, mask)
+  if rate is not None:
+    loss = loss + rate.weight * _rate.rate_bpp(g, image.shape[0], image.shape[1], rate)
+  return loss, overflow
 
 
 # Steps per compiled chunk and re-plan interval of the fine-tuning loop.
@@ -481,8 +502,8 @@ class _TrainState(NamedTuple):
 
 
 def _train_state(g: Gaussians, static) -> _TrainState:
-  _, _, _, _, learning_rate, num_steps, frozen = static
-  opt_state = _optimizer(learning_rate, num_steps, frozen).init(g)
+  _, _, _, _, learning_rate, iterations, frozen = static
+  opt_state = _optimizer(learning_rate, iterations, frozen).init(g)
   return _TrainState(g, opt_state, g, jnp.full((), jnp.inf, jnp.float32))
 
 
@@ -509,12 +530,13 @@ def _train_step(state: _TrainState, data, t, plan, static):
   Remembers the best iterate by its loss.
   """
   del t  # the optimiser counts its own steps
-  image, mask = data
-  height, width, backend, qsteps, learning_rate, num_steps, frozen = static
-  optimizer = _optimizer(learning_rate, num_steps, frozen)
+  image, mask, *rate = data  # (image, mask) or (image, mask, RateTerm)
+  height, width, backend, qsteps, learning_rate, iterations, frozen = static
+  optimizer = _optimizer(learning_rate, iterations, frozen)
   g = state.gaussians
   (loss, overflow), grads = jax.value_and_grad(_loss, has_aux=True)(
-      g, image, mask, height=height, width=width, backend=backend, steps=qsteps, plan=plan)
+      g, image, mask, height=height, width=width, backend=backend, qsteps=qsteps, plan=plan,
+      rate=rate[0] if rate else None)
   updates, opt_state = optimizer.update(grads, state.opt_state, g)
   better = loss < state.best_loss  # `loss` is that of `g`, before the update
   best = jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), g, state.best)
@@ -523,7 +545,7 @@ def _train_step(state: _TrainState, data, t, plan, static):
   return new, {"loss": loss, "overflow": overflow}
 
 
-def _train_result(state: _TrainState, image, static) -> Gaussians:
+def _train_result(state: _TrainState, image, static, rate=None) -> Gaussians:
   """The trained Gaussians: the last iterate, or with quantiser steps the best one if better."""
   _, _, backend, qsteps, _, _, _ = static
   if qsteps is None:
@@ -531,48 +553,53 @@ def _train_result(state: _TrainState, image, static) -> Gaussians:
   # With quantisation the loss is that of the decoded file: keep the best iterate
   # (the rounding makes the last one no better than any other).
   last = _quantized_loss(state.gaussians, image, qsteps, backend)
+  if rate is not None:
+    last += float(rate.weight * _rate.rate_bpp(state.gaussians, *image.shape[:2], rate))
   return state.best if float(state.best_loss) <= last else state.gaussians
 
 
-def _train(gaussians: Gaussians, image: jax.Array, *, num_steps: int, learning_rate: float,
-           steps: qz.QuantSteps | None, backend: str,
-           frozen: tuple[str, ...] = ()) -> Gaussians:
-  """Adam on the MSE of the rendering; with ``steps``, through ``fake_quantize``.
+def _train(gaussians: Gaussians, image: jax.Array, *, iterations: int, learning_rate: float,
+           qsteps: qz.QuantSteps | None, backend: str,
+           frozen: tuple[str, ...] = (), rate: _rate.RateTerm | None = None) -> Gaussians:
+  """Adam on the MSE of the rendering; with ``qsteps``, through ``fake_quantize``.
 
-  ``frozen`` names fields that stay as they are (see ``_optimizer``). Runs
-  ``_train_step`` in the training loop (``gaussjax.fitting._loop``), which owns the
-  plans and redoes any chunk that overflowed, so no contribution is dropped.
+  ``frozen`` names fields that stay as they are (see ``_optimizer``). ``rate``
+  adds λ times the estimated rate (``_loss``); None is the distortion-only
+  fit. Runs ``_train_step`` in the training loop (``gaussjax.fitting._loop``),
+  which owns the plans and redoes any chunk that overflowed, so no
+  contribution is dropped.
   """
   from gaussjax.fitting._loop import run
   from gaussjax.rendering._render import resolve_backend
   backend = resolve_backend(backend)
-  if num_steps == 0 or gaussians.num_gaussians == 0:
+  if iterations == 0 or gaussians.num_gaussians == 0:
     return gaussians
   height, width = image.shape[:2]
   g = Gaussians(*(jnp.asarray(x, jnp.float32) for x in gaussians))
-  static = (height, width, backend, steps, learning_rate, num_steps, frozen)
-  state, _ = run(_train_step, _train_state(g, static), (image, None), num_steps=num_steps,
+  static = (height, width, backend, qsteps, learning_rate, iterations, frozen)
+  data = (image, None) if rate is None else (image, None, rate)
+  state, _ = run(_train_step, _train_state(g, static), data, num_steps=iterations,
                  static=static, height=height, width=width, backend=backend,
                  view=functools.partial(_train_view, static=static), chunk=TRAIN_CHUNK,
                  replan_every=TRAIN_REPLAN)
-  return _train_result(state, image, static)
+  return _train_result(state, image, static, rate)
 
 
-def _quantized_loss(g, image, steps, backend) -> float:
+def _quantized_loss(g, image, qsteps, backend) -> float:
   height, width = image.shape[:2]
-  out = render_safe(qz.fake_quantize(g, height, width, steps), height, width, backend=backend)
+  out = render_safe(qz.fake_quantize(g, height, width, qsteps), height, width, backend=backend)
   return float(jnp.mean((out - image) ** 2))
 
 
 def _fit_float(image: jax.Array, n: int, config: CodecConfig,
-               num_steps: int | None = None) -> Gaussians:
-  """``init_for_fit`` (SLIC), then ``gaussjax.fit`` growing to ``n`` for ``num_steps``.
+               iterations: int | None = None) -> Gaussians:
+  """``init_for_fit`` (SLIC), then ``gaussjax.fit`` growing to ``n`` for ``iterations``.
 
-  ``num_steps`` defaults to ``config.fit_steps``; 0 returns SLIC at ``n``.
+  ``iterations`` defaults to ``config.fit_steps``; 0 returns SLIC at ``n``.
   """
   from gaussjax.fitting._fit import fit, init_for_fit
-  num_steps = config.fit_steps if num_steps is None else num_steps
-  fit_config = _float_fit_config(config, n, num_steps) if num_steps else None
+  iterations = config.fit_steps if iterations is None else iterations
+  fit_config = _float_fit_config(config, n, iterations) if iterations else None
   g = init_for_fit(image, n, fit_config, key=jax.random.key(config.seed))
   if fit_config is None:
     return g
@@ -580,11 +607,11 @@ def _fit_float(image: jax.Array, n: int, config: CodecConfig,
   return g
 
 
-def _float_fit_config(config: CodecConfig, n: int, num_steps: int | None = None):
+def _float_fit_config(config: CodecConfig, n: int, iterations: int | None = None):
   """``FitConfig`` of a float fit to ``n`` Gaussians (also used by ``gaussjax.encode_batch``)."""
   from gaussjax.fitting._fit import FitConfig
-  num_steps = config.fit_steps if num_steps is None else num_steps
-  return FitConfig(steps=num_steps, backend=config.backend, log_every=max(num_steps, 1),
+  iterations = config.fit_steps if iterations is None else iterations
+  return FitConfig(steps=iterations, backend=config.backend, log_every=max(iterations, 1),
                    replan_every=50, num_gaussians=n)
 
 
@@ -629,17 +656,17 @@ def _choose(image: jax.Array, g: Gaussians, base: qz.QuantSteps,
 
 
 def _refit(image: jax.Array, g: Gaussians, n: int, config: CodecConfig,
-           num_steps: int) -> Gaussians:
-  """``gaussjax.fit`` of ``g`` for ``num_steps`` more steps with its count moved to ``n``.
+           iterations: int) -> Gaussians:
+  """``gaussjax.fit`` of ``g`` for ``iterations`` more steps with its count moved to ``n``.
 
   ``fit`` prunes the least contributing Gaussians at once, or grows the
   count over the first part of the steps. Without steps, only pruning.
   """
   from gaussjax.fitting._density import to_buffer
   from gaussjax.fitting._fit import fit
-  if num_steps == 0:
+  if iterations == 0:
     return to_buffer(g, n) if n < g.num_gaussians else g
-  g, _ = fit(image, g, _float_fit_config(config, n, num_steps))
+  g, _ = fit(image, g, _float_fit_config(config, n, iterations))
   return g
 
 
@@ -718,12 +745,12 @@ def choose_steps(gaussians: Gaussians, image, *, base: qz.QuantSteps | None = No
   return best_steps
 
 
-def _snap(g: Gaussians, height: int, width: int, steps: qz.QuantSteps,
+def _snap(g: Gaussians, height: int, width: int, qsteps: qz.QuantSteps,
           fields: tuple[str, ...]) -> Gaussians:
   """``g`` with the named fields replaced by the decoder's reconstruction."""
   g = Gaussians(*(np.asarray(x, np.float32) for x in g))
-  sym, order = qz.quantize(g, height, width, steps)
-  decoded = qz.dequantize(sym, height, width, steps)
+  sym, order = qz.quantize(g, height, width, qsteps)
+  decoded = qz.dequantize(sym, height, width, qsteps)
   inverse = np.argsort(order)
   return g._replace(**{f: getattr(decoded, f)[inverse] for f in fields})
 
@@ -733,18 +760,18 @@ def _snap(g: Gaussians, height: int, width: int, steps: qz.QuantSteps,
 _SEQUENTIAL = ((("means",), 0.1, 0.5), (("means", "chol"), 0.2, 0.5))
 
 
-def _sequential_stages(num_steps: int):
-  """``(frozen fields, relative learning rate, steps)`` of each stage; steps sum to ``num_steps``."""
+def _sequential_stages(iterations: int):
+  """``(frozen fields, relative learning rate, iterations)`` of each stage, summing to ``iterations``."""
   done = 0
   for k, (frozen, lr, share) in enumerate(_SEQUENTIAL):
-    n = num_steps - done if k == len(_SEQUENTIAL) - 1 else int(round(share * num_steps))
+    n = iterations - done if k == len(_SEQUENTIAL) - 1 else int(round(share * iterations))
     done += n
     yield frozen, lr, n
 
 
-def _finetune(g: Gaussians, image: jax.Array, steps: qz.QuantSteps, config: CodecConfig,
-              num_steps: int | None = None) -> Gaussians:
-  """Quantisation-aware fine-tuning of fitted Gaussians for ``steps``.
+def _finetune(g: Gaussians, image: jax.Array, qsteps: qz.QuantSteps, config: CodecConfig,
+              iterations: int | None = None) -> Gaussians:
+  """Quantisation-aware fine-tuning of fitted Gaussians for the quantiser steps ``qsteps``.
 
   ``"sequential"`` (default): quantise the means and fine-tune the Cholesky
   factors and colours in float, then quantise the factors too and fine-tune
@@ -759,25 +786,46 @@ def _finetune(g: Gaussians, image: jax.Array, steps: qz.QuantSteps, config: Code
   Args:
     g: fitted ``Gaussians``.
     image: ``[H, W, C]`` target.
-    steps: the quantiser steps the file will use.
+    qsteps: the quantiser steps (``QuantSteps``) the file will use.
     config: ``CodecConfig`` (``finetune``, ``learning_rate``, ``backend``).
-    num_steps: optimiser steps in all (default ``config.qat_steps``).
+    iterations: optimiser iterations in all (default ``config.qat_steps``).
 
   Returns:
     ``Gaussians``; sequential ones hold quantised means and factors.
   """
-  num_steps = config.qat_steps if num_steps is None else num_steps
-  if num_steps == 0 or g.num_gaussians == 0:
+  iterations = config.qat_steps if iterations is None else iterations
+  if iterations == 0 or g.num_gaussians == 0:
     return g
+  rate = _finetune_rate(g, image, qsteps, config)
   if config.finetune == "ste":
-    return _train(g, image, num_steps=num_steps, learning_rate=qat_learning_rate(config),
-                  steps=steps, backend=config.backend)
+    return _train(g, image, iterations=iterations, learning_rate=qat_learning_rate(config),
+                  qsteps=qsteps, backend=config.backend, rate=rate)
   h, w = image.shape[:2]
-  for frozen, lr, n in _sequential_stages(num_steps):
-    g = _snap(g, h, w, steps, frozen)
-    g = _train(g, image, num_steps=n, learning_rate=lr * config.learning_rate, steps=None,
-               backend=config.backend, frozen=frozen)
+  for frozen, lr, n in _sequential_stages(iterations):
+    g = _snap(g, h, w, qsteps, frozen)
+    g = _train(g, image, iterations=n, learning_rate=lr * config.learning_rate, qsteps=None,
+               backend=config.backend, frozen=frozen, rate=rate)
   return g
+
+
+def _finetune_rate(g: Gaussians, image: jax.Array, qsteps: qz.QuantSteps,
+                   config: CodecConfig) -> _rate.RateTerm | None:
+  """The rate term of the fine-tuning (None when ``config.rate_weight`` is 0).
+
+  λ (``_rate.rd_lambda``) at the operating point of ``g``: the MSE of its
+  decoded file and the target rate (or, without one, the rate of that file),
+  at ``config.rd_slope`` dB per doubling (1.75 when the step search is off).
+  """
+  if config.rate_weight == 0:
+    return None
+  h, w = image.shape[:2]
+  data = encode_gaussians(g, h, w, steps=qsteps)
+  decoded, _ = decode_single(data)
+  mse = float(jnp.mean((jnp.clip(render_safe(decoded, h, w, backend=config.backend), 0, 1)
+                        - image) ** 2))
+  bpp = config.bpp if config.bpp is not None else 8.0 * len(data) / (h * w)
+  lam = _rate.rd_lambda(max(mse, 1e-8), bpp, config.rd_slope or 1.75)
+  return _rate.rate_term(config.rate_weight * lam, qsteps)
 
 
 def render_safe(gaussians: Gaussians, height: int, width: int, *, backend: str = "auto",
@@ -910,9 +958,10 @@ def _encode_rate(image: jax.Array, config: CodecConfig, g: Gaussians, steps) -> 
     if lo_ok <= len(data) <= hi_ok:
       return data
     # Aim at half the tolerance; accept the full tolerance when that fails.
-    data, g_fit, steps_fit = _fit_size(g, h, w, steps, *aim)
+    order = _prune_order(g, image, steps, config.backend) if config.rd_prune else None
+    data, g_fit, steps_fit = _fit_size(g, h, w, steps, *aim, order=order)
     if data is None:
-      data, g_fit, steps_fit = _fit_size(g, h, w, steps, lo_ok, hi_ok)
+      data, g_fit, steps_fit = _fit_size(g, h, w, steps, lo_ok, hi_ok, order=order)
     if data is None:  # too few Gaussians even with the finest steps: refit with more
       size = len(encode_gaussians(g, h, w, steps=steps.scaled(0.25)))
       n = int(math.ceil(n * 1.15 * target / max(size, 1)))
@@ -921,29 +970,33 @@ def _encode_rate(image: jax.Array, config: CodecConfig, g: Gaussians, steps) -> 
       continue
     if config.qat_steps:
       # Fine-tune what was pruned or re-stepped, then fit the size again.
-      g2 = _finetune(g_fit, image, steps_fit, config, num_steps=max(2, config.qat_steps // 3))
+      g2 = _finetune(g_fit, image, steps_fit, config, iterations=max(2, config.qat_steps // 3))
       data2 = encode_gaussians(g2, h, w, steps=steps_fit)
       if not lo_ok <= len(data2) <= hi_ok:
-        data2, _, _ = _fit_size(g2, h, w, steps_fit, lo_ok, hi_ok)
+        order2 = _prune_order(g2, image, steps_fit, config.backend) if config.rd_prune else None
+        data2, _, _ = _fit_size(g2, h, w, steps_fit, lo_ok, hi_ok, order=order2)
       if data2 is not None:
         return data2
     return data
   raise ValueError(f"could not reach bpp={config.bpp} within {tol:.0%} for a {h}x{w} image")
 
 
-def _fit_size(g, h, w, steps, lo_ok, hi_ok):
+def _fit_size(g, h, w, steps, lo_ok, hi_ok, order=None):
   """Prunes (by importance) or refines steps until the file size is in range.
 
-  Returns ``(data, gaussians, steps)``, with ``data`` None when even the
-  finest steps give a file smaller than ``lo_ok``.
+  ``order``: the Gaussians, most important first (``_prune_order``); None:
+  by energy (``fitting._density.contributions``). Returns ``(data,
+  gaussians, steps)``, with ``data`` None when even the finest steps give a
+  file smaller than ``lo_ok``.
   """
   g = Gaussians(*(np.asarray(x, np.float32) for x in g))
   data = encode_gaussians(g, h, w, steps=steps)
   if lo_ok <= len(data) <= hi_ok:
     return data, g, steps
   if len(data) > hi_ok:
-    from gaussjax.fitting._density import contributions
-    order = np.argsort(-contributions(g), kind="stable")
+    if order is None:
+      from gaussjax.fitting._density import contributions
+      order = np.argsort(-contributions(g), kind="stable")
     lo, hi = 1, g.num_gaussians  # size(lo) <= target assumed, size(hi) > target
     best = None
     while lo <= hi:
@@ -972,3 +1025,61 @@ def _fit_size(g, h, w, steps, lo_ok, hi_ok):
     else:
       fhi = f
   return None, g, steps
+
+
+def _prune_order(g: Gaussians, image: jax.Array, steps: qz.QuantSteps,
+                 backend: str) -> np.ndarray:
+  """The Gaussians by distortion change per bit, most valuable first.
+
+  ``_removal_delta`` divided by the Gaussian's estimated bits
+  (``_rate.gaussian_bits``).
+  """
+  g = Gaussians(*(np.asarray(x, np.float32) for x in g))
+  h, w = image.shape[:2]
+  value = _removal_delta(g, image, backend) / np.maximum(_rate.gaussian_bits(g, h, w, steps), 1.0)
+  return np.argsort(-value, kind="stable")
+
+
+def _removal_delta(g: Gaussians, image: jax.Array, backend: str) -> np.ndarray:
+  """``[N]`` increase of the squared error (summed over pixels) when Gaussian ``i`` alone goes.
+
+  The render is linear in the colours, so it is ``‖c_i w_i‖² - 2 c_i ·
+  Σ_p e(p) w_i(p)`` (``e`` the residual): the energy (``contributions``)
+  times the share of ``w_i²`` that falls on the image (a Gaussian partly
+  outside it loses that part; cut-off neglected), less twice the colour
+  times the colour gradient of ½ SSE. Falls back to the energy alone when
+  the render overflows its plan.
+  """
+  from jax.scipy.special import ndtr
+
+  from gaussjax.fitting._density import contributions
+  from gaussjax.rendering._render import make_plan, resolve_backend
+  g = Gaussians(*(np.asarray(x, np.float32) for x in g))
+  h, w = image.shape[:2]
+  backend = resolve_backend(backend)
+  plan = make_plan(g, h, w, backend=backend)
+  grad, overflow = _half_sse_grad(g, jnp.asarray(image, jnp.float32), h, w, backend, plan)
+  # w² is a Gaussian of covariance Σ/2 (Σ with the prefilter): its mass on the
+  # image, as the product of the x and y marginals' masses.
+  chol = np.asarray(g.chol, np.float64)
+  var = np.stack([chol[:, 0] ** 2, chol[:, 1] ** 2 + chol[:, 2] ** 2], -1) + constants.COV_FLOOR
+  sd = np.sqrt(var / 2)
+  mu = np.asarray(g.means, np.float64)
+  size = np.asarray([w, h], np.float64)
+  inside = np.prod(np.asarray(ndtr((size - mu) / sd)) - np.asarray(ndtr(-mu / sd)), -1)
+  delta = contributions(g) * inside
+  if not bool(overflow):
+    delta = delta - 2.0 * np.sum(g.colors * np.asarray(grad, np.float64), -1)
+  return delta
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _half_sse_grad(g, image, height, width, backend, plan):
+  """Gradient of ½ Σ (render - image)² in the colours, and the overflow flag."""
+  from gaussjax.rendering._render import rasterize
+
+  def half_sse(colors):
+    out, overflow = rasterize(g._replace(colors=colors), height, width, backend=backend,
+                              plan=plan)
+    return 0.5 * jnp.sum((out - image) ** 2), overflow
+  return jax.grad(half_sse, has_aux=True)(g.colors)

@@ -1,0 +1,76 @@
+"""Two ``rd.py`` results on the images they share: BD-rates old against new.
+
+For the Kodak images present in both files: each file's BD-rate of gaussjax
+against every classical codec (mean over those images, per image as rd.py
+computes it), and the BD-rate of the new gaussjax curve against the old one
+per image (negative = the new encoder needs fewer bytes at equal PSNR).
+Useful when a run was cut short, or to set a rerun against a stored one.
+
+  python benchmarks/rd_compare.py --old OLD.json --new benchmarks/results/rd.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _machine  # noqa: E402
+from rd import bd_rate, curve  # noqa: E402
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--old", required=True)
+  parser.add_argument("--new", required=True)
+  parser.add_argument("--name", default="rd_compare")
+  args = parser.parse_args(argv)
+  with open(args.old) as f:
+    old = json.load(f)
+  with open(args.new) as f:
+    new = json.load(f)
+  images = sorted({r["image"] for r in old["rows"] if r["codec"] == "gaussjax"}
+                  & {r["image"] for r in new["rows"] if r["codec"] == "gaussjax"})
+  codecs = [c for c in ("jpeg", "webp", "jpeg2000", "avif")
+            if any(r["codec"] == c for r in new["rows"])]
+  summary = []
+  for codec in codecs:
+    row = {"reference": codec}
+    for label, data in (("old", old), ("new", new)):
+      vals = []
+      for i in images:
+        rg, dg = curve(data["rows"], i, "gaussjax", 0.0, 10.0)
+        rc, dc = curve(data["rows"], i, codec, 0.08, 1.5)
+        vals.append(bd_rate(rc, dc, rg, dg))
+      row[f"{label}_bd_rate_pct"] = float(np.nanmean(vals))
+    summary.append(row)
+  per_image = []
+  for i in images:
+    ro, do = curve(old["rows"], i, "gaussjax", 0.0, 10.0)
+    rn, dn = curve(new["rows"], i, "gaussjax", 0.0, 10.0)
+    err = [abs(r["bpp"] / r["param"] - 1) for r in new["rows"]
+           if r["codec"] == "gaussjax" and r["image"] == i]
+    per_image.append(dict(image=i, new_vs_old_bd_rate_pct=bd_rate(ro, do, rn, dn),
+                          new_max_rate_error_pct=100 * float(max(err))))
+  mean = float(np.nanmean([p["new_vs_old_bd_rate_pct"] for p in per_image]))
+  print(f"images {images}")
+  print(_machine.format_table(summary))
+  print(_machine.format_table(per_image))
+  print(f"mean BD-rate of the new gaussjax against the old: {mean:+.2f}%")
+  meta = {"old": os.path.abspath(args.old), "new": os.path.abspath(args.new),
+          "images": images, "old_gaussjax": old["meta"].get("gaussjax"),
+          "new_gaussjax": new["meta"].get("gaussjax"), "bd_rates": summary,
+          "new_vs_old_mean_bd_rate_pct": mean}
+  _machine.write_results(args.name, per_image, meta)
+  with open(os.path.join(_machine.RESULTS_DIR, f"{args.name}.md"), "a") as f:
+    f.write(f"\n## BD-rate of gaussjax against each codec on kodim {images}\n\n"
+            + _machine.format_table(summary)
+            + f"\nMean BD-rate of the new gaussjax curve against the old one: {mean:+.2f}%\n")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,167 @@
+"""Rate in the encoder's objective (gaussjax.codec._rate) and RD pruning."""
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import kodak_path
+from PIL import Image
+
+import gaussjax
+from gaussjax.codec import _codec, _rate
+from gaussjax.codec import _quantize as qz
+
+# The estimate of a whole file (``_rate.file_bits``) against the real file's
+# bits: it leaves out the entropy models' tables and models each attribute
+# stream by a Laplace where the coder picks the best of three models, so it
+# runs a little low. Measured on fitted Kodak crops: 4-14% low at 150
+# Gaussians, 3-4% at 600 (the tables weigh less).
+FILE_TOLERANCE = 0.15
+
+
+def _crop(h=64, w=96):
+  img = np.asarray(Image.open(kodak_path(23)).convert("RGB"), np.float32)
+  return img[190:190 + h, 290:290 + w] / 255
+
+
+@pytest.fixture(scope="module")
+def fitted():
+  img = _crop()
+  g, _ = gaussjax.fit(img, gaussjax.init_slic(img, 200),
+                      gaussjax.FitConfig(steps=150, backend="xla"))
+  return img, g
+
+
+@pytest.mark.parametrize("factor", [0.5, 1.0, 2.0])
+def test_file_estimate_tracks_real_bytes(fitted, factor):
+  img, g = fitted
+  h, w = img.shape[:2]
+  steps = qz.default_steps(3).scaled(factor)
+  real = 8 * len(gaussjax.encode_gaussians(g, h, w, steps=steps))
+  est = _rate.file_bits(g, h, w, steps)
+  assert abs(est / real - 1) <= FILE_TOLERANCE, (est, real)
+
+
+def test_estimate_follows_the_steps_like_the_file(fitted):
+  """Coarser steps: the estimate falls by about as much as the real file."""
+  img, g = fitted
+  h, w = img.shape[:2]
+  fine, coarse = qz.default_steps(3).scaled(0.5), qz.default_steps(3).scaled(2.0)
+  real = [len(gaussjax.encode_gaussians(g, h, w, steps=s)) for s in (fine, coarse)]
+  est = [_rate.file_bits(g, h, w, s) for s in (fine, coarse)]
+  assert abs((est[1] / est[0]) / (real[1] / real[0]) - 1) < 0.05
+
+
+def test_training_bits_equal_the_numpy_estimate(fitted):
+  """The differentiable per-Gaussian bits are the estimate's attribute bits."""
+  img, g = fitted
+  h, w = img.shape[:2]
+  steps = qz.default_steps(3)
+  term = _rate.rate_term(1.0, steps)
+  jax_bits = np.asarray(_rate.attribute_bits(g, h, w, term), np.float64)
+  np_bits = _rate.gaussian_bits(g, h, w, steps)
+  position = np_bits - jax_bits
+  assert np.allclose(position, position.mean(), atol=1e-2)  # positions: the mean cost
+  assert 1.0 < position.mean() < 30.0
+
+
+def test_discretised_laplace_is_normalised():
+  q = jnp.arange(-400, 401, dtype=jnp.float32)
+  for loc, scale in ((0.0, 0.05), (0.3, 1.0), (-2.7, 17.6)):
+    log2p = np.asarray(_rate.laplace_log2_prob(q, loc, scale), np.float64)
+    p = np.exp2(log2p[log2p > _rate._MIN_LOG2_P])  # the floor charges improbable symbols 20 bits
+    assert abs(p.sum() - 1) < 1e-4, (loc, scale, p.sum())
+
+
+def test_rd_lambda_is_the_slope():
+  """MSE + λ·R is stationary where PSNR rises slope dB per doubling of R."""
+  mse, bpp, slope = 1e-3, 0.5, 1.75
+  lam = _rate.rd_lambda(mse, bpp, slope)
+  # along the curve PSNR(R) = PSNR0 + slope·log2(R / bpp): d(MSE)/dR at bpp
+  eps = 1e-4
+  mse_of = lambda r: 10 ** (-(-10 * math.log10(mse) + slope * math.log2(r / bpp)) / 10)
+  assert abs(-(mse_of(bpp + eps) - mse_of(bpp - eps)) / (2 * eps) / lam - 1) < 1e-4
+  with pytest.raises(ValueError):
+    _rate.rd_lambda(0.0, 0.5, 1.75)
+  with pytest.raises(ValueError):
+    _rate.rate_term(float("nan"), qz.default_steps(3))
+
+
+def _train(g, img, rate, frozen=()):
+  return _codec._train(g, jnp.asarray(img), iterations=12, learning_rate=0.01, qsteps=None,
+                       backend="xla", frozen=frozen, rate=rate)
+
+
+def test_zero_weight_reproduces_the_distortion_only_fit(fitted):
+  """rate_weight=0 runs exactly the distortion-only fine-tuning (no term at all)."""
+  img, g = fitted
+  h, w = img.shape[:2]
+  steps = qz.default_steps(3)
+  config = gaussjax.CodecConfig(rate_weight=0.0, qat_steps=12, backend="xla")
+  assert _codec._finetune_rate(g, jnp.asarray(img), steps, config) is None
+  tuned = _codec._finetune(g, jnp.asarray(img), steps, config)
+  expected = g
+  for frozen, lr, n in _codec._sequential_stages(12):
+    expected = _codec._snap(expected, h, w, steps, frozen)
+    expected = _codec._train(expected, jnp.asarray(img), iterations=n, learning_rate=lr * 0.01,
+                             qsteps=None, backend="xla", frozen=frozen)
+  for a, b in zip(tuned, expected):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_zero_weight_term_changes_nothing_but_rounding(fitted):
+  """A term of weight 0 in the loss: the same fit up to float32 reassociation."""
+  img, g = fitted
+  plain = _train(g, img, None)
+  zero = _train(g, img, _rate.rate_term(0.0, qz.default_steps(3)))
+  for a, b in zip(plain, zero):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_rate_term_lowers_the_real_file(fitted):
+  img, g = fitted
+  h, w = img.shape[:2]
+  steps = qz.default_steps(3)
+  g = _codec._snap(g, h, w, steps, ("means",))
+  plain = _train(g, img, None, frozen=("means",))
+  heavy = _train(g, img, _rate.rate_term(0.05, steps), frozen=("means",))
+  sizes = [len(gaussjax.encode_gaussians(x, h, w, steps=steps)) for x in (plain, heavy)]
+  assert sizes[1] < 0.97 * sizes[0], sizes
+  assert _rate.file_bits(heavy, h, w, steps) < _rate.file_bits(plain, h, w, steps)
+
+
+def test_removal_delta_is_the_error_change(fitted):
+  img, g = fitted
+  h, w = img.shape[:2]
+  g = gaussjax.Gaussians(*(np.asarray(x, np.float32) for x in g))
+  delta = _codec._removal_delta(g, jnp.asarray(img), "xla")
+
+  def sse(x):
+    out = np.asarray(gaussjax.render(x, h, w, backend="xla"), np.float64)
+    return float(np.sum((out - img) ** 2))
+
+  base = sse(g)
+  keep = np.ones(g.num_gaussians, bool)
+  for i in np.argsort(delta)[[0, 1, len(delta) // 2, -2, -1]]:
+    keep[:] = True
+    keep[i] = False
+    actual = sse(g.select(np.nonzero(keep)[0]))  # the cut-off makes the energy approximate
+    assert abs((actual - base) - delta[i]) <= 0.02 * abs(delta).max() + 1e-6, (i, actual - base,
+                                                                                delta[i])
+
+
+def test_config_checks_the_new_fields():
+  with pytest.raises(ValueError, match="rate_weight"):
+    gaussjax.CodecConfig(rate_weight=-1.0)
+  with pytest.raises(ValueError, match="rate_weight"):
+    gaussjax.CodecConfig(rate_weight=float("nan"))
+
+
+@pytest.mark.slow  # a whole encode with its compiles: about a minute on a loaded 2-core CPU
+def test_encode_with_the_rate_pieces_meets_the_target():
+  img = _crop(32, 48)
+  config = gaussjax.CodecConfig(bpp=1.5, fit_steps=40, qat_steps=12, backend="xla")
+  data = gaussjax.encode(img, config)
+  assert abs(8 * len(data) / (32 * 48) / 1.5 - 1) <= config.rate_tolerance
+  assert _codec.info_single(data)["num_gaussians"] > 0
