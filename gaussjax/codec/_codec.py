@@ -93,11 +93,10 @@ class CodecConfig:
       first half of the fit (the second half corrects it from a real file).
     rate_tolerance: relative tolerance on the file size for ``bpp``.
     rd_slope: PSNR (dB) that doubling the file size is assumed to buy;
-      ``choose_steps`` trades bytes for PSNR at this rate. The codec's own
-      curves rise 1.4-4.2 dB per doubling (median 2.4) between 0.25 and 1.0
-      bpp on Kodak at 384x256 (``benchmarks/results/rd.json``); 1.75 errs
-      towards fine steps. ``None``: no search (the default, or quality,
-      steps).
+      ``choose_steps`` trades bytes for PSNR at this rate. The default errs
+      below the codec's own PSNR per doubling on Kodak at 384x256 (the
+      curves in ``benchmarks/results/rd.json``), towards fine steps.
+      ``None``: no search (the default, or quality, steps).
     finetune: ``"sequential"`` (quantise the means, fine-tune the rest in
       float; quantise the Cholesky factors, fine-tune the colours) or
       ``"ste"`` (every attribute through straight-through rounding). See
@@ -686,13 +685,10 @@ def choose_steps(gaussians: Gaussians, image, *, base: qz.QuantSteps | None = No
   doubling the bytes would buy if spent on more Gaussians (about the PSNR
   per doubling of N): fine steps pay at high PSNR, coarse ones at low PSNR.
 
-  Measured (``benchmarks/results/codec_ablation.md``, Kodak 05/13/21 at
-  384x256, 0.25 and 1.0 bpp): the chosen position step ran from 0.18 px
-  (29 dB) to 0.5 px (21 dB) against the default 0.25, the luma colour step
-  from 0.7x to 2.8x the default; against the default steps the files came
-  out -0.04 to +0.03 dB (mean +0.01 dB) at the same rate. The search costs
-  a few dozen trial encodes and renders and keeps the steps sensible away
-  from the quality the defaults were tuned at.
+  What it chooses and what it gains against the default steps, at the same
+  rate: ``benchmarks/results/codec_ablation.md``. The search costs a few
+  dozen trial encodes and renders and keeps the steps sensible away from the
+  quality the defaults were tuned at.
 
   Args:
     gaussians: ``Gaussians`` in the pixel coordinates of ``image``.
@@ -778,10 +774,9 @@ def _finetune(g: Gaussians, image: jax.Array, qsteps: qz.QuantSteps, config: Cod
   the colours; ``encode_gaussians`` rounds the colours last. Each stage
   repairs the rounding of the one before. ``"ste"``: Adam through
   ``fake_quantize`` (straight-through rounding of every attribute), keeping
-  the best iterate. Measured (``benchmarks/results/codec_ablation.md``,
-  Kodak 05/13/21 at 384x256, 0.25 and 1.0 bpp, 150 steps): straight-through
-  files were 0.09 dB worse on average (0.01 to 0.19 dB) at the same rate;
-  ``quantizers.md`` compares both with no fine-tuning.
+  the best iterate. The two are compared at the same rate in
+  ``benchmarks/results/codec_ablation.md`` (which chose the default) and,
+  with no fine-tuning, in ``quantizers.md``.
 
   Args:
     g: fitted ``Gaussians``.
