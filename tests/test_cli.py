@@ -342,7 +342,10 @@ def test_pallas_on_a_cpu_says_interpret_mode(tmp_path, capsys):
   rc, _, err = run(["decode", path, "-o", tmp_path / "a.png", "--backend", "pallas"], capsys)
   assert rc == 0
   assert ("interpret mode" in err) == _use_interpret()
-  assert err.count("\n") == int(_use_interpret())
+  # The first line (input, bytes, output), then the note only in interpret mode.
+  assert err.splitlines()[0] == f"gaussjax decode: {path}: {path.stat().st_size} bytes -> " \
+      f"{tmp_path / 'a.png'}"
+  assert err.count("\n") == 1 + int(_use_interpret())
 
 
 # --------------------------------------------------------------------------- tiny images

@@ -101,7 +101,9 @@ def test_bomb_under_a_memory_ceiling_fails_cleanly(tmp_path):
       [sys.executable, "-c", CEILING, "decode", str(path), "-o", str(tmp_path / "b.png")],
       capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode == 2, result.stderr
-  assert result.stderr.count("\n") == 1 and "decode: error: the file's image is 65535x4096" in \
-      result.stderr
+  first, error = result.stderr.splitlines()  # the first line (input, bytes), then the error
+  assert first.startswith("gaussjax decode: ") and first.endswith("28 bytes -> " + str(
+      tmp_path / "b.png"))
+  assert "decode: error: the file's image is 65535x4096" in error
   assert "MemoryError" not in result.stderr and "RESOURCE_EXHAUSTED" not in result.stderr
   assert not (tmp_path / "b.png").exists()
