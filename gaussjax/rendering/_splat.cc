@@ -134,6 +134,12 @@ inline float Falloff(float alpha, float r, float beta, float dx, float dy) {
   return ExpNonPositive(-0.5f * (u * u + v * v));
 }
 
+// The weight of a Gaussian at falloff e: max(e - cutoff, 0) * scale, the
+// reference's formula (header), in one place for the forward and both backwards.
+inline float Weight(const Params& p, float e) {
+  return std::max(e - p.cutoff, 0.0f) * p.scale;
+}
+
 // Threads for a call: the machine's cores, at most 8 (and 1 for small work).
 // The work of a call grows with the Gaussians and with the pixels they cover:
 // n + H·W / 16 counts both (a few thousand Gaussians on a Kodak-size image
@@ -217,7 +223,7 @@ WIDE inline void AddSpan(const Params& p, const float* c, float alpha, float r, 
     float w[kLanes];
     for (int32_t i = 0; i < kLanes; ++i) {
       const float e = Falloff(alpha, r, beta, dx0 + float(b + i), dy);
-      w[i] = std::max(e - p.cutoff, 0.0f) * p.scale;
+      w[i] = Weight(p, e);
     }
     const int32_t m = len - b;
 #if defined(__AVX512F__)
@@ -382,7 +388,7 @@ void BackwardSome(const Params& p, int64_t first, int64_t stride, const float* g
       for (int32_t i = 0; i < len; ++i) {
         const float e = Falloff(alpha, r, beta, dx0 + float(i), dy);
         const bool inside = e > p.cutoff;
-        row_w[i] = inside ? (e - p.cutoff) * p.scale : 0.0f;
+        row_w[i] = Weight(p, e);
         row_e[i] = inside ? e * (-0.5f * p.scale) : 0.0f;
         row_g[i] = 0.0f;
       }
@@ -439,7 +445,7 @@ void ColorGradSome(const Params& p, int64_t first, int64_t stride, const float* 
                 [&](int64_t y, float dy, int64_t x0, int32_t len, float dx0) {
       for (int32_t i = 0; i < len; ++i) {
         const float e = Falloff(alpha, r, beta, dx0 + float(i), dy);
-        row_w[i] = e > p.cutoff ? (e - p.cutoff) * p.scale : 0.0f;
+        row_w[i] = Weight(p, e);
       }
       for (int64_t ch = 0; ch < p.channels; ++ch) {
         const float* gp = g + (ch * p.height + y) * p.width + x0;
