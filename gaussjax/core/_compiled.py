@@ -1,8 +1,8 @@
 """Keeps a long-running process within the operating system's memory-map limit.
 
 Every program XLA compiles for the CPU is loaded into memory maps of its own
-(about a thousand maps per distinct encode configuration on this library's CI
-machine). A process that encodes many images of different sizes or rates (a
+(per distinct encode configuration: ``benchmarks/results/compiled_maps_cpu.md``).
+A process that encodes many images of different sizes or rates (a
 dataset, a benchmark sweep, a video) keeps each of them cached, and Linux
 refuses new maps past ``vm.max_map_count`` (65,530 by default): XLA then dies
 with "LLVM ERROR: Unable to allocate section memory", taking the process with
