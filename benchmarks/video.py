@@ -61,12 +61,13 @@ def psnrs(out: np.ndarray, ref: np.ndarray) -> list[float]:
   return [float(gaussjax.psnr(np.clip(o, 0, 1), r)) for o, r in zip(out, ref)]
 
 
-def run_gaussjax(clip, frames, fps, mode, bpp, args) -> dict:
+def run_gaussjax(clip, frames, fps, mode, bpp, args, **overrides) -> dict:
+  """One encode and decode; ``overrides`` are further ``VideoConfig`` fields."""
   if mode == "intra":
     frames = frames[::args.intra_every[clip]]
   t_len = frames.shape[0]
   cfg = VideoConfig(bpp=bpp, gop=1 if mode == "intra" else t_len, fit_steps=args.fit_steps,
-                    qat_steps=args.qat_steps)
+                    qat_steps=args.qat_steps, **overrides)
   infos, times = [], []
   last = [time.perf_counter()]
 
@@ -213,8 +214,10 @@ def write(rows, clips, args, t0, load_before):
                    "to RGB with BT.601 limited range" for c in clips},
       "gaussjax": (f"I-frames: gaussjax.encode with fit_steps={args.fit_steps}, "
                    f"qat_steps={args.qat_steps} (fewer than the image defaults 1500/300, for a "
-                   f"2-core CPU); P-frames: {VideoConfig(fit_steps=args.fit_steps).p_fit_steps} "
-                   "fit steps (a quarter); I+P: gop = the clip length, plus an I-frame after a "
+                   f"2-core CPU); P-frames: (fit, tuning) steps "
+                   f"{VideoConfig(fit_steps=args.fit_steps).p_step_split}, a quarter of "
+                   "fit_steps in all; block motion field "
+                   f"{VideoConfig().p_motion_block} px; I+P: gop = the clip length, plus an I-frame after a "
                    f"P-frame {VideoConfig().refresh_db} dB below its I-frame (refresh_db) or at a "
                    "scene cut; intra: gop=1; "
                    f"targets {args.bpp} bpp per frame; intra-only codes every k-th frame "

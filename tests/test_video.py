@@ -1,5 +1,6 @@
 """The video codec (``.gjv``): round trip, random access, determinism, fuzzing, readers, CLI."""
 
+import dataclasses
 import os
 import struct
 import sys
@@ -23,8 +24,11 @@ from gaussjax.core._video_io import (
   yuv420_to_rgb,
 )
 
-# Tiny and quick: P-frames get a quarter of the I-frame's fit steps.
-CONFIG = gaussjax.VideoConfig(quality=70, gop=3, fit_steps=48, qat_steps=8, backend="xla")
+# Tiny and quick: P-frames get a quarter of the I-frame's fit steps. No refresh
+# I-frames, so the frame types follow the GOP alone (refresh: its own test).
+CONFIG = gaussjax.VideoConfig(quality=70, gop=3, fit_steps=48, qat_steps=8, backend="xla",
+                              refresh_db=None)
+DATA = os.path.join(os.path.dirname(__file__), "data")
 
 
 def _clip(t=5, h=32, w=32):
@@ -115,6 +119,93 @@ def test_global_motion_finds_a_pan():
   moved = np.roll(frames, (2, 3), axis=(0, 1))
   dx, dy = _video.global_motion(frames, moved)
   assert abs(dx - 3) < 0.3 and abs(dy - 2) < 0.3
+
+
+def test_refresh_after_a_p_frame_that_fell_below_its_i_frame():
+  frames = _clip(t=5)
+  config = gaussjax.VideoConfig(quality=70, gop=5, fit_steps=48, qat_steps=8, backend="xla",
+                                refresh_db=0.5)
+  infos = []
+  gaussjax.encode_video(frames, config, callback=infos.append)
+  i_psnr = None
+  for k, info in enumerate(infos):
+    if info["type"] == "I":
+      i_psnr = info["psnr"]
+    fell = info["type"] == "P" and info["psnr"] < i_psnr - 0.5
+    if k + 1 < len(infos):
+      # An I-frame follows exactly the P-frames that fell (the GOP covers the clip).
+      assert (infos[k + 1]["type"] == "I") == fell, infos
+  assert any(i["type"] == "P" for i in infos)
+
+
+def _textured_scene(t=4, h=48, w=64, shift=(2, -1)):
+  """A still textured background and a textured square moving by ``shift`` per frame."""
+  rng = np.random.default_rng(3)
+  back = rng.random((h, w, 3)).astype(np.float32)
+  back = (back + np.roll(back, 1, 0) + np.roll(back, 1, 1) + np.roll(back, (1, 1), (0, 1))) / 4
+  patch = rng.random((16, 16, 3)).astype(np.float32)
+  frames = []
+  for k in range(t):
+    f = back.copy()
+    y, x = 16 + shift[1] * k, 12 + shift[0] * k
+    f[y:y + 16, x:x + 16] = patch
+    frames.append(f)
+  return np.stack(frames)
+
+
+def test_block_motion_finds_a_moving_object_on_a_still_background():
+  frames = _textured_scene()
+  vec = _video.block_motion(frames[0], frames[1], 8, 4)
+  assert vec.shape == (6, 8, 2)
+  # The blocks inside the square (rows 16..31, columns 12..27 of the first frame).
+  np.testing.assert_array_equal(vec[2:4, 2:3].reshape(-1, 2), [[2, -1]] * 2)
+  # Background blocks far from the square do not move.
+  np.testing.assert_array_equal(vec[0, :].reshape(-1, 2), [[0, 0]] * 8)
+  np.testing.assert_array_equal(vec[5, :].reshape(-1, 2), [[0, 0]] * 8)
+
+
+def _smooth_scene(t=3, h=48, w=64, shift=(3, 2)):
+  """Still smooth background waves and a bright disc moving by ``shift`` per frame."""
+  y, x = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
+  back = np.stack([0.5 + 0.3 * np.sin(x / 5.0), 0.5 + 0.3 * np.cos(y / 4.0),
+                   0.4 + 0.2 * np.sin((x + y) / 7.0)], -1)
+  frames = []
+  for k in range(t):
+    cx, cy = 20 + shift[0] * k, 18 + shift[1] * k
+    disc = (((x - cx) ** 2 + (y - cy) ** 2) < 49.0)[..., None]
+    frames.append(np.where(disc, np.stack([0.95 + 0 * x, (x - cx + 7) / 16, 0.1 + 0 * x], -1),
+                           back).astype(np.float32))
+  return np.stack(frames)
+
+
+def test_motion_field_p_frames_round_trip():
+  frames = _smooth_scene()
+  config = gaussjax.VideoConfig(quality=80, gop=3, fit_steps=48, qat_steps=8, backend="xla",
+                                refresh_db=None, p_motion_block=8, p_motion_search=4)
+  infos = []
+  data = gaussjax.encode_video(frames, config, callback=infos.append)
+  assert [i["type"] for i in infos] == ["I", "P", "P"]
+  assert any(i["motion_field"] for i in infos)
+  out = gaussjax.decode_video(data)
+  # Closed loop: the decoder applies the field exactly as the encoder did.
+  np.testing.assert_allclose([float(gaussjax.psnr(o, f)) for o, f in zip(out, frames)],
+                             [i["psnr"] for i in infos], atol=1e-3)
+  # p_motion_block=0: global motion only, no field in any P-frame.
+  plain = []
+  gaussjax.encode_video(frames, dataclasses.replace(config, p_motion_block=0),
+                        callback=plain.append)
+  assert not any(i["motion_field"] for i in plain)
+
+
+def test_version_1_file_still_decodes():
+  # Written by the version-1 encoder (no motion field) from _clip(t=4, h=24, w=24).
+  with open(os.path.join(DATA, "v1_clip.gjv"), "rb") as f:
+    data = f.read()
+  assert gaussjax.video_info(data)["version"] == 1
+  out = gaussjax.decode_video(data)
+  actual = [float(gaussjax.psnr(o, f)) for o, f in zip(out, _clip(t=4, h=24, w=24))]
+  # What the version-1 decoder gave for these bytes.
+  np.testing.assert_allclose(actual, [35.438, 33.052, 32.83, 32.55], atol=0.01)
 
 
 # ---------------------------------------------------------------------------

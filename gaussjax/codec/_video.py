@@ -5,10 +5,13 @@ Call chain::
   encode_video(frames, config)               one pass over the frames (any iterable)
     ├─ _encode_i  → gaussjax.encode          a whole .gjx file per I-frame
     └─ _encode_p                             warm start from the decoder's state:
-         ├─ gaussjax.fit                     a short fit (≤ a quarter of the I-frame's
-         │                                   steps), density control may relocate/add
-         ├─ _decide                          skip / delta / remove per Gaussian,
-         │                                   new Gaussians (encode_gaussians)
+         ├─ global_motion, block_motion      a pan, and a block motion field on top
+         ├─ gaussjax.fit                     a short fit (with the tuning below, ≤ a
+         │                                   quarter of the I-frame's steps); density
+         │                                   control may relocate and add
+         ├─ _PFrame.code                     skip / delta / remove per Gaussian, new
+         │                                   Gaussians (encode_gaussians); rounding
+         │                                   with quantisation-aware tuning
          └─ _write_p                         one entropy model per stream (constriction)
   iter_video_frames(data, start=, stop=)     decode from the I-frame at or before start
   decode_video(data) / decode_video_frame(data, k)
@@ -61,7 +64,8 @@ from gaussjax.fitting._density import contributions
 from gaussjax.fitting._fit import FitConfig, fit
 
 MAGIC = b"\x89GJV"
-VERSION = 1
+VERSION = 2  # 2: P-frames may carry a block motion field (FORMAT.md)
+READ_VERSIONS = (1, 2)
 MAX_FRAMES = 1 << 20
 MAX_VIDEO_BYTES = 1 << 34
 SEGMENT_I = 0
@@ -73,6 +77,9 @@ MODE_SKIP, MODE_DELTA, MODE_REMOVE = 0, 1, 2
 MAX_MULTIPLIER = 16
 # A delta symbol larger than this is coded as remove + add instead.
 MAX_DELTA = 1000
+# Motion field blocks (pixels): at most this side, and at most this many blocks.
+MAX_MOTION_BLOCK = 255
+MAX_MOTION_BLOCKS = 1 << 16
 _FIELDS = ("pos", "chol", "color")
 
 # Rate levels of a P-frame, finest first: (delta step in quantiser steps,
@@ -109,6 +116,15 @@ class VideoConfig:
       most a quarter of ``fit_steps``.
     p_lr_scale: learning rates of the P-frame fit relative to
       ``FitConfig``'s (a warm start needs small steps).
+    p_tune_share: share of the P-frame's steps spent on quantisation-aware
+      tuning after the fit (``_PFrame``); the fit gets the rest.
+    p_relocate_fraction: share of the Gaussians the P-frame fit's density
+      control may relocate at each event (each costs a removal and an
+      added Gaussian).
+    p_motion_block: block side (pixels) of the P-frames' motion field
+      (``block_motion``; 0: global motion only).
+    p_motion_search: search range (pixels) of the block motion, around both
+      zero and the global motion.
     p_add_fraction: Gaussians a P-frame may add (where the error is
       largest), relative to the current count.
     p_move_limit: a Gaussian that moved further (pixels) is coded as
@@ -136,6 +152,10 @@ class VideoConfig:
   qat_steps: int = 300
   p_steps: int | None = None
   p_lr_scale: float = 0.3
+  p_tune_share: float = 0.4
+  p_relocate_fraction: float = 0.02
+  p_motion_block: int = 32
+  p_motion_search: int = 10
   p_add_fraction: float = 0.02
   p_move_limit: float = 4.0
   p_deadzone: float = 0.2
@@ -157,9 +177,14 @@ class VideoConfig:
     if self.p_steps is not None and not 1 <= self.p_steps <= max(1, self.fit_steps // 4):
       raise ValueError(f"p_steps={self.p_steps} must be in [1, fit_steps // 4 = "
                        f"{max(1, self.fit_steps // 4)}]")
+    for name, hi in (("p_motion_block", MAX_MOTION_BLOCK), ("p_motion_search", 64)):
+      v = getattr(self, name)
+      if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= hi:
+        raise ValueError(f"{name}={v!r} must be an int in [0, {hi}]")
     if self.p_level is not None and not 0 <= self.p_level < len(P_LEVELS):
       raise ValueError(f"p_level={self.p_level} must be in [0, {len(P_LEVELS) - 1}]")
-    for name, lo, hi in (("p_lr_scale", 0.0, 10.0), ("p_add_fraction", 0.0, 1.0),
+    for name, lo, hi in (("p_lr_scale", 0.0, 10.0), ("p_tune_share", 0.0, 0.9),
+                         ("p_relocate_fraction", 0.0, 0.5), ("p_add_fraction", 0.0, 1.0),
                          ("p_move_limit", 0.0, 1e6), ("p_deadzone", 0.0, 0.5),
                          ("p_cost", 0.01, 1.0)):
       v = getattr(self, name)
@@ -170,6 +195,13 @@ class VideoConfig:
   def p_fit_steps(self) -> int:
     """Fit steps of a P-frame."""
     return self.p_steps if self.p_steps is not None else max(1, self.fit_steps // 4)
+
+  @property
+  def p_step_split(self) -> tuple[int, int]:
+    """``(fit steps, tuning steps)`` of a P-frame; they sum to ``p_fit_steps``."""
+    total = self.p_fit_steps
+    tune = min(int(round(self.p_tune_share * total)), total - 1)
+    return total - tune, tune
 
   def codec_config(self, bpp: float | None) -> CodecConfig:
     """The ``CodecConfig`` of an I-frame at ``bpp`` (None: this config's quality)."""
@@ -305,9 +337,9 @@ def _parse(data) -> tuple[VideoHeader, list[tuple[int, bytes]]]:
   if magic != MAGIC:
     raise DecodeError(f"wrong magic {magic!r}: not a gaussjax video (expected {MAGIC!r})")
   version = r.u8("version")
-  if version != VERSION:
+  if version not in READ_VERSIONS:
     raise DecodeError(f"unsupported video format version {version} (this gaussjax reads "
-                      f"[{VERSION}])")
+                      f"{list(READ_VERSIONS)})")
   c = r.u8("channels")
   width, height = r.u16("width"), r.u16("height")
   num_frames = r.varint("number of frames", MAX_FRAMES)
@@ -347,7 +379,7 @@ def _parse(data) -> tuple[VideoHeader, list[tuple[int, bytes]]]:
 
 
 def _write_p(n_prev: int, mult: np.ndarray, motion: tuple[int, int], modes: np.ndarray,
-             deltas: np.ndarray, added: bytes) -> bytes:
+             deltas: np.ndarray, added: bytes, field: MotionField | None = None) -> bytes:
   """A P-frame payload (FORMAT.md, "P-frames")."""
   w = Writer()
   w.varint(n_prev)
@@ -355,8 +387,15 @@ def _write_p(n_prev: int, mult: np.ndarray, motion: tuple[int, int], modes: np.n
     w.u8(int(m))
   w.svarint(int(motion[0]))
   w.svarint(int(motion[1]))
+  use_field = field is not None and n_prev > 0
+  w.u8(field.block if use_field else 0)
   enc = Encoder()
   if n_prev:
+    if use_field:
+      for k in range(2):
+        model = choose_model(field.vectors[..., k].ravel())
+        model.write(w)
+        enc.add(field.vectors[..., k].ravel(), model)
     mode_model = choose_model(modes)
     mode_model.write(w)
     enc.add(modes, mode_model)
@@ -373,7 +412,40 @@ def _write_p(n_prev: int, mult: np.ndarray, motion: tuple[int, int], modes: np.n
   return bytes(w.buf)
 
 
-def _read_p(payload: bytes, state: _State, c: int) -> _State:
+@dataclasses.dataclass(frozen=True)
+class MotionField:
+  """Block motion of a P-frame: every previous Gaussian moves by its block's vector.
+
+  Attributes:
+    block: block side in pixels (1..``MAX_MOTION_BLOCK``).
+    vectors: ``int64 [ceil(H / block), ceil(W / block), 2]`` (x, y) in position
+      quantiser steps, added after the global motion.
+  """
+
+  block: int
+  vectors: np.ndarray
+
+
+def _field_shape(h: int, w: int, block: int) -> tuple[int, int]:
+  return -(-h // block), -(-w // block)
+
+
+def _field_offsets(cols: np.ndarray, field: MotionField, h: int, w: int,
+                   steps: qz.QuantSteps) -> np.ndarray:
+  """``[N, 2]`` symbol offsets of Gaussians at position symbols ``cols[:, :2]``.
+
+  A Gaussian's block is that of its position *before* any motion, in pixels
+  (``pos · step − margin``, float64, the same on encoder and decoder),
+  clipped into the grid.
+  """
+  gh, gw = field.vectors.shape[:2]
+  px = cols[:, :2].astype(np.float64) * steps.pos - qz.margin(h, w)
+  bx = np.clip(np.floor(px[:, 0] / field.block), 0, gw - 1).astype(np.int64)
+  by = np.clip(np.floor(px[:, 1] / field.block), 0, gh - 1).astype(np.int64)
+  return field.vectors[by, bx]
+
+
+def _read_p(payload: bytes, state: _State, c: int, version: int = VERSION) -> _State:
   """Applies a P-frame payload to the decoder's state; returns the new state."""
   r = Reader(payload)
   n_prev = r.varint("previous Gaussian count", MAX_GAUSSIANS)
@@ -385,7 +457,17 @@ def _read_p(payload: bytes, state: _State, c: int) -> _State:
   h, w, steps = state.height, state.width, state.steps
   limit = 1 << qz.grid_bits(h, w, steps.pos)
   motion = np.array([r.svarint("global motion x", limit), r.svarint("global motion y", limit)])
-  models = []
+  block = r.u8("motion block") if version >= 2 else 0
+  if block and not n_prev:
+    raise DecodeError("a P-frame of an empty picture has a motion field")
+  if block > MAX_MOTION_BLOCK:
+    raise DecodeError(f"motion block {block} is over {MAX_MOTION_BLOCK}")
+  models, field_models = [], []
+  if block:
+    gh, gw = _field_shape(h, w, block)
+    if gh * gw > MAX_MOTION_BLOCKS:
+      raise DecodeError(f"a motion field of {gw}x{gh} blocks is over {MAX_MOTION_BLOCKS}")
+    field_models = [Model.read(r, f"motion {a}", limit) for a in "xy"]
   if n_prev:
     mode_model = Model.read(r, "mode", MAX_ALPHABET * 16)
     if mode_model.lo < 0 or mode_model.lo + mode_model.n - 1 > MODE_REMOVE:
@@ -402,12 +484,20 @@ def _read_p(payload: bytes, state: _State, c: int) -> _State:
   sym = state.sym
   if n_prev:
     dec = Decoder(ans)
+    field = None
+    if block:
+      vec = np.stack([dec.read(m, gh * gw) for m in field_models], -1).reshape(gh, gw, 2)
+      if np.abs(vec).max() > limit:
+        raise DecodeError(f"motion vectors over the position grid of {limit} steps")
+      field = MotionField(block, vec)
     modes = dec.read(mode_model, n_prev)
     n_delta = int(np.count_nonzero(modes == MODE_DELTA))
     if bool(n_delta) != bool(models):
       raise DecodeError(f"{n_delta} Gaussians have deltas but the frame has {len(models)} "
                         "delta models")
     cols = _columns(sym)
+    if field is not None:
+      cols[:, :2] += _field_offsets(cols, field, h, w, steps)
     cols[:, :2] += motion
     if n_delta:
       d = np.stack([dec.read(m, n_delta) for m in models], -1)
@@ -478,6 +568,7 @@ class _Encoder:
     self.gop_end = 0  # one past the last frame the current GOP plans for
     self.i_psnr = 0.0  # PSNR of the current GOP's I-frame
     self.refresh = False  # the next frame is an I-frame (P-frame quality fell)
+    self.field: MotionField | None = None  # the last P-frame's motion field
 
   def frame_bytes(self) -> float:
     return _metrics.bytes_for_bpp(self.config.bpp, self.h, self.w)
@@ -501,7 +592,8 @@ class _Encoder:
     self.refresh = (kind == SEGMENT_P and cfg.refresh_db is not None
                     and quality < self.i_psnr - cfg.refresh_db)
     info = dict(frame=index, type=SEGMENT_NAMES[kind], bytes=len(payload), psnr=quality,
-                gaussians=self.state.count, scene_cut=scene_cut)
+                gaussians=self.state.count, scene_cut=scene_cut,
+                motion_field=kind == SEGMENT_P and self.field is not None)
     return kind, payload, info
 
   def _encode_i(self, index: int, frame: np.ndarray) -> bytes:
@@ -524,10 +616,18 @@ class _Encoder:
     self.slots = int(math.ceil(self.state.count * (1.0 + cfg.p_add_fraction)))
     return payload
 
-  def _fit_p(self, frame: np.ndarray, start: Gaussians) -> Gaussians:
+  def _prediction_mse(self, cols: np.ndarray, frame: np.ndarray) -> float:
+    """MSE against ``frame`` of the state with position symbols moved to ``cols``."""
+    st = self.state
+    g = qz.dequantize(_clip(_from_columns(cols), st.height, st.width, st.steps), st.height,
+                      st.width, st.steps)
+    out = np.clip(np.asarray(render_safe(g, st.height, st.width, backend=self.config.backend)),
+                  0, 1)
+    return float(np.mean((out - frame) ** 2))
+
+  def _fit_p(self, frame: np.ndarray, start: Gaussians, steps: int) -> Gaussians:
     """The short warm-started fit; rows ``< N`` continue ``start``'s Gaussians."""
     cfg = self.config
-    steps = cfg.p_fit_steps
     # A fixed slot count per GOP (the I-frame's count plus p_add_fraction):
     # every P-frame of the GOP fills the slots that removals freed, and shares
     # one compiled fit step (a new shape would compile anew).
@@ -539,7 +639,7 @@ class _Encoder:
         backend=cfg.backend, replan_every=max(1, min(base.replan_every, steps)),
         log_every=steps, num_gaussians=self.slots,
         densify_every=max(1, steps // 4) if steps >= 4 else 0, grow_until=0.5,
-        densify_until=0.6, prune_fraction=0.02)
+        densify_until=0.6, prune_fraction=cfg.p_relocate_fraction)
     fitted, _ = fit(frame, start, fit_config)
     return Gaussians(*(np.asarray(x, np.float32) for x in fitted))
 
@@ -554,33 +654,42 @@ class _Encoder:
     limit = (1 << qz.grid_bits(h, w, steps.pos)) - 1
     motion = (int(np.clip(round(dx / steps.pos), -limit, limit)),
               int(np.clip(round(dy / steps.pos), -limit, limit)))
-    prev_cols = _columns(st.sym)
+    base_cols = _columns(st.sym)
+    prev_cols = base_cols.copy()
+    still = float(np.mean((self.recon - frame) ** 2)) if n else 0.0
     if motion != (0, 0):
-      moved_cols = prev_cols.copy()
-      moved_cols[:, :2] += motion
-      start = qz.dequantize(_clip(_from_columns(moved_cols), h, w, steps), h, w, steps)
-      still = float(np.mean((self.recon - frame) ** 2))
-      shifted = np.clip(np.asarray(render_safe(start, h, w, backend=cfg.backend)), 0, 1)
+      prev_cols[:, :2] += motion
       # Keep the motion only when it predicts the frame clearly better (0.2 dB).
-      if float(np.mean((shifted - frame) ** 2)) < still * 10 ** (-0.02):
-        prev_cols = moved_cols
+      shifted = self._prediction_mse(prev_cols, frame)
+      if shifted < still * 10 ** (-0.02):
+        still = shifted
       else:
         motion = (0, 0)
+        prev_cols = base_cols.copy()
+    field = None
+    if cfg.p_motion_block and n:
+      # Block motion on top (objects moving against the pan or a still camera).
+      vec = block_motion(self.recon, frame, cfg.p_motion_block, cfg.p_motion_search,
+                         (motion[0] * steps.pos, motion[1] * steps.pos))
+      vec = np.rint(vec / steps.pos).astype(np.int64) - np.asarray(motion, np.int64)
+      vec = np.clip(vec, -limit, limit)
+      if vec.any():
+        candidate = MotionField(cfg.p_motion_block, vec)
+        cols = base_cols.copy()
+        cols[:, :2] += _field_offsets(base_cols, candidate, h, w, steps) + motion
+        # Kept when it predicts the frame better by 0.1 dB than global motion alone.
+        if self._prediction_mse(cols, frame) < still * 10 ** (-0.01):
+          field, prev_cols = candidate, cols
+    self.field = field
     start = qz.dequantize(_clip(_from_columns(prev_cols), h, w, steps), h, w, steps)
+    fit_steps, tune_steps = cfg.p_step_split
     if n:
-      fitted = self._fit_p(frame, start)
+      fitted = self._fit_p(frame, start, fit_steps)
     else:
       fitted = Gaussians(np.zeros((0, 2), np.float32), np.zeros((0, 3), np.float32),
                          np.zeros((0, c), np.float32))
     old, new = fitted.select(np.arange(n)), fitted.select(np.arange(n, fitted.num_gaussians))
-    # Continuous latents of the fitted Gaussians, in units of the quantiser steps.
-    if n:
-      pos, logs, shear, col = qz._latents(tuple(np.asarray(a, np.float64) for a in old), h, w,
-                                          steps, np)
-      lat = np.concatenate([pos, logs[:, :1], shear[:, None], logs[:, 1:], col], 1)
-    else:
-      lat = np.zeros((0, 5 + c))
-    diff = lat - prev_cols
+    diff = _latent_columns(old, h, w, steps) - prev_cols
     moved = np.hypot(diff[:, 0], diff[:, 1]) * steps.pos > cfg.p_move_limit
     energy = contributions(old) if n else np.zeros(0)
     faded = energy < 1e-3 * (np.median(energy) if n else 0.0)
@@ -597,32 +706,174 @@ class _Encoder:
     score = energy * np.sum(np.minimum(diff ** 2, 1e4), 1) if n else np.zeros(0)
     rank = np.argsort(-score, kind="stable")
     if cfg.p_level is not None:
-      levels = [P_LEVELS[cfg.p_level]]
+      levels = [cfg.p_level]
     elif cfg.bpp is None:
-      levels = [P_LEVELS[_quality_level(cfg.quality or 50.0)]]
+      levels = [_quality_level(cfg.quality or 50.0)]
     else:
-      levels = P_LEVELS
+      levels = list(range(len(P_LEVELS)))
     target = None
     if cfg.bpp is not None:
       target = (self.gop_end * self.frame_bytes() - self.spent) / max(self.gop_left, 1)
-    best = None
-    for m, keep_fraction in levels:
-      mult = _multipliers(m)
-      x = diff / _column_multipliers(mult, c)
-      d = (np.sign(x) * np.maximum(np.floor(np.abs(x) + 0.5 - cfg.p_deadzone), 0)).astype(np.int64)
-      d[rank[int(math.ceil(keep_fraction * n)):]] = 0
-      too_big = (np.abs(d) > MAX_DELTA).any(1) & ~gone
-      readd = relocated | too_big
-      modes = np.where(gone | readd, MODE_REMOVE,
-                       np.where((d != 0).any(1), MODE_DELTA, MODE_SKIP))
-      added_g = Gaussians(*(np.concatenate([a[readd], b]) for a, b in zip(old, new)))
-      added = encode_gaussians(added_g, h, w, steps=steps) if added_g.num_gaussians else b""
-      best = _write_p(n, mult, motion, modes, d[modes == MODE_DELTA], added)
-      if target is None or len(best) <= target:
+    plan = _PFrame(frame, old, new, prev_cols, rank, gone, relocated, motion, field, steps, cfg,
+                   tune_steps)
+    # The coarsest level whose untuned frame fits is the first guess; the
+    # quantisation-aware tuning then runs at it (and at coarser levels while
+    # the tuned frame is over the budget).
+    k = 0
+    if target is not None:
+      while k < len(levels) - 1 and len(plan.code(levels[k], tune=False)) > target:
+        k += 1
+    while True:
+      best = plan.code(levels[k], tune=True)
+      if target is None or len(best) <= target or k == len(levels) - 1:
         break
+      k += 1
     # The decoder's state, computed as the decoder computes it (closed loop).
     self.state = _read_p(best, st, c)
     return best
+
+
+def block_motion(previous: np.ndarray, current: np.ndarray, block: int, search: int,
+                 center: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+  """Integer motion ``[ceil(H / block), ceil(W / block), 2]`` (x, y pixels) of each block.
+
+  For each ``block``-pixel block of ``previous``, the shift ``v`` with
+  ``current(p + v) ≈ previous(p)`` of least mean absolute difference (channel
+  means), over shifts within ``search`` pixels of both zero and ``center``
+  (the global motion, rounded). A small penalty per pixel away from
+  ``center`` keeps flat blocks, where every shift matches, on the global
+  motion.
+  """
+  a = np.asarray(previous, np.float32).mean(-1)
+  b = np.asarray(current, np.float32).mean(-1)
+  hh, ww = a.shape
+  gh, gw = _field_shape(hh, ww, block)
+  cx, cy = int(round(center[0])), int(round(center[1]))
+  xs = np.arange(min(0, cx) - search, max(0, cx) + search + 1)
+  ys = np.arange(min(0, cy) - search, max(0, cy) + search + 1)
+  pad = int(max(np.abs(xs).max(), np.abs(ys).max()))
+  bp = np.pad(b, pad, mode="edge")
+  ph, pw = gh * block - hh, gw * block - ww
+  count = np.pad(np.ones_like(a), ((0, ph), (0, pw))).reshape(gh, block, gw, block).sum((1, 3))
+  best = np.full((gh, gw), np.inf, np.float32)
+  out = np.zeros((gh, gw, 2), np.int64)
+  for dy in ys:
+    for dx in xs:
+      shifted = bp[pad + dy:pad + dy + hh, pad + dx:pad + dx + ww]
+      diff = np.pad(np.abs(a - shifted), ((0, ph), (0, pw)))
+      cost = diff.reshape(gh, block, gw, block).sum((1, 3)) / count
+      cost += 2e-3 * (abs(dx - cx) + abs(dy - cy))
+      better = cost < best
+      best = np.where(better, cost, best)
+      out[better] = (dx, dy)
+  return out
+
+
+def _latent_columns(g: Gaussians, h: int, w: int, steps: qz.QuantSteps) -> np.ndarray:
+  """``[N, 5 + C]`` continuous latents of ``g`` in quantiser steps (``_columns``' order)."""
+  if g.num_gaussians == 0:
+    return np.zeros((0, 5 + g.channels))
+  pos, logs, shear, col = qz._latents(tuple(np.asarray(a, np.float64) for a in g), h, w, steps,
+                                      np)
+  return np.concatenate([pos, logs[:, :1], shear[:, None], logs[:, 1:], col], 1)
+
+
+# Columns of each Gaussians field in ``_columns``.
+_FIELD_COLUMNS = {"means": slice(0, 2), "chol": slice(2, 5), "colors": slice(5, None)}
+
+
+class _PFrame:
+  """The choices of one P-frame at a rate level, with quantisation-aware tuning.
+
+  Rows of the fit fall in three groups: *kept* previous Gaussians (coded as
+  skip or a delta on the level's grid around their previous symbols),
+  *removed* ones (left the picture, faded, or relocated by density control),
+  and *added* ones (relocated and new, coded as a ``.gjx`` payload on the
+  I-frame's grid). ``code`` rounds in the image codec's sequential order
+  (``_codec._finetune``): snap the means, tune the Cholesky factors and
+  colours in float; snap the factors, tune the colours; snap the colours.
+  Each stage repairs the rounding of the one before, which the untuned
+  rounding of the fitted Gaussians does not (measured:
+  ``benchmarks/results/video.md``).
+  """
+
+  def __init__(self, frame, old, new, prev_cols, rank, gone, relocated, motion, field, steps,
+               cfg, tune_steps):
+    self.frame, self.old, self.new = frame, old, new
+    self.prev_cols, self.rank, self.gone, self.relocated = prev_cols, rank, gone, relocated
+    self.motion, self.field, self.steps = motion, field, steps
+    self.cfg, self.tune_steps = cfg, tune_steps
+    self.h, self.w, self.c = frame.shape
+    self.n = prev_cols.shape[0]
+
+  def _deltas(self, cols: np.ndarray, mult: int, keep: np.ndarray) -> np.ndarray:
+    """Deadzone-rounded deltas (in steps of ``mult``) of latent columns; 0 outside ``keep``."""
+    x = (cols - self.prev_cols) / mult
+    d = np.sign(x) * np.maximum(np.floor(np.abs(x) + 0.5 - self.cfg.p_deadzone), 0)
+    d[~keep] = 0
+    return d.astype(np.int64)
+
+  def code(self, level: int, *, tune: bool) -> bytes:
+    """The P-frame payload at ``P_LEVELS[level]``; ``tune``: with quantisation-aware tuning."""
+    h, w, c, n, steps = self.h, self.w, self.c, self.n, self.steps
+    m, keep_fraction = P_LEVELS[level]
+    mult = _multipliers(m)
+    keep = np.zeros(n, bool)
+    keep[self.rank[:int(math.ceil(keep_fraction * n))]] = True
+    cols = _latent_columns(self.old, h, w, steps)
+    too_big = (np.abs(self._deltas(cols, m, np.ones(n, bool))) > MAX_DELTA).any(1) & ~self.gone
+    readd = self.relocated | too_big
+    stay = ~(self.gone | readd)
+    keep &= stay
+    added = Gaussians(*(np.concatenate([a[readd], b]) for a, b in zip(self.old, self.new)))
+    if tune and self.tune_steps and stay.any():
+      cols, added = self._tune(cols, added, m, keep, stay)
+    d = self._deltas(cols, m, keep)
+    modes = np.where(stay, np.where((d != 0).any(1), MODE_DELTA, MODE_SKIP), MODE_REMOVE)
+    payload = encode_gaussians(added, h, w, steps=steps) if added.num_gaussians else b""
+    return _write_p(n, mult, self.motion, modes, d[modes == MODE_DELTA], payload, self.field)
+
+  def _tune(self, cols, added, m, keep, stay):
+    """Sequential quantisation-aware tuning of the staying and added Gaussians."""
+    from gaussjax.codec._codec import _sequential_stages, _snap, _train
+    h, w, steps, cfg = self.h, self.w, self.steps, self.cfg
+    # Rows not kept stay at their previous symbols: start them there.
+    cols = np.where(keep[:, None], cols, self.prev_cols)[stay]
+    prev = self.prev_cols[stay]
+    kept = keep[stay]
+    k = cols.shape[0]
+
+    def decoded(cols, fields):
+      """The staying rows with ``fields`` rounded as the decoder will hold them."""
+      x = (cols - prev) / m
+      d = np.sign(x) * np.maximum(np.floor(np.abs(x) + 0.5 - cfg.p_deadzone), 0)
+      d[~kept] = 0
+      sym = _clip(_from_columns((prev + m * d).astype(np.int64)), h, w, steps)
+      snapped = qz.dequantize(sym, h, w, steps)
+      free = qz._reconstruct(*_split_latents(cols), h, w, steps, np)
+      out = Gaussians(*(np.asarray(a, np.float32) for a in free))
+      return out._replace(**{f: getattr(snapped, f) for f in fields})
+
+    g = Gaussians(*(np.concatenate([a, b]) for a, b in zip(decoded(cols, ()), added)))
+    image = np.asarray(self.frame, np.float32)
+    lr = CodecConfig().learning_rate
+    for frozen, rel_lr, iters in _sequential_stages(self.tune_steps):
+      stay_g = g.select(np.arange(k))
+      snapped = decoded(_latent_columns(stay_g, h, w, steps), frozen)
+      new_g = _snap(g.select(np.arange(k, g.num_gaussians)), h, w, steps, frozen)
+      g = Gaussians(*(np.concatenate([a, b]) for a, b in zip(snapped, new_g)))
+      if iters:
+        g = _train(g, image, iterations=iters, learning_rate=rel_lr * lr, qsteps=None,
+                   backend=cfg.backend, frozen=frozen)
+        g = Gaussians(*(np.asarray(x, np.float32) for x in g))
+    out = np.array(self.prev_cols, np.float64)
+    out[stay] = _latent_columns(g.select(np.arange(k)), h, w, steps)
+    return out, g.select(np.arange(k, g.num_gaussians))
+
+
+def _split_latents(cols: np.ndarray):
+  """``_columns``' order back to ``_latents``' ``(pos, logs, shear, col)``."""
+  return cols[:, :2], cols[:, [2, 4]], cols[:, 3], cols[:, 5:]
 
 
 def global_motion(previous: np.ndarray, current: np.ndarray) -> tuple[float, float]:
@@ -700,7 +951,7 @@ def encode_video(frames, config: VideoConfig = VideoConfig(), *, fps: float | No
     fps: frame rate stored in the file (None: unknown).
     callback: called after each frame with a dict (``frame``, ``type``,
       ``bytes``, ``psnr`` of the reconstruction, ``gaussians``,
-      ``scene_cut``).
+      ``scene_cut``, ``motion_field``: a P-frame that carries one).
 
   Returns:
     The file's bytes.
@@ -738,7 +989,7 @@ def _apply(kind: int, payload: bytes, state: _State | None, header: VideoHeader)
   h, w, c = header.height, header.width, header.channels
   if kind == SEGMENT_I:
     return _gjx_state(payload, None, h, w, c)
-  return _read_p(payload, state, c)
+  return _read_p(payload, state, c, header.version)
 
 
 def iter_video_frames(data: bytes, *, start: int = 0, stop: int | None = None,
