@@ -815,7 +815,7 @@ class _PFrame:
 
   def code(self, level: int, *, tune: bool) -> bytes:
     """The P-frame payload at ``P_LEVELS[level]``; ``tune``: with quantisation-aware tuning."""
-    h, w, c, n, steps = self.h, self.w, self.c, self.n, self.steps
+    h, w, n, steps = self.h, self.w, self.n, self.steps
     m, keep_fraction = P_LEVELS[level]
     mult = _multipliers(m)
     keep = np.zeros(n, bool)
