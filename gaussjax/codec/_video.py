@@ -735,14 +735,15 @@ class _Encoder:
 
 def block_motion(previous: np.ndarray, current: np.ndarray, block: int, search: int,
                  center: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
-  """Integer motion ``[ceil(H / block), ceil(W / block), 2]`` (x, y pixels) of each block.
+  """Motion ``[ceil(H / block), ceil(W / block), 2]`` (x, y pixels) of each block.
 
   For each ``block``-pixel block of ``previous``, the shift ``v`` with
   ``current(p + v) ≈ previous(p)`` of least mean absolute difference (channel
-  means), over shifts within ``search`` pixels of both zero and ``center``
-  (the global motion, rounded). A small penalty per pixel away from
-  ``center`` keeps flat blocks, where every shift matches, on the global
-  motion.
+  means), over whole-pixel shifts within ``search`` pixels of both zero and
+  ``center`` (the global motion, rounded), refined to a fraction of a pixel
+  by a parabola through the best shift and its neighbours on each axis. A
+  small penalty per pixel away from ``center`` keeps flat blocks, where every
+  shift matches, on the global motion.
   """
   a = np.asarray(previous, np.float32).mean(-1)
   b = np.asarray(current, np.float32).mean(-1)
@@ -755,18 +756,33 @@ def block_motion(previous: np.ndarray, current: np.ndarray, block: int, search: 
   bp = np.pad(b, pad, mode="edge")
   ph, pw = gh * block - hh, gw * block - ww
   count = np.pad(np.ones_like(a), ((0, ph), (0, pw))).reshape(gh, block, gw, block).sum((1, 3))
-  best = np.full((gh, gw), np.inf, np.float32)
-  out = np.zeros((gh, gw, 2), np.int64)
-  for dy in ys:
-    for dx in xs:
+  costs = np.empty((len(ys), len(xs), gh, gw), np.float32)
+  for i, dy in enumerate(ys):
+    for j, dx in enumerate(xs):
       shifted = bp[pad + dy:pad + dy + hh, pad + dx:pad + dx + ww]
       diff = np.pad(np.abs(a - shifted), ((0, ph), (0, pw)))
-      cost = diff.reshape(gh, block, gw, block).sum((1, 3)) / count
-      cost += 2e-3 * (abs(dx - cx) + abs(dy - cy))
-      better = cost < best
-      best = np.where(better, cost, best)
-      out[better] = (dx, dy)
-  return out
+      costs[i, j] = diff.reshape(gh, block, gw, block).sum((1, 3)) / count
+  penalty = 2e-3 * (np.abs(xs - cx)[None, :] + np.abs(ys - cy)[:, None])
+  flat = (costs + penalty[:, :, None, None]).reshape(-1, gh, gw)
+  best = np.argmin(flat, 0)  # the first of equal costs
+  iy, ix = np.divmod(best, len(xs))
+  rows, cols = np.indices((gh, gw))
+
+  def refine(lo, mid, hi):
+    den = lo - 2 * mid + hi
+    return np.where(den > 0, np.clip(0.5 * (lo - hi) / np.where(den > 0, den, 1), -0.5, 0.5), 0)
+
+  fx = np.zeros((gh, gw))
+  inner = (ix > 0) & (ix < len(xs) - 1)
+  fx[inner] = refine(costs[iy, np.maximum(ix - 1, 0), rows, cols],
+                     costs[iy, ix, rows, cols],
+                     costs[iy, np.minimum(ix + 1, len(xs) - 1), rows, cols])[inner]
+  fy = np.zeros((gh, gw))
+  inner = (iy > 0) & (iy < len(ys) - 1)
+  fy[inner] = refine(costs[np.maximum(iy - 1, 0), ix, rows, cols],
+                     costs[iy, ix, rows, cols],
+                     costs[np.minimum(iy + 1, len(ys) - 1), ix, rows, cols])[inner]
+  return np.stack([xs[ix] + fx, ys[iy] + fy], -1)
 
 
 def _latent_columns(g: Gaussians, h: int, w: int, steps: qz.QuantSteps) -> np.ndarray:
