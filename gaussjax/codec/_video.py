@@ -805,12 +805,14 @@ class _PFrame:
   skip or a delta on the level's grid around their previous symbols),
   *removed* ones (left the picture, faded, or relocated by density control),
   and *added* ones (relocated and new, coded as a ``.gjx`` payload on the
-  I-frame's grid). ``code`` rounds in the image codec's sequential order
-  (``_codec._finetune``): snap the means, tune the Cholesky factors and
-  colours in float; snap the factors, tune the colours; snap the colours.
-  Each stage repairs the rounding of the one before, which the untuned
-  rounding of the fitted Gaussians does not (measured:
-  ``benchmarks/results/video.md``).
+  I-frame's grid). A level keeps the share of the Gaussians whose change
+  matters most; the rest keep their symbols. ``code`` with ``tune`` then
+  refits the Gaussians that may change, with the others held fixed, and
+  rounds them in the image codec's sequential order (``P_STAGES``): snap the
+  means, tune the Cholesky factors and colours; snap the factors, tune the
+  colours; snap the colours. Each stage repairs the rounding of the one
+  before. What this buys over rounding the fit: ``benchmarks/results/
+  video_ablation.md``.
   """
 
   def __init__(self, frame, old, new, prev_cols, rank, gone, relocated, motion, field, steps,
@@ -842,7 +844,7 @@ class _PFrame:
     stay = ~(self.gone | readd)
     keep &= stay
     added = Gaussians(*(np.concatenate([a[readd], b]) for a, b in zip(self.old, self.new)))
-    if tune and self.tune_steps and stay.any():
+    if tune and self.tune_steps and (keep.any() or added.num_gaussians):
       cols, added = self._tune(cols, added, m, keep, stay)
     d = self._deltas(cols, m, keep)
     modes = np.where(stay, np.where((d != 0).any(1), MODE_DELTA, MODE_SKIP), MODE_REMOVE)
@@ -850,20 +852,30 @@ class _PFrame:
     return _write_p(n, mult, self.motion, modes, d[modes == MODE_DELTA], payload, self.field)
 
   def _tune(self, cols, added, m, keep, stay):
-    """Sequential quantisation-aware tuning of the staying and added Gaussians."""
-    from gaussjax.codec._codec import _sequential_stages, _snap, _train
+    """Sequential quantisation-aware tuning of the kept and added Gaussians.
+
+    The staying Gaussians without a delta keep their previous symbols
+    exactly: they are rendered once as a fixed background, and the tuned
+    Gaussians fit what the background leaves (the renderer adds Gaussians,
+    so this is the loss of the whole picture).
+    """
+    from gaussjax.codec._codec import _snap, _train
     h, w, steps, cfg = self.h, self.w, self.steps, self.cfg
-    # Rows not kept stay at their previous symbols: start them there.
-    cols = np.where(keep[:, None], cols, self.prev_cols)[stay]
-    prev = self.prev_cols[stay]
-    kept = keep[stay]
-    k = cols.shape[0]
+    rows = np.flatnonzero(keep)  # keep ⊆ stay
+    prev = self.prev_cols[rows]
+    cols = cols[rows]
+    k = rows.size
+    image = np.asarray(self.frame, np.float32)
+    still = stay & ~keep
+    if still.any():
+      background = qz.dequantize(_clip(_from_columns(self.prev_cols[still]), h, w, steps), h, w,
+                                 steps)
+      image = image - np.asarray(render_safe(background, h, w, backend=cfg.backend), np.float32)
 
     def decoded(cols, fields):
-      """The staying rows with ``fields`` rounded as the decoder will hold them."""
+      """The kept rows with ``fields`` rounded as the decoder will hold them."""
       x = (cols - prev) / m
       d = np.sign(x) * np.maximum(np.floor(np.abs(x) + 0.5 - cfg.p_deadzone), 0)
-      d[~kept] = 0
       sym = _clip(_from_columns((prev + m * d).astype(np.int64)), h, w, steps)
       snapped = qz.dequantize(sym, h, w, steps)
       free = qz._reconstruct(*_split_latents(cols), h, w, steps, np)
@@ -871,11 +883,11 @@ class _PFrame:
       return out._replace(**{f: getattr(snapped, f) for f in fields})
 
     g = Gaussians(*(np.concatenate([a, b]) for a, b in zip(decoded(cols, ()), added)))
-    image = np.asarray(self.frame, np.float32)
+    if g.num_gaussians == 0:
+      return np.array(self.prev_cols, np.float64), added
     lr = CodecConfig().learning_rate
-    for frozen, rel_lr, iters in _sequential_stages(self.tune_steps):
-      stay_g = g.select(np.arange(k))
-      snapped = decoded(_latent_columns(stay_g, h, w, steps), frozen)
+    for frozen, rel_lr, iters in _p_stages(self.tune_steps):
+      snapped = decoded(_latent_columns(g.select(np.arange(k)), h, w, steps), frozen)
       new_g = _snap(g.select(np.arange(k, g.num_gaussians)), h, w, steps, frozen)
       g = Gaussians(*(np.concatenate([a, b]) for a, b in zip(snapped, new_g)))
       if iters:
@@ -883,8 +895,24 @@ class _PFrame:
                    backend=cfg.backend, frozen=frozen)
         g = Gaussians(*(np.asarray(x, np.float32) for x in g))
     out = np.array(self.prev_cols, np.float64)
-    out[stay] = _latent_columns(g.select(np.arange(k)), h, w, steps)
+    out[rows] = _latent_columns(g.select(np.arange(k)), h, w, steps)
     return out, g.select(np.arange(k, g.num_gaussians))
+
+
+# Stages of a P-frame's tuning: (fields rounded and frozen, learning rate
+# relative to CodecConfig.learning_rate, share of the tuning steps). The first
+# refits the kept Gaussians in float with the others fixed, then the image
+# codec's sequential stages (``_codec._SEQUENTIAL``) round them.
+P_STAGES = (((), 0.1, 1 / 3), (("means",), 0.1, 1 / 3), (("means", "chol"), 0.2, 1 / 3))
+
+
+def _p_stages(iterations: int):
+  """``(frozen fields, relative learning rate, iterations)`` of each stage, summing to ``iterations``."""
+  done = 0
+  for k, (frozen, lr, share) in enumerate(P_STAGES):
+    n = iterations - done if k == len(P_STAGES) - 1 else int(round(share * iterations))
+    done += n
+    yield frozen, lr, n
 
 
 def _split_latents(cols: np.ndarray):
