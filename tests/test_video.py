@@ -183,12 +183,18 @@ def _smooth_scene(t=3, h=48, w=64, shift=(3, 2)):
   return np.stack(frames)
 
 
-def test_motion_field_p_frames_round_trip():
+@pytest.fixture(scope="module")
+def field_coded():
   frames = _smooth_scene()
   config = gaussjax.VideoConfig(quality=80, gop=3, fit_steps=48, qat_steps=8, backend="xla",
                                 refresh_db=None, p_motion_block=8, p_motion_search=4)
   infos = []
   data = gaussjax.encode_video(frames, config, callback=infos.append)
+  return frames, config, data, infos
+
+
+def test_motion_field_p_frames_round_trip(field_coded):
+  frames, config, data, infos = field_coded
   assert [i["type"] for i in infos] == ["I", "P", "P"]
   assert any(i["motion_field"] for i in infos)
   out = gaussjax.decode_video(data)
@@ -248,22 +254,25 @@ def _refresh_checksums(data: bytes) -> bytes:
   return bytes(d)
 
 
-def test_fuzzed_gjv_raises_only_decode_error(coded):
-  _, data, _ = coded
-  rng = np.random.default_rng(7)
-  rejected = 0
-  for k in range(300):
-    mutant = mutate(data, rng)
-    if k % 2:
-      mutant = _refresh_checksums(mutant)  # reach the parser behind the checksums
-    try:
-      for g in _video.decode_video_gaussians(mutant):
-        assert g.num_gaussians <= gaussjax.codec._codec.MAX_GAUSSIANS
-        for arr in g:
-          assert np.all(np.isfinite(arr))
-    except DecodeError:
-      rejected += 1
-  assert rejected > 150
+def test_fuzzed_gjv_raises_only_decode_error(coded, field_coded):
+  with open(os.path.join(DATA, "v1_clip.gjv"), "rb") as f:
+    v1 = f.read()
+  # The GOP clip, a clip whose P-frames carry motion fields, and a version-1 file.
+  for data, count in ((coded[1], 300), (field_coded[2], 150), (v1, 150)):
+    rng = np.random.default_rng(7)
+    rejected = 0
+    for k in range(count):
+      mutant = mutate(data, rng)
+      if k % 2:
+        mutant = _refresh_checksums(mutant)  # reach the parser behind the checksums
+      try:
+        for g in _video.decode_video_gaussians(mutant):
+          assert g.num_gaussians <= gaussjax.codec._codec.MAX_GAUSSIANS
+          for arr in g:
+            assert np.all(np.isfinite(arr))
+      except DecodeError:
+        rejected += 1
+    assert rejected > count // 2
 
 
 def test_bad_header_messages(coded):
