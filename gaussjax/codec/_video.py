@@ -740,7 +740,8 @@ def block_motion(previous: np.ndarray, current: np.ndarray, block: int, search: 
   For each ``block``-pixel block of ``previous``, the shift ``v`` with
   ``current(p + v) ≈ previous(p)`` of least mean absolute difference (channel
   means), over whole-pixel shifts within ``search`` pixels of both zero and
-  ``center`` (the global motion, rounded), refined to a fraction of a pixel
+  ``center`` (the global motion, rounded; of ``center`` alone when it is
+  more than ``2 · search`` pixels away), refined to a fraction of a pixel
   by a parabola through the best shift and its neighbours on each axis. A
   small penalty per pixel away from ``center`` keeps flat blocks, where every
   shift matches, on the global motion.
@@ -750,8 +751,13 @@ def block_motion(previous: np.ndarray, current: np.ndarray, block: int, search: 
   hh, ww = a.shape
   gh, gw = _field_shape(hh, ww, block)
   cx, cy = int(round(center[0])), int(round(center[1]))
-  xs = np.arange(min(0, cx) - search, max(0, cx) + search + 1)
-  ys = np.arange(min(0, cy) - search, max(0, cy) + search + 1)
+  # One box holding both windows while the pan is small; around the pan alone
+  # when it is large (the search grows with the box's area).
+  both = max(abs(cx), abs(cy)) <= 2 * search
+  xs = np.arange(min(0, cx) - search, max(0, cx) + search + 1) if both else \
+      np.arange(cx - search, cx + search + 1)
+  ys = np.arange(min(0, cy) - search, max(0, cy) + search + 1) if both else \
+      np.arange(cy - search, cy + search + 1)
   pad = int(max(np.abs(xs).max(), np.abs(ys).max()))
   bp = np.pad(b, pad, mode="edge")
   ph, pw = gh * block - hh, gw * block - ww
