@@ -988,11 +988,13 @@ def encode_video(frames, config: VideoConfig = VideoConfig(), *, fps: float | No
 
   Every ``config.gop`` frames (and at a scene change) an I-frame is coded by
   ``gaussjax.encode``; the frames between are P-frames: the previous
-  frame's *decoded* Gaussians are fitted to the new frame for
-  ``config.p_fit_steps`` steps (density control may relocate and add
-  Gaussians), and only what changed is coded: per Gaussian skip, a
-  quantised delta or removal, plus new Gaussians. Rate-distortion against
-  intra-only coding, x264 and JPEG 2000: ``benchmarks/results/video.md``.
+  frame's *decoded* Gaussians are moved by the global motion and a block
+  motion field, fitted to the new frame (density control may relocate and
+  add Gaussians) and tuned for the quantisers, ``config.p_fit_steps`` steps
+  in all, and only what changed is coded: per Gaussian skip, a quantised
+  delta or removal, plus new Gaussians. Rate-distortion against intra-only
+  coding, x264 and JPEG 2000: ``benchmarks/results/video.md``; what each
+  piece buys: ``video_ablation.md``.
 
   Args:
     frames: ``[T, H, W, C]`` float in [0, 1] (or uint8), or any iterable of
