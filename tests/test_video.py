@@ -429,9 +429,12 @@ def test_cli_round_trip_and_info(tmp_path, capsys):
   frames = _clip(t=3, h=16, w=24)
   _write_y4m(tmp_path / "a.y4m", frames)
   gjv = tmp_path / "a.gjv"
+  code, _, err = _run(["encode-video", str(tmp_path / "a.y4m"), "-o", str(gjv), "--quality",
+                       "60", "--motion-block", "300"], capsys)
+  assert code == 2 and "p_motion_block" in err and "Traceback" not in err and not gjv.exists()
   code, out, err = _run(["encode-video", str(tmp_path / "a.y4m"), "-o", str(gjv), "--quality",
-                         "60", "--gop", "3", "--fit-steps", "24", "--qat-steps", "4", "-q"],
-                        capsys)
+                         "60", "--gop", "3", "--fit-steps", "24", "--qat-steps", "4",
+                         "--motion-block", "8", "-q"], capsys)
   assert code == 0, err
   assert gjv.exists() and "3 frames" in out
   code, out, err = _run(["info", str(gjv)], capsys)

@@ -46,7 +46,7 @@ def _cmd_encode_video(args) -> int:
     raise CliError(f"output {args.output!r} is a folder; give a .gjv file name")
   size = parse_size(args.size) if args.size else None
   kwargs = {}
-  for name in ("fit_steps", "qat_steps", "p_steps"):
+  for name in ("fit_steps", "qat_steps", "p_steps", "p_motion_block"):
     if getattr(args, name) is not None:
       kwargs[name] = getattr(args, name)
   config = VideoConfig(bpp=args.bpp, quality=args.quality, gop=args.gop,
@@ -157,7 +157,11 @@ def register(subparsers) -> None:
   p.add_argument("--fit-steps", type=int, default=None, help="I-frame fit steps (1500)")
   p.add_argument("--qat-steps", type=int, default=None, help="I-frame fine-tuning steps (300)")
   p.add_argument("--p-steps", type=int, default=None,
-                 help="P-frame fit steps (at most a quarter of --fit-steps, the default)")
+                 help="P-frame steps, fit and tuning (at most a quarter of --fit-steps, the "
+                      "default)")
+  p.add_argument("--motion-block", dest="p_motion_block", type=int, default=None,
+                 help="block side in pixels of the P-frames' motion field (32; 0: global motion "
+                      "only)")
   p.add_argument("--no-scene-cut", action="store_true", help="I-frames only every --gop frames")
   add_quiet_argument(p)
 
