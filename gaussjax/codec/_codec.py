@@ -756,11 +756,15 @@ def _snap(g: Gaussians, height: int, width: int, qsteps: qz.QuantSteps,
 _SEQUENTIAL = ((("means",), 0.1, 0.5), (("means", "chol"), 0.2, 0.5))
 
 
-def _sequential_stages(iterations: int):
-  """``(frozen fields, relative learning rate, iterations)`` of each stage, summing to ``iterations``."""
+def _sequential_stages(iterations: int, stages=_SEQUENTIAL):
+  """``(frozen fields, relative learning rate, iterations)`` of each stage, summing to ``iterations``.
+
+  ``stages`` holds ``(frozen fields, relative learning rate, share)`` rows
+  (``_SEQUENTIAL``; the video codec's P-frames pass their own).
+  """
   done = 0
-  for k, (frozen, lr, share) in enumerate(_SEQUENTIAL):
-    n = iterations - done if k == len(_SEQUENTIAL) - 1 else int(round(share * iterations))
+  for k, (frozen, lr, share) in enumerate(stages):
+    n = iterations - done if k == len(stages) - 1 else int(round(share * iterations))
     done += n
     yield frozen, lr, n
 

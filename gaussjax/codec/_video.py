@@ -865,7 +865,7 @@ class _PFrame:
     Gaussians fit what the background leaves (the renderer adds Gaussians,
     so this is the loss of the whole picture).
     """
-    from gaussjax.codec._codec import _snap, _train
+    from gaussjax.codec._codec import _sequential_stages, _snap, _train
     h, w, steps, cfg = self.h, self.w, self.steps, self.cfg
     rows = np.flatnonzero(keep)  # keep ⊆ stay
     prev = self.prev_cols[rows]
@@ -892,7 +892,7 @@ class _PFrame:
     if g.num_gaussians == 0:
       return np.array(self.prev_cols, np.float64), added
     lr = CodecConfig().learning_rate
-    for frozen, rel_lr, iters in _p_stages(self.tune_steps):
+    for frozen, rel_lr, iters in _sequential_stages(self.tune_steps, P_STAGES):
       snapped = decoded(_latent_columns(g.select(np.arange(k)), h, w, steps), frozen)
       new_g = _snap(g.select(np.arange(k, g.num_gaussians)), h, w, steps, frozen)
       g = Gaussians(*(np.concatenate([a, b]) for a, b in zip(snapped, new_g)))
@@ -910,15 +910,6 @@ class _PFrame:
 # refits the kept Gaussians in float with the others fixed, then the image
 # codec's sequential stages (``_codec._SEQUENTIAL``) round them.
 P_STAGES = (((), 0.1, 1 / 3), (("means",), 0.1, 1 / 3), (("means", "chol"), 0.2, 1 / 3))
-
-
-def _p_stages(iterations: int):
-  """``(frozen fields, relative learning rate, iterations)`` of each stage, summing to ``iterations``."""
-  done = 0
-  for k, (frozen, lr, share) in enumerate(P_STAGES):
-    n = iterations - done if k == len(P_STAGES) - 1 else int(round(share * iterations))
-    done += n
-    yield frozen, lr, n
 
 
 def _split_latents(cols: np.ndarray):
