@@ -689,7 +689,8 @@ class _Encoder:
       fitted = Gaussians(np.zeros((0, 2), np.float32), np.zeros((0, 3), np.float32),
                          np.zeros((0, c), np.float32))
     old, new = fitted.select(np.arange(n)), fitted.select(np.arange(n, fitted.num_gaussians))
-    diff = _latent_columns(old, h, w, steps) - prev_cols
+    lat = _latent_columns(old, h, w, steps)  # the fitted Gaussians, in quantiser steps
+    diff = lat - prev_cols
     moved = np.hypot(diff[:, 0], diff[:, 1]) * steps.pos > cfg.p_move_limit
     energy = contributions(old) if n else np.zeros(0)
     faded = energy < 1e-3 * (np.median(energy) if n else 0.0)
@@ -714,8 +715,8 @@ class _Encoder:
     target = None
     if cfg.bpp is not None:
       target = (self.gop_end * self.frame_bytes() - self.spent) / max(self.gop_left, 1)
-    plan = _PFrame(frame, old, new, prev_cols, rank, gone, relocated, motion, field, steps, cfg,
-                   tune_steps)
+    plan = _PFrame(frame, old, new, lat, prev_cols, rank, gone, relocated, motion, field, steps,
+                   cfg, tune_steps)
     # The coarsest level whose untuned frame fits is the first guess; the
     # quantisation-aware tuning then runs at it (and at coarser levels while
     # the tuned frame is over the budget).
@@ -731,6 +732,16 @@ class _Encoder:
     # The decoder's state, computed as the decoder computes it (closed loop).
     self.state = _read_p(best, st, c)
     return best
+
+
+def _peak_offset(lo, mid, hi):
+  """Where a parabola through a maximum ``mid`` and its neighbours peaks, in [-0.5, 0.5].
+
+  Elementwise; 0 where the three values do not bend down (no peak).
+  """
+  lo, mid, hi = (np.asarray(v) for v in (lo, mid, hi))
+  den = lo - 2 * mid + hi
+  return np.where(den < 0, np.clip(0.5 * (lo - hi) / np.where(den < 0, den, -1), -0.5, 0.5), 0.0)
 
 
 def block_motion(previous: np.ndarray, current: np.ndarray, block: int, search: int,
@@ -774,20 +785,17 @@ def block_motion(previous: np.ndarray, current: np.ndarray, block: int, search: 
   iy, ix = np.divmod(best, len(xs))
   rows, cols = np.indices((gh, gw))
 
-  def refine(lo, mid, hi):
-    den = lo - 2 * mid + hi
-    return np.where(den > 0, np.clip(0.5 * (lo - hi) / np.where(den > 0, den, 1), -0.5, 0.5), 0)
-
+  # The least cost is the greatest negated cost.
   fx = np.zeros((gh, gw))
   inner = (ix > 0) & (ix < len(xs) - 1)
-  fx[inner] = refine(costs[iy, np.maximum(ix - 1, 0), rows, cols],
-                     costs[iy, ix, rows, cols],
-                     costs[iy, np.minimum(ix + 1, len(xs) - 1), rows, cols])[inner]
+  fx[inner] = _peak_offset(-costs[iy, np.maximum(ix - 1, 0), rows, cols],
+                           -costs[iy, ix, rows, cols],
+                           -costs[iy, np.minimum(ix + 1, len(xs) - 1), rows, cols])[inner]
   fy = np.zeros((gh, gw))
   inner = (iy > 0) & (iy < len(ys) - 1)
-  fy[inner] = refine(costs[np.maximum(iy - 1, 0), ix, rows, cols],
-                     costs[iy, ix, rows, cols],
-                     costs[np.minimum(iy + 1, len(ys) - 1), ix, rows, cols])[inner]
+  fy[inner] = _peak_offset(-costs[np.maximum(iy - 1, 0), ix, rows, cols],
+                           -costs[iy, ix, rows, cols],
+                           -costs[np.minimum(iy + 1, len(ys) - 1), ix, rows, cols])[inner]
   return np.stack([xs[ix] + fx, ys[iy] + fy], -1)
 
 
@@ -821,9 +829,9 @@ class _PFrame:
   video_ablation.md``.
   """
 
-  def __init__(self, frame, old, new, prev_cols, rank, gone, relocated, motion, field, steps,
-               cfg, tune_steps):
-    self.frame, self.old, self.new = frame, old, new
+  def __init__(self, frame, old, new, lat, prev_cols, rank, gone, relocated, motion, field,
+               steps, cfg, tune_steps):
+    self.frame, self.old, self.new, self.lat = frame, old, new, lat
     self.prev_cols, self.rank, self.gone, self.relocated = prev_cols, rank, gone, relocated
     self.motion, self.field, self.steps = motion, field, steps
     self.cfg, self.tune_steps = cfg, tune_steps
@@ -832,10 +840,7 @@ class _PFrame:
 
   def _deltas(self, cols: np.ndarray, mult: int, keep: np.ndarray) -> np.ndarray:
     """Deadzone-rounded deltas (in steps of ``mult``) of latent columns; 0 outside ``keep``."""
-    x = (cols - self.prev_cols) / mult
-    d = np.sign(x) * np.maximum(np.floor(np.abs(x) + 0.5 - self.cfg.p_deadzone), 0)
-    d[~keep] = 0
-    return d.astype(np.int64)
+    return _delta_symbols(cols, self.prev_cols, mult, self.cfg.p_deadzone, keep)
 
   def code(self, level: int, *, tune: bool) -> bytes:
     """The P-frame payload at ``P_LEVELS[level]``; ``tune``: with quantisation-aware tuning."""
@@ -844,7 +849,7 @@ class _PFrame:
     mult = _multipliers(m)
     keep = np.zeros(n, bool)
     keep[self.rank[:int(math.ceil(keep_fraction * n))]] = True
-    cols = _latent_columns(self.old, h, w, steps)
+    cols = self.lat
     too_big = (np.abs(self._deltas(cols, m, np.ones(n, bool))) > MAX_DELTA).any(1) & ~self.gone
     readd = self.relocated | too_big
     stay = ~(self.gone | readd)
@@ -880,8 +885,7 @@ class _PFrame:
 
     def decoded(cols, fields):
       """The kept rows with ``fields`` rounded as the decoder will hold them."""
-      x = (cols - prev) / m
-      d = np.sign(x) * np.maximum(np.floor(np.abs(x) + 0.5 - cfg.p_deadzone), 0)
+      d = _delta_symbols(cols, prev, m, cfg.p_deadzone)
       sym = _clip(_from_columns((prev + m * d).astype(np.int64)), h, w, steps)
       snapped = qz.dequantize(sym, h, w, steps)
       free = qz._reconstruct(*_split_latents(cols), h, w, steps, np)
@@ -912,6 +916,20 @@ class _PFrame:
 P_STAGES = (((), 0.1, 1 / 3), (("means",), 0.1, 1 / 3), (("means", "chol"), 0.2, 1 / 3))
 
 
+def _delta_symbols(cols: np.ndarray, prev: np.ndarray, mult: int, deadzone: float,
+                   keep: np.ndarray | None = None) -> np.ndarray:
+  """Deltas of latent columns against ``prev`` in steps of ``mult``, rounded with a deadzone.
+
+  A delta under ``0.5 + deadzone`` steps rounds to 0 (the Gaussian is
+  skipped); rows outside ``keep`` are 0.
+  """
+  x = (cols - prev) / mult
+  d = (np.sign(x) * np.maximum(np.floor(np.abs(x) + 0.5 - deadzone), 0)).astype(np.int64)
+  if keep is not None:
+    d[~keep] = 0
+  return d
+
+
 def _split_latents(cols: np.ndarray):
   """``_columns``' order back to ``_latents``' ``(pos, logs, shear, col)``."""
   return cols[:, :2], cols[:, [2, 4]], cols[:, 3], cols[:, 5:]
@@ -938,13 +956,8 @@ def global_motion(previous: np.ndarray, current: np.ndarray) -> tuple[float, flo
   if peak < 5.0 * np.sqrt(np.mean(r ** 2)):
     return 0.0, 0.0
 
-  def refine(m, z, p):
-    y0, y1, y2 = m, z, p
-    den = y0 - 2 * y1 + y2
-    return 0.0 if den >= 0 else float(np.clip(0.5 * (y0 - y2) / den, -0.5, 0.5))
-
-  fx = refine(r[iy, (ix - 1) % ww], peak, r[iy, (ix + 1) % ww])
-  fy = refine(r[(iy - 1) % hh, ix], peak, r[(iy + 1) % hh, ix])
+  fx = float(_peak_offset(r[iy, (ix - 1) % ww], peak, r[iy, (ix + 1) % ww]))
+  fy = float(_peak_offset(r[(iy - 1) % hh, ix], peak, r[(iy + 1) % hh, ix]))
   dx = (ix if ix <= ww // 2 else ix - ww) + fx
   dy = (iy if iy <= hh // 2 else iy - hh) + fy
   return float(dx), float(dy)
