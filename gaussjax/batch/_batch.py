@@ -550,7 +550,7 @@ def _finetune_all(arrays, fitted, qsteps, config, mesh, vectorize) -> list[Gauss
                        rates=pick(members))
       for i, g in zip(members, out):
         fitted[i] = g
-    return fitted
+    return _round_all(fitted, arrays, qsteps, config, rates)
   by_shape: dict[tuple, list[int]] = {}
   for i, a in enumerate(arrays):
     by_shape.setdefault(a.shape, []).append(i)
@@ -569,7 +569,14 @@ def _finetune_all(arrays, fitted, qsteps, config, mesh, vectorize) -> list[Gauss
         out = [Gaussians(*(np.asarray(x)[:n] for x in g)) for g, n in zip(out, counts)]
       for i, g in zip(members, out):
         fitted[i] = g
-  return fitted
+  return _round_all(fitted, arrays, qsteps, config, rates)
+
+
+def _round_all(fitted, arrays, qsteps, config, rates) -> list[Gaussians]:
+  """``_codec._round_stage`` of every image (one at a time: a few renders each)."""
+  rates = rates or [None] * len(fitted)
+  return [_codec._round_stage(g, a, s, config, r)
+          for g, a, s, r in zip(fitted, arrays, qsteps, rates)]
 
 
 def _init_all(images, n: int, fit_config: FitConfig | None, seed: int) -> list[Gaussians]:
