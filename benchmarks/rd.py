@@ -103,9 +103,9 @@ def run_classic(codec, ref, index, rows):
                      bpp=8 * len(data) / (h * w), psnr=ps, msssim=ms, dec_s=dec_s))
 
 
-# The encoder before issue 14 (no rate term, pruning by energy): --compare-old
+# The encoder before issue 14 (no rate term, pruning by energy, nearest rounding): --compare-old
 # times it against the defaults on the same images in the same run.
-OLD_ENCODER = {"rate_weight": 0.0, "rd_prune": False}
+OLD_ENCODER = {"rate_weight": 0.0, "rd_prune": False, "rd_round": False}
 
 
 def run_gaussjax(ref, index, targets, args, rows, codec="gaussjax", overrides=None):
@@ -185,7 +185,7 @@ def main(argv=None):
   parser.add_argument("--name", default="rd")
   parser.add_argument("--compare-old", type=int, default=0,
                       help="also encode the first K images with the encoder before issue 14 "
-                           "(rate_weight=0, rd_prune=False), interleaved, to compare encode times")
+                           "(rate_weight=0, rd_prune=False, rd_round=False), interleaved, to compare encode times")
   args = parser.parse_args(argv)
   images = [int(x) for x in args.images.split(",")]
   targets = [float(x) for x in args.bpp.split(",")]
