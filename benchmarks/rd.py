@@ -248,10 +248,11 @@ def report(rows, images, targets, codecs, args, t0):
   meta = {
       "images": f"kodim {images} at {w}x{h} (Kodak 768x512 downscaled by {args.scale}, Lanczos)",
       "subset": ("all 24 Kodak images" if sorted(images) == list(range(1, 25)) else
-                 "a subset (2-core CPU: a fit takes about half a minute per image and rate)"),
+                 "a subset (each gaussjax encode's time is in the rows' enc_s)"),
       "gaussjax": (f"fit_steps={args.fit_steps}, qat_steps={args.qat_steps}, targets {targets}, "
                    f"rd_slope={gaussjax.CodecConfig().rd_slope}, "
-                   f"finetune={gaussjax.CodecConfig().finetune!r}"),
+                   f"finetune={gaussjax.CodecConfig().finetune!r}, "
+                   f"rd_round={gaussjax.CodecConfig().rd_round}"),
       "jpeg": "Pillow quality sweep, optimize=True, 4:2:0",
       "webp": "Pillow method=6", "jpeg2000": "Pillow/OpenJPEG irreversible=True mct=1, rates mode",
       "avif": "Pillow speed=4" if "avif" in codecs else "not available",

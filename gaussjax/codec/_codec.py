@@ -11,9 +11,10 @@ between the three. Call chain of a single-level file::
     │    ├─ _choose                           choose_steps (RD search) and N for the rate
     │    └─ _refit                            gaussjax.fit again, N moved to its new value
     ├─ _finetune                              quantisation-aware fine-tuning:
-    │    └─ _train → _loop.run(_train_step)   the training loop of gaussjax.fit with
-    │                                         the codec's step (fake quantisation,
-    │                                         frozen fields)
+    │    ├─ _train → _loop.run(_train_step)   the training loop of gaussjax.fit with
+    │    │                                    the codec's step (fake quantisation,
+    │    │                                    frozen fields)
+    │    └─ _round_stage → _rd_round_colors   colours onto the grid by descent on MSE + λR
     └─ _code → encode_gaussians               quantise, Morton order, ANS-code, frame;
                                               the rate controller (_encode_rate)
   decode_single(data)                         parse, validate, entropy-decode, dequantise
