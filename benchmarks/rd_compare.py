@@ -7,6 +7,7 @@ per image (negative = the new encoder needs fewer bytes at equal PSNR).
 Useful when a run was cut short, or to set a rerun against a stored one.
 
   python benchmarks/rd_compare.py --old OLD.json --new benchmarks/results/rd.json
+  python benchmarks/rd_compare.py --old A.json B.json --new NEW.json  # A, B: disjoint images
 """
 
 from __future__ import annotations
@@ -25,12 +26,17 @@ from rd import bd_rate, curve  # noqa: E402
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--old", required=True)
+  parser.add_argument("--old", required=True, nargs="+",
+                      help="one rd.py results file, or several on disjoint images (joined)")
   parser.add_argument("--new", required=True)
   parser.add_argument("--name", default="rd_compare")
   args = parser.parse_args(argv)
-  with open(args.old) as f:
-    old = json.load(f)
+  old = {"rows": [], "meta": {}}
+  for path in args.old:
+    with open(path) as f:
+      part = json.load(f)
+    old["rows"] += part["rows"]
+    old["meta"].setdefault("gaussjax", part["meta"].get("gaussjax"))
   with open(args.new) as f:
     new = json.load(f)
   images = sorted({r["image"] for r in old["rows"] if r["codec"] == "gaussjax"}
@@ -61,7 +67,8 @@ def main(argv=None):
   print(_machine.format_table(summary))
   print(_machine.format_table(per_image))
   print(f"mean BD-rate of the new gaussjax against the old: {mean:+.2f}%")
-  meta = {"old": os.path.abspath(args.old), "new": os.path.abspath(args.new),
+  rel = lambda p: os.path.relpath(os.path.abspath(p), os.path.dirname(_machine.RESULTS_DIR))
+  meta = {"old": [rel(p) for p in args.old], "new": rel(args.new),
           "images": images, "old_gaussjax": old["meta"].get("gaussjax"),
           "new_gaussjax": new["meta"].get("gaussjax"), "bd_rates": summary,
           "new_vs_old_mean_bd_rate_pct": mean}
