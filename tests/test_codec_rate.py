@@ -93,6 +93,16 @@ def _train(g, img, rate, frozen=()):
                        backend="xla", frozen=frozen, rate=rate)
 
 
+def _plain_stages(g, img, steps, iterations=12):
+  """The sequential fine-tuning's stages, distortion only, without the rounding stage."""
+  h, w = img.shape[:2]
+  for frozen, lr, n in _codec._sequential_stages(iterations):
+    g = _codec._snap(g, h, w, steps, frozen)
+    g = _codec._train(g, jnp.asarray(img), iterations=n, learning_rate=lr * 0.01,
+                      qsteps=None, backend="xla", frozen=frozen)
+  return g
+
+
 def test_zero_weight_reproduces_the_distortion_only_fit(fitted):
   """rate_weight=0 runs exactly the distortion-only fine-tuning (no term at all)."""
   img, g = fitted
@@ -101,11 +111,7 @@ def test_zero_weight_reproduces_the_distortion_only_fit(fitted):
   config = gaussjax.CodecConfig(rate_weight=0.0, qat_steps=12, backend="xla")
   assert _codec._finetune_rate(g, jnp.asarray(img), steps, config) is None
   tuned = _codec._finetune(g, jnp.asarray(img), steps, config)
-  expected = g
-  for frozen, lr, n in _codec._sequential_stages(12):
-    expected = _codec._snap(expected, h, w, steps, frozen)
-    expected = _codec._train(expected, jnp.asarray(img), iterations=n, learning_rate=lr * 0.01,
-                             qsteps=None, backend="xla", frozen=frozen)
+  expected = _plain_stages(g, img, steps)
   expected = _codec._rd_round_colors(_codec._snap(expected, h, w, steps, ("means", "chol")),
                                      jnp.asarray(img), steps, 0.0, backend="xla")
   for a, b in zip(tuned, expected):
@@ -119,11 +125,7 @@ def test_rd_round_off_is_the_plain_fine_tuning(fitted):
   steps = qz.default_steps(3)
   config = gaussjax.CodecConfig(rate_weight=0.0, qat_steps=12, backend="xla", rd_round=False)
   tuned = _codec._finetune(g, jnp.asarray(img), steps, config)
-  expected = g
-  for frozen, lr, n in _codec._sequential_stages(12):
-    expected = _codec._snap(expected, h, w, steps, frozen)
-    expected = _codec._train(expected, jnp.asarray(img), iterations=n, learning_rate=lr * 0.01,
-                             qsteps=None, backend="xla", frozen=frozen)
+  expected = _plain_stages(g, img, steps)
   for a, b in zip(tuned, expected):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
