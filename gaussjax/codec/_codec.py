@@ -851,8 +851,7 @@ def _rd_round_colors(g: Gaussians, image: jax.Array, qsteps: qz.QuantSteps, weig
   them); ``g`` unchanged when the render overflows its plan. What it buys:
   ``benchmarks/results/codec_ablation_round.md``.
   """
-  from jax.scipy.special import ndtr
-
+  from gaussjax.fitting._density import rendered_det
   from gaussjax.rendering._render import make_plan, resolve_backend
   h, w, c = image.shape
   backend = resolve_backend(backend)
@@ -862,17 +861,9 @@ def _rd_round_colors(g: Gaussians, image: jax.Array, qsteps: qz.QuantSteps, weig
   col = np.clip(np.asarray(g.colors, np.float64) @ fwd.T, -qz.COLOR_MAX, qz.COLOR_MAX) / st
   q = np.rint(col)
   qmax = np.floor(qz.COLOR_MAX / st)
-  # ∫ w² over the image: π sqrt(det Σ) times the share on the image (as _removal_delta).
-  chol = np.asarray(g.chol, np.float64)
-  fl = constants.COV_FLOOR
-  l11, l21, l22 = chol.T
-  det = (l11 * l22) ** 2 + fl * (l11 ** 2 + l21 ** 2 + l22 ** 2) + fl * fl
-  var = np.stack([l11 ** 2, l21 ** 2 + l22 ** 2], -1) + fl
-  sd = np.sqrt(var / 2)
-  mu = np.asarray(g.means, np.float64)
-  size = np.asarray([w, h], np.float64)
-  inside = np.prod(np.asarray(ndtr((size - mu) / sd)) - np.asarray(ndtr(-mu / sd)), -1)
-  curv = (math.pi * np.sqrt(det) * inside)[:, None] * (st ** 2 * np.sum(inv ** 2, 0))[None]
+  # ∫ w² over the image: π sqrt(det Σ) times the share of w² on the image.
+  energy = math.pi * np.sqrt(rendered_det(g.chol)) * _image_share(g, h, w)
+  curv = energy[:, None] * (st ** 2 * np.sum(inv ** 2, 0))[None]
   bit_weight = weight * c / 2.0  # weight · bits / (H W) in units of ½ SSE / (H W C)
   plan = make_plan(g, h, w, backend=backend)
   target = jnp.asarray(image, jnp.float32)
@@ -883,23 +874,21 @@ def _rd_round_colors(g: Gaussians, image: jax.Array, qsteps: qz.QuantSteps, weig
     loc, scale = _rate._fit_laplace(q, np.ones((len(q), 1)), np)
     return -_rate.laplace_log2_prob(q, loc, scale, np), loc, scale
 
-  best_q, best_j, share = q, math.inf, ROUND_SHARE
+  best_q, best_j, best, share = q, math.inf, None, ROUND_SHARE
   for _ in range(sweeps):
     (half_sse, overflow), grad = _half_sse_grad(g._replace(colors=colors(q)), target, h, w,
                                                 backend, plan)
     if bool(overflow):
-      return g if math.isinf(best_j) else g._replace(colors=colors(best_q))
+      return g if best is None else g._replace(colors=colors(best_q))
     b, loc, scale = bits(q)
     j = float(half_sse) + bit_weight * float(np.sum(b))
     if j >= best_j:  # the last sweep overshot: undo it, move less
       q, share = best_q, share / 2
       if share < 0.02:
         break
-      (half_sse, _), grad = _half_sse_grad(g._replace(colors=colors(q)), target, h, w,
-                                           backend, plan)
-      b, loc, scale = bits(q)
+      grad, b, loc, scale = best
     else:
-      best_q, best_j = q, j
+      best_q, best_j, best = q, j, (grad, b, loc, scale)
     dq = (np.asarray(grad, np.float64) @ inv) * st  # d(½ SSE) / d(latent)
     move, gain = np.zeros_like(q), np.zeros_like(q)
     for m in (-2.0, -1.0, 1.0, 2.0):
@@ -1158,8 +1147,6 @@ def _removal_delta(g: Gaussians, image: jax.Array, backend: str) -> np.ndarray:
   times the colour gradient of ½ SSE. Falls back to the energy alone when
   the render overflows its plan.
   """
-  from jax.scipy.special import ndtr
-
   from gaussjax.fitting._density import contributions
   from gaussjax.rendering._render import make_plan, resolve_backend
   g = Gaussians(*(np.asarray(x, np.float32) for x in g))
@@ -1168,18 +1155,25 @@ def _removal_delta(g: Gaussians, image: jax.Array, backend: str) -> np.ndarray:
   plan = make_plan(g, h, w, backend=backend)
   (_, overflow), grad = _half_sse_grad(g, jnp.asarray(image, jnp.float32), h, w, backend,
                                        plan)
-  # w² is a Gaussian of covariance Σ/2 (Σ with the prefilter): its mass on the
-  # image, as the product of the x and y marginals' masses.
+  delta = contributions(g) * _image_share(g, h, w)
+  if not bool(overflow):
+    delta = delta - 2.0 * np.sum(g.colors * np.asarray(grad, np.float64), -1)
+  return delta
+
+
+def _image_share(g: Gaussians, height: int, width: int) -> np.ndarray:
+  """``[N]`` share of each Gaussian's ``∫ w²`` that falls on the image (cut-off neglected).
+
+  ``w²`` is a Gaussian of covariance Σ/2 (Σ with the prefilter): its mass on
+  the image, as the product of the x and y marginals' masses.
+  """
+  from jax.scipy.special import ndtr
   chol = np.asarray(g.chol, np.float64)
   var = np.stack([chol[:, 0] ** 2, chol[:, 1] ** 2 + chol[:, 2] ** 2], -1) + constants.COV_FLOOR
   sd = np.sqrt(var / 2)
   mu = np.asarray(g.means, np.float64)
-  size = np.asarray([w, h], np.float64)
-  inside = np.prod(np.asarray(ndtr((size - mu) / sd)) - np.asarray(ndtr(-mu / sd)), -1)
-  delta = contributions(g) * inside
-  if not bool(overflow):
-    delta = delta - 2.0 * np.sum(g.colors * np.asarray(grad, np.float64), -1)
-  return delta
+  size = np.asarray([width, height], np.float64)
+  return np.prod(np.asarray(ndtr((size - mu) / sd)) - np.asarray(ndtr(-mu / sd)), -1)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))

@@ -76,12 +76,17 @@ def contributions(gaussians: Gaussians) -> np.ndarray:
   Returns:
     ``[N]`` float64, 0 for parked slots.
   """
-  chol = np.asarray(gaussians.chol, np.float64)
-  l11, l21, l22 = chol[:, 0], chol[:, 1], chol[:, 2]
-  floor = constants.COV_FLOOR
-  det = (l11 * l22) ** 2 + floor * (l11 * l11 + l21 * l21 + l22 * l22) + floor * floor
+  det = rendered_det(gaussians.chol)
   energy = np.sum(np.asarray(gaussians.colors, np.float64) ** 2, -1) * math.pi * np.sqrt(det)
   return np.where(is_active(gaussians), energy, 0.0)
+
+
+def rendered_det(chol) -> np.ndarray:
+  """``[N]`` float64 ``det Σ`` of the rendered covariance ``L Lᵀ + COV_FLOOR · I``."""
+  chol = np.asarray(chol, np.float64)
+  l11, l21, l22 = chol[:, 0], chol[:, 1], chol[:, 2]
+  floor = constants.COV_FLOOR
+  return (l11 * l22) ** 2 + floor * (l11 * l11 + l21 * l21 + l22 * l22) + floor * floor
 
 
 def sample_from_error(
