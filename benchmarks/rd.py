@@ -103,9 +103,10 @@ def run_classic(codec, ref, index, rows):
                      bpp=8 * len(data) / (h * w), psnr=ps, msssim=ms, dec_s=dec_s))
 
 
-# The encoder before issue 14 (no rate term, pruning by energy, nearest rounding): --compare-old
+# The encoder before issue 14 (no rate term, pruning by energy, nearest rounding, one colour
+# step per channel): --compare-old
 # times it against the defaults on the same images in the same run.
-OLD_ENCODER = {"rate_weight": 0.0, "rd_prune": False, "rd_round": False}
+OLD_ENCODER = {"rate_weight": 0.0, "rd_prune": False, "rd_round": False, "color_size": 0.0}
 
 
 def run_gaussjax(ref, index, targets, args, rows, codec="gaussjax", overrides=None):
@@ -185,7 +186,8 @@ def main(argv=None):
   parser.add_argument("--name", default="rd")
   parser.add_argument("--compare-old", type=int, default=0,
                       help="also encode the first K images with the encoder before issue 14 "
-                           "(rate_weight=0, rd_prune=False, rd_round=False), interleaved, to compare encode times")
+                           "(rate_weight=0, rd_prune=False, rd_round=False, color_size=0), interleaved, "
+                           "to compare encode times")
   args = parser.parse_args(argv)
   images = [int(x) for x in args.images.split(",")]
   targets = [float(x) for x in args.bpp.split(",")]
@@ -252,7 +254,8 @@ def report(rows, images, targets, codecs, args, t0):
       "gaussjax": (f"fit_steps={args.fit_steps}, qat_steps={args.qat_steps}, targets {targets}, "
                    f"rd_slope={gaussjax.CodecConfig().rd_slope}, "
                    f"finetune={gaussjax.CodecConfig().finetune!r}, "
-                   f"rd_round={gaussjax.CodecConfig().rd_round}"),
+                   f"rd_round={gaussjax.CodecConfig().rd_round}, "
+                   f"color_size={gaussjax.CodecConfig().color_size}"),
       "jpeg": "Pillow quality sweep, optimize=True, 4:2:0",
       "webp": "Pillow method=6", "jpeg2000": "Pillow/OpenJPEG irreversible=True mct=1, rates mode",
       "avif": "Pillow speed=4" if "avif" in codecs else "not available",

@@ -88,6 +88,48 @@ class TestQuantizers:
                                                steps).colors.sum())(g.colors)
     np.testing.assert_allclose(np.asarray(grad), 1.0, atol=1e-5)
 
+  def test_size_scaled_colour_steps(self):
+    """color_size: the file holds the quantised values, each colour within half its own step."""
+    import dataclasses
+    h, w = 40, 56
+    g = _random_gaussians(h=h, w=w)
+    steps = dataclasses.replace(qz.default_steps(3), color_size=0.5)
+    data = gaussjax.encode_gaussians(g, h, w, steps=steps)
+    mode = 12  # the colour mode byte, after N = 300 (a two-byte varint)
+    assert data[mode] == 0x41 and info(data)["steps"]["color_size"] == 0.5  # β · 8 | YCoCg
+    actual, _ = gaussjax.decode_gaussians(data)
+    sym, order = qz.quantize(g, h, w, steps)
+    for a, e in zip(actual, qz.dequantize(sym, h, w, steps)):
+      np.testing.assert_array_equal(a, e)
+    # The decoder's steps (from the decoded factors) are the encoder's (from the originals).
+    per = qz.color_steps(np.asarray(g.chol, np.float64)[order], h, w, steps)
+    np.testing.assert_allclose(qz.color_steps(actual.chol.astype(np.float64), h, w, steps), per,
+                               rtol=1e-5)
+    inv = np.abs(qz._color_matrices(3)[1])
+    colors = np.asarray(g.colors)[order]
+    assert np.all(np.abs(actual.colors - colors) <= 0.5 * per @ inv.T + 1e-6)
+    # Larger Gaussians, finer steps; the factor is clipped to [1/4, 4].
+    d = np.linalg.det(np.asarray(gaussjax.covariances(actual.chol)))
+    ratio = per[:, 0] / steps.color[0]
+    assert np.all((ratio >= 0.25 - 1e-9) & (ratio <= 4 + 1e-9))
+    big, small = np.argmax(d), np.argmin(d)
+    assert ratio[big] < ratio[small]
+    fq = qz.fake_quantize(gaussjax.Gaussians(*(np.asarray(x)[order] for x in g)), h, w, steps)
+    for a, e in zip(fq, actual):
+      np.testing.assert_allclose(np.asarray(a), e, rtol=1e-5, atol=1e-5)
+    # color_size 0 is the plain quantiser, to the byte.
+    plain = gaussjax.encode_gaussians(g, h, w, steps=qz.default_steps(3))
+    assert plain[mode] == 0x01 and plain != data
+
+  @pytest.mark.parametrize("bad", [0.3, -0.125, 2.0, True, "1"])
+  def test_color_size_must_fit_the_file(self, bad):
+    import dataclasses
+    with pytest.raises(ValueError, match="color_size"):
+      gaussjax.CodecConfig(color_size=bad)
+    with pytest.raises(ValueError, match="color_size"):
+      gaussjax.encode_gaussians(_random_gaussians(n=5), 40, 56,
+                                steps=dataclasses.replace(qz.default_steps(3), color_size=bad))
+
   def test_morton_round_trip(self):
     rng = np.random.default_rng(0)
     ix, iy = rng.integers(0, 1 << 20, 1000), rng.integers(0, 1 << 20, 1000)

@@ -53,11 +53,13 @@ def test_estimate_follows_the_steps_like_the_file(fitted):
   assert abs((est[1] / est[0]) / (real[1] / real[0]) - 1) < 0.05
 
 
-def test_training_bits_equal_the_numpy_estimate(fitted):
+@pytest.mark.parametrize("color_size", [0.0, 0.375])
+def test_training_bits_equal_the_numpy_estimate(fitted, color_size):
   """The differentiable per-Gaussian bits are the estimate's attribute bits."""
+  import dataclasses
   img, g = fitted
   h, w = img.shape[:2]
-  steps = qz.default_steps(3)
+  steps = dataclasses.replace(qz.default_steps(3), color_size=color_size)
   term = _rate.rate_term(1.0, steps)
   jax_bits = np.asarray(_rate.attribute_bits(g, h, w, term), np.float64)
   np_bits = _rate.gaussian_bits(g, h, w, steps)

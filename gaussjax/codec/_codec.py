@@ -121,6 +121,12 @@ class CodecConfig:
       grid by integer coordinate descent on ``MSE + rate_weight · λ · R``
       (``_rd_round_colors``) instead of rounding each to the nearest step.
       What it changes: ``benchmarks/results/codec_ablation_round.md``.
+    color_size: exponent β of size-scaled colour steps
+      (``QuantSteps.color_size``): a Gaussian's colour steps times
+      ``(sqrt det Σ / 16 px²)^-β`` (clipped to [1/4, 4]), finer for large
+      Gaussians, whose colour error covers more pixels. A multiple of 1/8 in
+      [0, 15/8]; 0: one step per channel for all. What it changes:
+      ``benchmarks/results/codec_ablation_size.md``.
   """
 
   bpp: float | None = None
@@ -139,8 +145,10 @@ class CodecConfig:
   rate_weight: float = 1.0
   rd_prune: bool = True
   rd_round: bool = True
+  color_size: float = 0.375
 
   def __post_init__(self):
+    qz.check_color_size(self.color_size)
     if isinstance(self.levels, bool) or not isinstance(self.levels, int) or \
         not 1 <= self.levels <= 16:
       raise ValueError(f"levels={self.levels!r} must be an int in [1, 16]")
@@ -218,6 +226,7 @@ def encode_gaussians(gaussians: Gaussians, height: int, width: int, *,
   steps = (steps or qz.default_steps(c)).rounded()
   if len(steps.color) != c:
     raise ValueError(f"steps.color has {len(steps.color)} entries for {c} channels")
+  qz.check_color_size(steps.color_size)
   for arr in gaussians:
     if not np.all(np.isfinite(np.asarray(arr))):
       raise ValueError("gaussians contain NaN or infinite values")
@@ -230,7 +239,8 @@ def encode_gaussians(gaussians: Gaussians, height: int, width: int, *,
   w.u16(width)
   w.u16(height)
   w.varint(n)
-  w.u8(COLOR_MODE_YCOCG if c == 3 else COLOR_MODE_DIRECT)
+  w.u8((COLOR_MODE_YCOCG if c == 3 else COLOR_MODE_DIRECT)
+       | round(steps.color_size * qz.COLOR_SIZE_DENOM) << 4)
   _f16(w, steps.pos)
   _f16(w, steps.scale)
   _f16(w, steps.shear)
@@ -320,7 +330,8 @@ def _read_body_header(r: Reader, version: int, c: int, width: int, height: int,
   A version-1 file and each level of a version-2 file start with them.
   """
   n = r.varint("number of Gaussians", max_gaussians)
-  mode = r.u8("colour mode")
+  byte = r.u8("colour mode")
+  mode, size = byte & 15, byte >> 4  # the transform; β · COLOR_SIZE_DENOM
   if mode not in (COLOR_MODE_DIRECT, COLOR_MODE_YCOCG) or (mode == COLOR_MODE_YCOCG) != (c == 3):
     raise DecodeError(f"colour mode {mode} is invalid for {c} channels")
   vals = []
@@ -331,7 +342,8 @@ def _read_body_header(r: Reader, version: int, c: int, width: int, height: int,
     if not (np.isfinite(v) and rng[0] <= v <= rng[1]):
       raise DecodeError(f"{name} {v} is outside [{rng[0]}, {rng[1]}]")
     vals.append(float(v))
-  steps = qz.QuantSteps(vals[0], vals[1], vals[2], tuple(vals[3:]))
+  steps = qz.QuantSteps(vals[0], vals[1], vals[2], tuple(vals[3:]),
+                        size / qz.COLOR_SIZE_DENOM)
   return Header(version, c, width, height, n, mode, steps)
 
 
@@ -372,8 +384,7 @@ def _decode_v1(header: Header, r: Reader) -> Gaussians:
   chol[:, 0::2] = np.clip(chol[:, 0::2], math.floor(lmin), math.ceil(lmax))
   chol[:, 1] = np.clip(chol[:, 1], -math.ceil(qz.SHEAR_MAX / steps.shear),
                        math.ceil(qz.SHEAR_MAX / steps.shear))
-  cmax = np.ceil(2 * qz.COLOR_MAX / np.asarray(steps.color)).astype(np.int64)
-  color = np.clip(color, -cmax, cmax)
+  color = np.clip(color, *qz.color_symbol_range(steps))
   sym = qz.Symbols(np.stack([ix, iy], -1), chol, color)
   return qz.dequantize(sym, h, w, steps)
 
@@ -857,13 +868,13 @@ def _rd_round_colors(g: Gaussians, image: jax.Array, qsteps: qz.QuantSteps, weig
   backend = resolve_backend(backend)
   g = Gaussians(*(np.asarray(x, np.float32) for x in g))
   fwd, inv = qz._color_matrices(c)
-  st = np.asarray(qsteps.color, np.float64)
+  st = qz.color_steps(np.asarray(g.chol, np.float64), h, w, qsteps)  # [N, C]
   col = np.clip(np.asarray(g.colors, np.float64) @ fwd.T, -qz.COLOR_MAX, qz.COLOR_MAX) / st
   q = np.rint(col)
   qmax = np.floor(qz.COLOR_MAX / st)
   # ∫ w² over the image: π sqrt(det Σ) times the share of w² on the image.
   energy = math.pi * np.sqrt(rendered_det(g.chol)) * _image_share(g, h, w)
-  curv = energy[:, None] * (st ** 2 * np.sum(inv ** 2, 0))[None]
+  curv = energy[:, None] * st ** 2 * np.sum(inv ** 2, 0)[None]
   bit_weight = weight * c / 2.0  # weight · bits / (H W) in units of ½ SSE / (H W C)
   plan = make_plan(g, h, w, backend=backend)
   target = jnp.asarray(image, jnp.float32)
@@ -1002,9 +1013,9 @@ def _fit_settings(h: int, w: int, c: int, config: CodecConfig):
   """
   if config.bpp is None:
     n, steps = _quality_settings(config.quality or 50.0, h, w, c)
-    return config.num_gaussians or n, steps
+    return config.num_gaussians or n, dataclasses.replace(steps, color_size=config.color_size)
   target = bytes_for_bpp(config.bpp, h, w)
-  steps = qz.default_steps(c)
+  steps = dataclasses.replace(qz.default_steps(c), color_size=config.color_size)
   smallest = len(encode_gaussians(
       Gaussians(np.zeros((1, 2), np.float32), np.ones((1, 3), np.float32),
                 np.zeros((1, c), np.float32)), h, w, steps=steps))

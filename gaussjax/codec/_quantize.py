@@ -12,7 +12,12 @@ equally harmful everywhere, then rounded to an integer:
   (the shear, scale-free).
 * colours: for RGB the YCoCg transform (Y = (R + 2G + B)/4, Co = (R - B)/2,
   Cg = (2G - R - B)/4), each channel with its own step (chroma coarser); other
-  channel counts are quantised as they are.
+  channel counts are quantised as they are. With ``QuantSteps.color_size``
+  β > 0 a Gaussian's colour steps are scaled by ``(d / COLOR_SIZE_REF)^-β``
+  (clipped to ``[1/COLOR_SIZE_CLIP, COLOR_SIZE_CLIP]``), ``d = sqrt(det Σ)``
+  of its *quantised* Cholesky factor (with the prefilter): a colour error
+  costs ``π d`` times its square, so large Gaussians get finer steps and
+  small ones coarser. The decoder computes the same factor from the symbols.
 
 ``fake_quantize`` is the straight-through twin used by quantisation-aware
 fine-tuning: the forward pass is the decoder's reconstruction, the backward
@@ -28,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gaussjax import constants
 from gaussjax.core._gaussians import Gaussians
 
 # Range of l11, l22 (pixels) the scale quantiser covers; values outside are
@@ -44,6 +50,14 @@ SCALE_STEP_RANGE = (1.0 / 256.0, 4.0)
 SHEAR_STEP_RANGE = (1.0 / 256.0, 4.0)
 COLOR_STEP_RANGE = (1.0 / 1024.0, 4.0)
 
+# Size-scaled colour steps (module docstring): sqrt(det Σ) in pixels² at which a
+# Gaussian's colour step is the header's, the factor's clip, and the exponent's
+# denominator (the file stores β · COLOR_SIZE_DENOM in the colour mode byte).
+COLOR_SIZE_REF = 16.0
+COLOR_SIZE_CLIP = 4.0
+COLOR_SIZE_DENOM = 8
+COLOR_SIZE_MAX = 15 / COLOR_SIZE_DENOM
+
 YCOCG = np.array([[0.25, 0.5, 0.25], [0.5, 0.0, -0.5], [-0.25, 0.5, -0.25]], np.float64)
 YCOCG_INV = np.array([[1.0, 1.0, -1.0], [1.0, 0.0, 1.0], [1.0, -1.0, -1.0]], np.float64)
 
@@ -57,12 +71,16 @@ class QuantSteps:
     scale: step of ``log l11`` and ``log l22``.
     shear: step of ``asinh(l21 / l22)``.
     color: one step per colour channel (in YCoCg for RGB).
+    color_size: exponent β of the size-scaled colour steps (module
+      docstring), a multiple of ``1 / COLOR_SIZE_DENOM`` in ``[0,
+      COLOR_SIZE_MAX]``; 0: the same colour steps for every Gaussian.
   """
 
   pos: float
   scale: float
   shear: float
   color: tuple[float, ...]
+  color_size: float = 0.0
 
   def scaled(self, factor: float = 1.0, *, pos: float = 1.0, scale: float = 1.0,
              shear: float = 1.0, color: float = 1.0) -> "QuantSteps":
@@ -75,7 +93,8 @@ class QuantSteps:
     return QuantSteps(clip(self.pos, pos, POS_STEP_RANGE),
                       clip(self.scale, scale, SCALE_STEP_RANGE),
                       clip(self.shear, shear, SHEAR_STEP_RANGE),
-                      tuple(clip(c, color, COLOR_STEP_RANGE) for c in self.color))
+                      tuple(clip(c, color, COLOR_STEP_RANGE) for c in self.color),
+                      self.color_size)
 
   def rounded(self) -> "QuantSteps":
     """Steps rounded to float16, as the file stores them."""
@@ -124,24 +143,87 @@ def canonical_chol(chol, xp=np):
   return xp.stack([chol[:, 0] * s1, chol[:, 1] * s1, chol[:, 2] * s2], -1)
 
 
-def _latents(gaussians, height, width, steps: QuantSteps, xp):
-  """Continuous latents (before rounding), clipped to the quantiser ranges."""
-  means, chol, colors = gaussians
-  m = margin(height, width)
-  lim = xp.asarray([width + m, height + m], dtype=means.dtype)
-  pos = (xp.clip(means, -m, lim) + m) / steps.pos
+def check_color_size(color_size) -> float:
+  """``color_size`` as a float, or ValueError when the file cannot store it."""
+  k = color_size * COLOR_SIZE_DENOM if isinstance(color_size, (int, float)) else math.nan
+  if isinstance(color_size, bool) or not (0 <= k <= 15 and k == round(k)):
+    raise ValueError(f"color_size={color_size!r} must be a multiple of 1/{COLOR_SIZE_DENOM} "
+                     f"in [0, {COLOR_SIZE_MAX}]")
+  return float(color_size)
+
+
+def _color_factor(logs_q, shear_q, steps: QuantSteps, xp):
+  """``[N]`` factor of each Gaussian's colour steps, from its rounded Cholesky latents.
+
+  ``(d / COLOR_SIZE_REF)^-β`` clipped, ``d = sqrt(det(L Lᵀ + COV_FLOOR · I))``
+  of the factor the decoder reconstructs; exactly 1 when β is 0.
+  """
+  l11 = xp.exp(logs_q[:, 0] * steps.scale)
+  l22 = xp.exp(logs_q[:, 1] * steps.scale)
+  l21 = xp.sinh(shear_q * steps.shear) * l22
+  f = constants.COV_FLOOR
+  d = xp.sqrt((l11 * l22) ** 2 + f * (l11 * l11 + l21 * l21 + l22 * l22) + f * f)
+  return xp.clip((d / COLOR_SIZE_REF) ** (-steps.color_size), 1.0 / COLOR_SIZE_CLIP,
+                 COLOR_SIZE_CLIP)
+
+
+def color_steps(chol, height: int, width: int, steps: QuantSteps, xp=np):
+  """``[N, C]`` colour step of each Gaussian (``steps.color`` times its size factor).
+
+  ``chol``: ``[N, 3]`` Cholesky factors (rounded to the grid here, as the
+  encoder does).
+  """
+  logs, shear = _chol_latents(chol, height, width, steps, xp)
+  factor = _color_factor(xp.round(logs), xp.round(shear), steps, xp)
+  return factor[:, None] * xp.asarray(steps.color, dtype=factor.dtype)[None]
+
+
+def color_symbol_range(steps: QuantSteps) -> tuple[np.ndarray, np.ndarray]:
+  """``(-kmax, kmax)``: the decoder's clip of the colour symbols, ``ceil(2 COLOR_MAX / finest step)``."""
+  finest = np.asarray(steps.color) / (COLOR_SIZE_CLIP if _sized(steps) else 1.0)
+  kmax = np.ceil(2 * COLOR_MAX / finest).astype(np.int64)
+  return -kmax, kmax
+
+
+def _chol_latents(chol, height, width, steps: QuantSteps, xp):
+  """``(log l11, log l22) / scale step`` and ``asinh(l21 / l22) / shear step``, clipped."""
   chol = canonical_chol(chol, xp)
   lmax = math.log(2.0 * max(height, width))
   logs = xp.clip(xp.log(xp.maximum(chol[:, 0::2], SCALE_MIN)), math.log(SCALE_MIN), lmax)
   shear = xp.clip(xp.arcsinh(chol[:, 1] / xp.maximum(chol[:, 2], SCALE_MIN)), -SHEAR_MAX, SHEAR_MAX)
+  return logs / steps.scale, shear / steps.shear
+
+
+def _latents(gaussians, height, width, steps: QuantSteps, xp):
+  """Continuous latents (before rounding), clipped to the quantiser ranges.
+
+  The colour latents are in units of each Gaussian's own colour steps
+  (``color_steps``: from its rounded Cholesky latents; constant in the
+  gradient).
+  """
+  means, chol, colors = gaussians
+  m = margin(height, width)
+  lim = xp.asarray([width + m, height + m], dtype=means.dtype)
+  pos = (xp.clip(means, -m, lim) + m) / steps.pos
+  logs, shear = _chol_latents(chol, height, width, steps, xp)
   fwd, _ = _color_matrices(colors.shape[-1])
   col = xp.clip(colors @ xp.asarray(fwd.T, dtype=colors.dtype), -COLOR_MAX, COLOR_MAX)
   col = col / xp.asarray(steps.color, dtype=colors.dtype)
-  return pos, logs / steps.scale, shear / steps.shear, col
+  if _sized(steps):
+    factor = _color_factor(xp.round(logs), xp.round(shear), steps, xp)
+    if xp is jnp:
+      factor = jax.lax.stop_gradient(factor)
+    col = col / factor[:, None]
+  return pos, logs, shear, col
+
+
+def _sized(steps: QuantSteps) -> bool:
+  """Whether the colour steps depend on the size (False also skips the factor's cost)."""
+  return not (isinstance(steps.color_size, (int, float)) and steps.color_size == 0)
 
 
 def _reconstruct(pos, logs, shear, col, height, width, steps: QuantSteps, xp):
-  """Inverse of ``_latents`` on (rounded) latents."""
+  """Inverse of ``_latents`` on rounded latents (the colour step factor assumes them rounded)."""
   m = margin(height, width)
   means = pos * steps.pos - m
   l11 = xp.exp(logs[:, 0] * steps.scale)
@@ -149,7 +231,13 @@ def _reconstruct(pos, logs, shear, col, height, width, steps: QuantSteps, xp):
   l21 = xp.sinh(shear * steps.shear) * l22
   chol = xp.stack([l11, l21, l22], -1)
   _, inv = _color_matrices(col.shape[-1])
-  colors = (col * xp.asarray(steps.color, dtype=col.dtype)) @ xp.asarray(inv.T, dtype=col.dtype)
+  col = col * xp.asarray(steps.color, dtype=col.dtype)
+  if _sized(steps):
+    factor = _color_factor(logs, shear, steps, xp)
+    if xp is jnp:
+      factor = jax.lax.stop_gradient(factor)
+    col = col * factor[:, None]
+  colors = col @ xp.asarray(inv.T, dtype=col.dtype)
   return means, chol, colors
 
 

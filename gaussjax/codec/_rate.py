@@ -48,12 +48,15 @@ class RateTerm(NamedTuple):
     scale: ``[]`` step of ``log l11`` and ``log l22``.
     shear: ``[]`` step of the shear.
     color: ``[C]`` colour steps.
+    color_size: ``[]`` exponent of the size-scaled colour steps
+      (``QuantSteps.color_size``).
   """
 
   weight: jax.Array
   scale: jax.Array
   shear: jax.Array
   color: jax.Array
+  color_size: jax.Array
 
 
 def rate_term(weight: float, steps: qz.QuantSteps) -> RateTerm:
@@ -61,7 +64,7 @@ def rate_term(weight: float, steps: qz.QuantSteps) -> RateTerm:
   if not (math.isfinite(weight) and weight >= 0):
     raise ValueError(f"weight={weight!r} must be a finite number >= 0")
   f = lambda v: jnp.asarray(v, jnp.float32)
-  return RateTerm(f(weight), f(steps.scale), f(steps.shear), f(steps.color))
+  return RateTerm(f(weight), f(steps.scale), f(steps.shear), f(steps.color), f(steps.color_size))
 
 
 def rd_lambda(mse: float, bpp: float, slope_db: float) -> float:
@@ -77,9 +80,9 @@ def rd_lambda(mse: float, bpp: float, slope_db: float) -> float:
 
 
 def _stream_latents(gaussians: Gaussians, height: int, width: int, chol_scale, chol_shear,
-                    color, xp):
+                    color, color_size, xp):
   """``[N, 3 + C]`` continuous latents of the attribute streams, in file order."""
-  steps = qz.QuantSteps(1.0, chol_scale, chol_shear, color)
+  steps = qz.QuantSteps(1.0, chol_scale, chol_shear, color, color_size)
   _, logs, shear, col = qz._latents(tuple(gaussians), height, width, steps, xp)
   return xp.concatenate([logs[:, :1], shear[:, None], logs[:, 1:], col], -1)
 
@@ -117,7 +120,8 @@ def attribute_bits(gaussians: Gaussians, height: int, width: int, term: RateTerm
   Parked slots (``fitting._density``: padding of a batch) cost 0 and are
   left out of the fit.
   """
-  x = _stream_latents(gaussians, height, width, term.scale, term.shear, term.color, jnp)
+  x = _stream_latents(gaussians, height, width, term.scale, term.shear, term.color,
+                      term.color_size, jnp)
   q = x + jax.lax.stop_gradient(jnp.round(x) - x)
   active = (gaussians.means[:, :1] > PARK_POSITION / 2).astype(x.dtype)
   loc, scale = _fit_laplace(jax.lax.stop_gradient(q), active, jnp)
@@ -154,7 +158,7 @@ def gaussian_bits(gaussians: Gaussians, height: int, width: int,
   if n == 0:
     return np.zeros(0)
   x = _stream_latents(g, height, width, steps.scale, steps.shear,
-                      np.asarray(steps.color, np.float64), np)
+                      np.asarray(steps.color, np.float64), steps.color_size, np)
   q = np.rint(x)
   loc, scale = _fit_laplace(q, np.ones((n, 1)), np)
   attr = -np.sum(laplace_log2_prob(q, loc, scale, np), -1)

@@ -204,10 +204,15 @@ class VideoConfig:
     return total - tune, tune
 
   def codec_config(self, bpp: float | None) -> CodecConfig:
-    """The ``CodecConfig`` of an I-frame at ``bpp`` (None: this config's quality)."""
+    """The ``CodecConfig`` of an I-frame at ``bpp`` (None: this config's quality).
+
+    One colour step per channel (``color_size=0``): P-frames move the latents
+    of the I-frame's Gaussians in its step units, shapes included, and a
+    size-scaled colour step would change under them.
+    """
     return CodecConfig(bpp=bpp, quality=None if bpp is not None else (self.quality or 50.0),
                        fit_steps=self.fit_steps, qat_steps=self.qat_steps,
-                       backend=self.backend, seed=self.seed)
+                       backend=self.backend, seed=self.seed, color_size=0.0)
 
 
 # ---------------------------------------------------------------------------
@@ -233,7 +238,7 @@ class _State:
 
 def _steps_of(payload: bytes) -> qz.QuantSteps:
   s = gjx_info(payload)["steps"]
-  return qz.QuantSteps(s["pos"], s["scale"], s["shear"], tuple(s["color"]))
+  return qz.QuantSteps(s["pos"], s["scale"], s["shear"], tuple(s["color"]), s["color_size"])
 
 
 def _clip(sym: qz.Symbols, h: int, w: int, steps: qz.QuantSteps) -> qz.Symbols:
@@ -246,8 +251,7 @@ def _clip(sym: qz.Symbols, h: int, w: int, steps: qz.QuantSteps) -> qz.Symbols:
   chol[:, 0::2] = np.clip(chol[:, 0::2], math.floor(lmin), math.ceil(lmax))
   smax = math.ceil(qz.SHEAR_MAX / steps.shear)
   chol[:, 1] = np.clip(chol[:, 1], -smax, smax)
-  cmax = np.ceil(2 * qz.COLOR_MAX / np.asarray(steps.color)).astype(np.int64)
-  return qz.Symbols(pos, chol, np.clip(sym.color, -cmax, cmax))
+  return qz.Symbols(pos, chol, np.clip(sym.color, *qz.color_symbol_range(steps)))
 
 
 def _gjx_state(payload: bytes, steps: qz.QuantSteps | None, h: int, w: int, c: int) -> _State:
