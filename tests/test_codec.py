@@ -1,5 +1,6 @@
 """Codec: quantisers, container, round trip, rate control, determinism, CLI."""
 
+import dataclasses
 import os
 import struct
 import zlib
@@ -90,7 +91,6 @@ class TestQuantizers:
 
   def test_size_scaled_colour_steps(self):
     """color_size: the file holds the quantised values, each colour within half its own step."""
-    import dataclasses
     h, w = 40, 56
     g = _random_gaussians(h=h, w=w)
     steps = dataclasses.replace(qz.default_steps(3), color_size=0.5)
@@ -123,7 +123,6 @@ class TestQuantizers:
 
   @pytest.mark.parametrize("bad", [0.3, -0.125, 2.0, True, "1"])
   def test_color_size_must_fit_the_file(self, bad):
-    import dataclasses
     with pytest.raises(ValueError, match="color_size"):
       gaussjax.CodecConfig(color_size=bad)
     with pytest.raises(ValueError, match="color_size"):

@@ -1,5 +1,6 @@
 """Rate in the encoder's objective (gaussjax.codec._rate) and RD pruning."""
 
+import dataclasses
 import math
 
 import jax.numpy as jnp
@@ -33,11 +34,11 @@ def fitted():
   return img, g
 
 
-@pytest.mark.parametrize("factor", [0.5, 1.0, 2.0])
-def test_file_estimate_tracks_real_bytes(fitted, factor):
+@pytest.mark.parametrize("factor, color_size", [(0.5, 0.0), (1.0, 0.0), (2.0, 0.0), (1.0, 0.375)])
+def test_file_estimate_tracks_real_bytes(fitted, factor, color_size):
   img, g = fitted
   h, w = img.shape[:2]
-  steps = qz.default_steps(3).scaled(factor)
+  steps = dataclasses.replace(qz.default_steps(3).scaled(factor), color_size=color_size)
   real = 8 * len(gaussjax.encode_gaussians(g, h, w, steps=steps))
   est = _rate.file_bits(g, h, w, steps)
   assert abs(est / real - 1) <= FILE_TOLERANCE, (est, real)
@@ -56,7 +57,6 @@ def test_estimate_follows_the_steps_like_the_file(fitted):
 @pytest.mark.parametrize("color_size", [0.0, 0.375])
 def test_training_bits_equal_the_numpy_estimate(fitted, color_size):
   """The differentiable per-Gaussian bits are the estimate's attribute bits."""
-  import dataclasses
   img, g = fitted
   h, w = img.shape[:2]
   steps = dataclasses.replace(qz.default_steps(3), color_size=color_size)
