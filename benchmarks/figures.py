@@ -192,6 +192,16 @@ def _average_curves(rows, codec_keys, param_keys):
   return {codec: sorted(points) for codec, points in curves.items()}
 
 
+def _short_images(text: str) -> str:
+  """``"kodim [1, 2, ..., 24] at ..."`` as ``"24 Kodak images at ..."`` (a title that fits)."""
+  if text.startswith("kodim [") and "]" in text:
+    inside, rest = text[len("kodim ["):].split("]", 1)
+    count = len([x for x in inside.split(",") if x.strip()])
+    if count > 6:
+      return f"{count} Kodak images{rest.split(' (')[0]}"
+  return text
+
+
 def rd_plot(args) -> None:
   names = getattr(args, "rd_results", "rd.json").split(",")
   files = [os.path.join(RESULTS, name) for name in names if os.path.exists(os.path.join(RESULTS, name))]
@@ -215,7 +225,14 @@ def rd_plot(args) -> None:
       print(f"{os.path.relpath(path, ROOT)}: no rows with a codec, bpp and psnr; skipped")
       continue
     if isinstance(meta.get("images"), str):
-      subtitles.append(meta["images"])
+      subtitles.append(_short_images(meta["images"]))
+    # A codec run on only some of the images (rd.py --compare-old) would be a
+    # mean over other pictures: left out.
+    covered = {c: {r.get("image") for r in rows if r.get("codec") == c} for c in curves}
+    everyone = set().union(*covered.values())
+    for codec in [c for c in curves if covered[c] != everyone]:
+      print(f"{codec}: on {len(covered[codec])} of {len(everyone)} images, not drawn")
+      del curves[codec]
     for codec, points in curves.items():
       ours = "gauss" in codec.lower()
       classical_seen |= not ours
