@@ -33,8 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gaussjax import constants
 from gaussjax.core._gaussians import Gaussians
+from gaussjax.fitting._density import rendered_det
 
 # Range of l11, l22 (pixels) the scale quantiser covers; values outside are
 # clipped. Below ~1/32 px a factor is invisible next to the COV_FLOOR prefilter.
@@ -161,8 +161,7 @@ def _color_factor(logs_q, shear_q, steps: QuantSteps, xp):
   l11 = xp.exp(logs_q[:, 0] * steps.scale)
   l22 = xp.exp(logs_q[:, 1] * steps.scale)
   l21 = xp.sinh(shear_q * steps.shear) * l22
-  f = constants.COV_FLOOR
-  d = xp.sqrt((l11 * l22) ** 2 + f * (l11 * l11 + l21 * l21 + l22 * l22) + f * f)
+  d = xp.sqrt(rendered_det(xp.stack([l11, l21, l22], -1), xp))
   return xp.clip((d / COLOR_SIZE_REF) ** (-steps.color_size), 1.0 / COLOR_SIZE_CLIP,
                  COLOR_SIZE_CLIP)
 

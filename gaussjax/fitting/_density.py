@@ -81,9 +81,12 @@ def contributions(gaussians: Gaussians) -> np.ndarray:
   return np.where(is_active(gaussians), energy, 0.0)
 
 
-def rendered_det(chol) -> np.ndarray:
-  """``[N]`` float64 ``det Σ`` of the rendered covariance ``L Lᵀ + COV_FLOOR · I``."""
-  chol = np.asarray(chol, np.float64)
+def rendered_det(chol, xp=np) -> np.ndarray:
+  """``[N]`` ``det Σ`` of the rendered covariance ``L Lᵀ + COV_FLOOR · I``.
+
+  numpy (``xp=np``, the default): in float64. ``xp=jnp``: in ``chol``'s dtype.
+  """
+  chol = np.asarray(chol, np.float64) if xp is np else chol
   l11, l21, l22 = chol[:, 0], chol[:, 1], chol[:, 2]
   floor = constants.COV_FLOOR
   return (l11 * l22) ** 2 + floor * (l11 * l11 + l21 * l21 + l22 * l22) + floor * floor
