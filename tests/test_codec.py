@@ -1,6 +1,7 @@
 """Codec: quantisers, container, round trip, rate control, determinism, CLI."""
 
 import dataclasses
+import math
 import os
 import struct
 import zlib
@@ -120,6 +121,32 @@ class TestQuantizers:
     # color_size 0 is the plain quantiser, to the byte.
     plain = gaussjax.encode_gaussians(g, h, w, steps=qz.default_steps(3))
     assert plain[mode] == 0x01 and plain != data
+
+  @pytest.mark.parametrize("color_size", [0.0, 0.5])
+  def test_clip_symbols_keeps_quantised_and_bounds_the_rest(self, color_size):
+    """The decoders' clip: a no-op on quantize's symbols; wild symbols land on the range's ends."""
+    h, w = 40, 56
+    g = _random_gaussians(h=h, w=w)
+    steps = dataclasses.replace(qz.default_steps(3), color_size=color_size)
+    sym, _ = qz.quantize(g, h, w, steps)
+    kept = qz.clip_symbols(sym, h, w, steps)
+    for field in ("pos", "chol", "color"):
+      np.testing.assert_array_equal(getattr(kept, field), getattr(sym, field))
+    big = 1 << 40
+    wild = qz.Symbols(np.array([[-5, big], [big, -5]]), np.array([[big, big, -big], [-big, -big, big]]),
+                      np.array([[big, -big, 0], [-big, big, 0]]))
+    out = qz.clip_symbols(wild, h, w, steps)
+    top = (1 << qz.grid_bits(h, w, steps.pos)) - 1
+    np.testing.assert_array_equal(out.pos, [[0, top], [top, 0]])
+    lo, hi = qz.color_symbol_range(steps)
+    np.testing.assert_array_equal(out.color[0, :2], [hi[0], lo[1]])
+    smax = math.ceil(qz.SHEAR_MAX / steps.shear)
+    lmin = math.floor(math.log(qz.SCALE_MIN) / steps.scale)
+    lmax = math.ceil(math.log(2.0 * max(h, w)) / steps.scale)
+    np.testing.assert_array_equal(out.chol, [[lmax, smax, lmin], [lmin, -smax, lmax]])
+    decoded = qz.dequantize(out, h, w, steps)
+    assert all(np.all(np.isfinite(x)) for x in decoded)
+    assert np.all(decoded.chol[:, 0::2] <= 2.0 * max(h, w) * (1 + steps.scale))
 
   @pytest.mark.parametrize("bad", [0.3, -0.125, 2.0, True, "1"])
   def test_color_size_must_fit_the_file(self, bad):

@@ -377,15 +377,7 @@ def _decode_v1(header: Header, r: Reader) -> Gaussians:
   ix, iy = qz.morton_decode(codes, bits)
   chol = np.stack([dec.read(models[k], n) for k in (1, 2, 3)], -1)
   color = np.stack([dec.read(models[4 + k], n) for k in range(c)], -1)
-  # Clip the latents to the quantiser ranges, exactly as the encoder did, so that
-  # a corrupt file still yields finite, bounded Gaussians.
-  lmax = math.log(2.0 * max(h, w)) / steps.scale
-  lmin = math.log(qz.SCALE_MIN) / steps.scale
-  chol[:, 0::2] = np.clip(chol[:, 0::2], math.floor(lmin), math.ceil(lmax))
-  chol[:, 1] = np.clip(chol[:, 1], -math.ceil(qz.SHEAR_MAX / steps.shear),
-                       math.ceil(qz.SHEAR_MAX / steps.shear))
-  color = np.clip(color, *qz.color_symbol_range(steps))
-  sym = qz.Symbols(np.stack([ix, iy], -1), chol, color)
+  sym = qz.clip_symbols(qz.Symbols(np.stack([ix, iy], -1), chol, color), h, w, steps)
   return qz.dequantize(sym, h, w, steps)
 
 

@@ -184,6 +184,23 @@ def color_symbol_range(steps: QuantSteps) -> tuple[np.ndarray, np.ndarray]:
   return -kmax, kmax
 
 
+def clip_symbols(symbols: Symbols, height: int, width: int, steps: QuantSteps) -> Symbols:
+  """Symbols clipped to the ranges the quantisers can produce (FORMAT.md).
+
+  The decoders (image and video) apply it to whatever a file holds, so that a
+  corrupt file still yields finite, bounded Gaussians; symbols from
+  ``quantize`` are unchanged by it.
+  """
+  pos = np.clip(symbols.pos, 0, (1 << grid_bits(height, width, steps.pos)) - 1)
+  chol = np.array(symbols.chol, np.int64, copy=True)
+  lmax = math.log(2.0 * max(height, width)) / steps.scale
+  lmin = math.log(SCALE_MIN) / steps.scale
+  chol[:, 0::2] = np.clip(chol[:, 0::2], math.floor(lmin), math.ceil(lmax))
+  smax = math.ceil(SHEAR_MAX / steps.shear)
+  chol[:, 1] = np.clip(chol[:, 1], -smax, smax)
+  return Symbols(pos, chol, np.clip(symbols.color, *color_symbol_range(steps)))
+
+
 def _chol_latents(chol, height, width, steps: QuantSteps, xp):
   """``(log l11, log l22) / scale step`` and ``asinh(l21 / l22) / shear step``, clipped."""
   chol = canonical_chol(chol, xp)

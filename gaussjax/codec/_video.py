@@ -241,19 +241,6 @@ def _steps_of(payload: bytes) -> qz.QuantSteps:
   return qz.QuantSteps(s["pos"], s["scale"], s["shear"], tuple(s["color"]), s["color_size"])
 
 
-def _clip(sym: qz.Symbols, h: int, w: int, steps: qz.QuantSteps) -> qz.Symbols:
-  """Symbols clipped to the quantiser ranges (as the image decoder clips them)."""
-  bits = qz.grid_bits(h, w, steps.pos)
-  pos = np.clip(sym.pos, 0, (1 << bits) - 1)
-  chol = sym.chol.copy()
-  lmax = math.log(2.0 * max(h, w)) / steps.scale
-  lmin = math.log(qz.SCALE_MIN) / steps.scale
-  chol[:, 0::2] = np.clip(chol[:, 0::2], math.floor(lmin), math.ceil(lmax))
-  smax = math.ceil(qz.SHEAR_MAX / steps.shear)
-  chol[:, 1] = np.clip(chol[:, 1], -smax, smax)
-  return qz.Symbols(pos, chol, np.clip(sym.color, *qz.color_symbol_range(steps)))
-
-
 def _gjx_state(payload: bytes, steps: qz.QuantSteps | None, h: int, w: int, c: int) -> _State:
   """The state of a ``.gjx`` payload (an I-frame, or a P-frame's new Gaussians).
 
@@ -264,7 +251,7 @@ def _gjx_state(payload: bytes, steps: qz.QuantSteps | None, h: int, w: int, c: i
     raise DecodeError(f"embedded image is {gw}x{gh}x{g.channels}, the video {w}x{h}x{c}")
   steps = steps or _steps_of(payload)
   sym, _ = qz.quantize(g, h, w, steps)
-  return _State(_clip(sym, h, w, steps), steps, h, w)
+  return _State(qz.clip_symbols(sym, h, w, steps), steps, h, w)
 
 
 def _concat(a: qz.Symbols, b: qz.Symbols) -> qz.Symbols:
@@ -516,7 +503,7 @@ def _read_p(payload: bytes, state: _State, c: int, version: int = VERSION) -> _S
     if sym.pos.shape[0] + new.count > MAX_GAUSSIANS:
       raise DecodeError(f"{sym.pos.shape[0] + new.count} Gaussians is over MAX_GAUSSIANS")
     sym = _concat(sym, new.sym)
-  return _State(_clip(sym, h, w, steps), steps, h, w)
+  return _State(qz.clip_symbols(sym, h, w, steps), steps, h, w)
 
 
 # ---------------------------------------------------------------------------
@@ -623,7 +610,7 @@ class _Encoder:
   def _prediction_mse(self, cols: np.ndarray, frame: np.ndarray) -> float:
     """MSE against ``frame`` of the state with position symbols moved to ``cols``."""
     st = self.state
-    g = qz.dequantize(_clip(_from_columns(cols), st.height, st.width, st.steps), st.height,
+    g = qz.dequantize(qz.clip_symbols(_from_columns(cols), st.height, st.width, st.steps), st.height,
                       st.width, st.steps)
     out = np.clip(np.asarray(render_safe(g, st.height, st.width, backend=self.config.backend)),
                   0, 1)
@@ -685,7 +672,7 @@ class _Encoder:
         if self._prediction_mse(cols, frame) < still * 10 ** (-0.01):
           field, prev_cols = candidate, cols
     self.field = field
-    start = qz.dequantize(_clip(_from_columns(prev_cols), h, w, steps), h, w, steps)
+    start = qz.dequantize(qz.clip_symbols(_from_columns(prev_cols), h, w, steps), h, w, steps)
     fit_steps, tune_steps = cfg.p_step_split
     if n:
       fitted = self._fit_p(frame, start, fit_steps)
@@ -883,14 +870,14 @@ class _PFrame:
     image = np.asarray(self.frame, np.float32)
     still = stay & ~keep
     if still.any():
-      background = qz.dequantize(_clip(_from_columns(self.prev_cols[still]), h, w, steps), h, w,
-                                 steps)
+      kept = qz.clip_symbols(_from_columns(self.prev_cols[still]), h, w, steps)
+      background = qz.dequantize(kept, h, w, steps)
       image = image - np.asarray(render_safe(background, h, w, backend=cfg.backend), np.float32)
 
     def decoded(cols, fields):
       """The kept rows with ``fields`` rounded as the decoder will hold them."""
       d = _delta_symbols(cols, prev, m, cfg.p_deadzone)
-      sym = _clip(_from_columns((prev + m * d).astype(np.int64)), h, w, steps)
+      sym = qz.clip_symbols(_from_columns((prev + m * d).astype(np.int64)), h, w, steps)
       snapped = qz.dequantize(sym, h, w, steps)
       free = qz._reconstruct(*_split_latents(cols), h, w, steps, np)
       out = Gaussians(*(np.asarray(a, np.float32) for a in free))
