@@ -104,16 +104,17 @@ def run_classic(codec, ref, index, rows):
 
 
 # The encoder before issue 14 (no rate term, pruning by energy, nearest rounding, one colour
-# step per channel): --compare-old
+# step per channel, its fit and fine-tuning steps): --compare-old
 # times it against the defaults on the same images in the same run.
-OLD_ENCODER = {"rate_weight": 0.0, "rd_prune": False, "rd_round": False, "color_size": 0.0}
+OLD_ENCODER = {"rate_weight": 0.0, "rd_prune": False, "rd_round": False, "color_size": 0.0,
+               "fit_steps": 1500, "qat_steps": 300}
 
 
 def run_gaussjax(ref, index, targets, args, rows, codec="gaussjax", overrides=None):
   h, w = ref.shape[:2]
   for bpp in targets:
-    cfg = gaussjax.CodecConfig(bpp=bpp, fit_steps=args.fit_steps, qat_steps=args.qat_steps,
-                               **(overrides or {}))
+    settings = {"fit_steps": args.fit_steps, "qat_steps": args.qat_steps, **(overrides or {})}
+    cfg = gaussjax.CodecConfig(bpp=bpp, **settings)
     t = time.perf_counter()
     data = gaussjax.encode(ref, cfg)
     enc_s = time.perf_counter() - t
@@ -186,7 +187,8 @@ def main(argv=None):
   parser.add_argument("--name", default="rd")
   parser.add_argument("--compare-old", type=int, default=0,
                       help="also encode the first K images with the encoder before issue 14 "
-                           "(rate_weight=0, rd_prune=False, rd_round=False, color_size=0), interleaved, "
+                           "(rate_weight=0, rd_prune=False, rd_round=False, color_size=0, "
+                           "fit_steps=1500, qat_steps=300), interleaved, "
                            "to compare encode times")
   args = parser.parse_args(argv)
   images = [int(x) for x in args.images.split(",")]
