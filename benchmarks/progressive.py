@@ -155,7 +155,7 @@ NOTES = """
   with other jobs (load averages in the JSON and per row). Encode times are only comparable
   within this run.
 - Both kinds of file use the same reduced `--fit-steps` / `--qat-steps` (not the codec's
-  1500 + 300). With `level_steps=each` every level of the progressive file runs all of
+  defaults, `CodecConfig.fit_steps` + `qat_steps`). With `level_steps=each` every level of the progressive file runs all of
   them (each Gaussian gets as many optimiser steps as in a single-level file, and each level
   renders only its own Gaussians), so its encode takes longer (mean encode times above); at
   these reduced steps neither kind of fit has converged, which favours the progressive file.

@@ -213,8 +213,9 @@ def test_help_describes_every_command_and_shows_defaults(capsys):
   for name, sub in commands.items():
     assert sub.description and len(sub.description) > 40, name
   encode_help = commands["encode"].format_help()
-  assert "--fit-steps" in encode_help and "(default: 1500)" in encode_help
-  assert "(default: 300)" in encode_help
+  defaults = gaussjax.CodecConfig()
+  assert "--fit-steps" in encode_help and f"(default: {defaults.fit_steps})" in encode_help
+  assert f"(default: {defaults.qat_steps})" in encode_help
   assert "manifest.jsonl" in commands["encode-dir"].format_help()
   assert "sample:astronaut" in commands["fit"].format_help()
 

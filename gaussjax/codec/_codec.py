@@ -86,7 +86,10 @@ class CodecConfig:
     num_gaussians: force N (with ``bpp``: N of the float fit, which the
       rate controller may still prune).
     fit_steps: optimiser steps of the float fit (``gaussjax.fit``), run in
-      two halves: the quantiser steps and N are chosen between them.
+      two halves: the quantiser steps and N are chosen between them. What
+      2000 steps buy against 1500, and at what encode time:
+      ``benchmarks/results/codec_ablation_fit2000.md`` and
+      ``rd_fit2000_24.md``.
     qat_steps: steps of quantisation-aware fine-tuning.
     learning_rate: Adam learning rate of the fine-tuning (the float fit
       uses ``FitConfig``'s rates).
@@ -132,7 +135,7 @@ class CodecConfig:
   bpp: float | None = None
   quality: float | None = None
   num_gaussians: int | None = None
-  fit_steps: int = 1500
+  fit_steps: int = 2000
   qat_steps: int = 300
   learning_rate: float = 0.01
   bits_per_gaussian: float = 46.0
