@@ -155,10 +155,11 @@ NOTES = """
   with other jobs (load averages in the JSON and per row). Encode times are only comparable
   within this run.
 - Both kinds of file use the same reduced `--fit-steps` / `--qat-steps` (not the codec's
-  defaults, `CodecConfig.fit_steps` + `qat_steps`). With `level_steps=each` every level of the progressive file runs all of
-  them (each Gaussian gets as many optimiser steps as in a single-level file, and each level
-  renders only its own Gaussians), so its encode takes longer (mean encode times above); at
-  these reduced steps neither kind of fit has converged, which favours the progressive file.
+  defaults, `CodecConfig.fit_steps` + `qat_steps`). With `level_steps=each` every level of
+  the progressive file runs all of them (each Gaussian gets as many optimiser steps as in a
+  single-level file, and each level renders only its own Gaussians), so its encode takes
+  longer (mean encode times above); at these reduced steps neither kind of fit has
+  converged, which favours the progressive file.
   `progressive_cpu_split200.md` (same steps, kodim01 and 07) and `progressive_cpu_split.md`
   (300 + 60 steps, kodim01 and 03) split the steps over the levels instead (as many steps in
   all), which disfavours it. Files at the codec's full steps were not measured.
