@@ -33,7 +33,6 @@ from gaussjax import __version__, constants
 from gaussjax.cli import _cli_shard, _cli_tiles, _cli_video
 from gaussjax.cli._cli_common import (
   EXIT_INTERRUPTED,
-  FIT_CHUNK_MAX,
   FOLDER,
   GJX,
   IMAGE,
@@ -152,7 +151,7 @@ def _run_fit(args) -> int:
   _check_gaussians(args.gaussians, height, width)  # again: an SVG's exact size
   key = jax.random.key(args.seed)
   start = time.perf_counter()
-  log_every = max(1, min(args.steps // 100, FIT_CHUNK_MAX))
+  log_every = max(1, args.steps // 100)
   config = gaussjax.FitConfig(
       steps=args.steps, backend=args.backend, log_every=log_every, num_gaussians=args.gaussians,
       replan_every=max(log_every, 50), time_budget_s=args.time_budget, target_psnr=args.target_psnr)

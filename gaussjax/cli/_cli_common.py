@@ -44,10 +44,6 @@ INPUT_HELP = (
 # Exit status of a command stopped by Ctrl-C (128 + SIGINT, as shells report it).
 EXIT_INTERRUPTED = 130
 
-# Longest compiled chunk of steps of a `fit` command (FitConfig.log_every). Ctrl-C
-# takes effect only between chunks, so a long --steps still stops within one chunk.
-FIT_CHUNK_MAX = 100
-
 # What ``check_output`` accepts, by kind of output.
 IMAGE = "image"  # an image file: an extension save_image knows
 GJX = "gjx"  # a gaussjax file: the .gjx extension

@@ -16,12 +16,7 @@ import time
 
 import numpy as np
 
-from gaussjax.cli._cli_common import (
-  FIT_CHUNK_MAX,
-  non_negative_int,
-  positive_float,
-  positive_int,
-)
+from gaussjax.cli._cli_common import non_negative_int, positive_float, positive_int
 from gaussjax.codec import _tile_grid
 
 # Channels assumed for the budget of an input whose channels are unknown until
@@ -74,10 +69,9 @@ def fit(args, image: np.ndarray) -> int:
   from gaussjax.codec import _tiles
   from gaussjax.core._io import save_image
   start = time.perf_counter()
-  log_every = max(1, min(args.steps // 10, FIT_CHUNK_MAX))
-  config = gaussjax.FitConfig(steps=args.steps, backend=args.backend, log_every=log_every,
-                              replan_every=50, time_budget_s=args.time_budget,
-                              target_psnr=args.target_psnr)
+  config = gaussjax.FitConfig(steps=args.steps, backend=args.backend,
+                              log_every=max(1, args.steps // 10), replan_every=50,
+                              time_budget_s=args.time_budget, target_psnr=args.target_psnr)
   tiled = gaussjax.fit_tiled(image, args.gaussians, config, tile=args.tile, margin=args.margin,
                              memory_budget_mb=args.memory_budget, key=jax.random.key(args.seed),
                              progress=False if args.quiet else None)
