@@ -556,7 +556,8 @@ def _finetune_all(arrays, fitted, qsteps, config, mesh, vectorize) -> list[Gauss
     by_shape.setdefault(a.shape, []).append(i)
   for frozen, lr, n_steps in _codec._sequential_stages(config.qat_steps):
     for (h, w, _), members in by_shape.items():
-      snapped = [_codec._snap(fitted[i], h, w, qsteps[i], frozen) for i in members]
+      snapped = [_codec._stage_start(fitted[i], arrays[i], qsteps[i], frozen, config,
+                                     None if rates is None else rates[i]) for i in members]
       counts = [g.num_gaussians for g in snapped]
       if n_steps == 0 or max(counts) == 0:
         out = snapped

@@ -14,6 +14,7 @@ between the three. Call chain of a single-level file::
     │    ├─ _train → _loop.run(_train_step)   the training loop of gaussjax.fit with
     │    │                                    the codec's step (fake quantisation,
     │    │                                    frozen fields)
+    │    ├─ _stage_start → _rd_round_chol     Cholesky factors onto the grid by descent
     │    └─ _round_stage → _rd_round_colors   colours onto the grid by descent on MSE + λR
     └─ _code → encode_gaussians               quantise, Morton order, ANS-code, frame;
                                               the rate controller (_encode_rate)
@@ -124,6 +125,12 @@ class CodecConfig:
       grid by integer coordinate descent on ``MSE + rate_weight · λ · R``
       (``_rd_round_colors``) instead of rounding each to the nearest step.
       What it changes: ``benchmarks/results/codec_ablation_round.md``.
+    rd_round_chol: where the sequential fine-tuning quantises the Cholesky
+      factors, they are put on the grid by integer descent on ``MSE +
+      rate_weight · λ · R`` (``_rd_round_chol``) instead of rounding each to
+      the nearest step; the colours are then fine-tuned for them. No effect
+      with ``finetune="ste"``. What it changes:
+      ``benchmarks/results/codec_ablation_chol.md``.
     color_size: exponent β of size-scaled colour steps
       (``QuantSteps.color_size``): a Gaussian's colour steps times
       ``(sqrt det Σ / 16 px²)^-β`` (clipped to [1/4, 4]), finer for large
@@ -148,6 +155,7 @@ class CodecConfig:
   rate_weight: float = 1.0
   rd_prune: bool = True
   rd_round: bool = True
+  rd_round_chol: bool = True
   color_size: float = 0.375
 
   def __post_init__(self):
@@ -812,12 +820,28 @@ def _finetune(g: Gaussians, image: jax.Array, qsteps: qz.QuantSteps, config: Cod
     g = _train(g, image, iterations=iterations, learning_rate=qat_learning_rate(config),
                qsteps=qsteps, backend=config.backend, rate=rate)
   else:
-    h, w = image.shape[:2]
     for frozen, lr, n in _sequential_stages(iterations):
-      g = _snap(g, h, w, qsteps, frozen)
+      g = _stage_start(g, image, qsteps, frozen, config, rate)
       g = _train(g, image, iterations=n, learning_rate=lr * config.learning_rate, qsteps=None,
                  backend=config.backend, frozen=frozen, rate=rate)
   return _round_stage(g, image, qsteps, config, rate)
+
+
+def _stage_start(g: Gaussians, image: jax.Array, qsteps: qz.QuantSteps,
+                 frozen: tuple[str, ...], config: CodecConfig,
+                 rate: _rate.RateTerm | None) -> Gaussians:
+  """The start of a sequential stage: the ``frozen`` fields onto the grid (``_snap``).
+
+  When they include the Cholesky factors and ``config.rd_round_chol``, the
+  factors by ``_rd_round_chol`` (an idempotent snap for a stage that found
+  them on the grid already).
+  """
+  h, w = image.shape[:2]
+  g = _snap(g, h, w, qsteps, frozen)
+  if "chol" in frozen and config.rd_round_chol and g.num_gaussians:
+    weight = 0.0 if rate is None else float(rate.weight)
+    g = _rd_round_chol(g, image, qsteps, weight, backend=config.backend)
+  return g
 
 
 def _round_stage(g: Gaussians, image: jax.Array, qsteps: qz.QuantSteps, config: CodecConfig,
@@ -873,28 +897,22 @@ def _rd_round_colors(g: Gaussians, image: jax.Array, qsteps: qz.QuantSteps, weig
   bit_weight = weight * c / 2.0  # weight · bits / (H W) in units of ½ SSE / (H W C)
   plan = make_plan(g, h, w, backend=backend)
   target = jnp.asarray(image, jnp.float32)
-  rng = np.random.default_rng(0)
   colors = lambda q: np.asarray((q * st) @ inv.T, np.float32)
 
   def bits(q):
     loc, scale = _rate._fit_laplace(q, np.ones((len(q), 1)), np)
     return -_rate.laplace_log2_prob(q, loc, scale, np), loc, scale
 
-  best_q, best_j, best, share = q, math.inf, None, ROUND_SHARE
-  for _ in range(sweeps):
+  def evaluate(q):
     (half_sse, overflow), grad = _half_sse_grad(g._replace(colors=colors(q)), target, h, w,
                                                 backend, plan)
     if bool(overflow):
-      return g if best is None else g._replace(colors=colors(best_q))
+      return None
     b, loc, scale = bits(q)
-    j = float(half_sse) + bit_weight * float(np.sum(b))
-    if j >= best_j:  # the last sweep overshot: undo it, move less
-      q, share = best_q, share / 2
-      if share < 0.02:
-        break
-      grad, b, loc, scale = best
-    else:
-      best_q, best_j, best = q, j, (grad, b, loc, scale)
+    return float(half_sse) + bit_weight * float(np.sum(b)), (grad, b, loc, scale)
+
+  def propose(q, aux):
+    grad, b, loc, scale = aux
     dq = (np.asarray(grad, np.float64) @ inv) * st  # d(½ SSE) / d(latent)
     move, gain = np.zeros_like(q), np.zeros_like(q)
     for m in (-2.0, -1.0, 1.0, 2.0):
@@ -904,11 +922,154 @@ def _rd_round_colors(g: Gaussians, image: jax.Array, qsteps: qz.QuantSteps, weig
       d = np.where(np.abs(q + m) <= qmax, d, 0.0)
       better = d < gain
       move, gain = np.where(better, m, move), np.where(better, d, gain)
+    return move
+
+  best_q = _integer_descent(q, evaluate, propose, sweeps)
+  return g if best_q is None else g._replace(colors=colors(best_q))
+
+
+def _rd_round_chol(g: Gaussians, image: jax.Array, qsteps: qz.QuantSteps, weight: float, *,
+                   backend: str = "auto", sweeps: int = ROUND_SWEEPS) -> Gaussians:
+  """Cholesky factors on the quantiser grid that minimise ``MSE + weight · bpp``, by integer descent.
+
+  The twin of ``_rd_round_colors`` for the shape latents (``log l11``,
+  shear, ``log l22``; ``_quantize``), run where the sequential fine-tuning
+  quantises the factors (the colours, still in float, are fine-tuned after
+  it). Starting from the nearest steps, each sweep weighs a move of one step
+  up or down of each latent of each Gaussian. Moving Gaussian ``i`` alone
+  changes its footprint ``w → w'`` and ½ SSE by exactly
+  ``c · Σ_p e(p) (w'(p) - w(p)) + ½ |c|² Σ_p (w' - w)²`` (``e`` the residual):
+  the first term from one render's colour gradient per kind of move, the
+  second in closed form over the plane (``_footprint_change``) times the
+  Gaussian's share on the image. To that it adds ``weight · C / 2`` times the
+  change of its bits under the stream's Laplace model (``_rate``). Each
+  Gaussian proposes its best move; ``_integer_descent`` applies a random
+  share (neighbours interact) and never returns worse than the nearest steps.
+
+  Returns ``g`` with factors exactly on the grid (``encode_gaussians`` keeps
+  them); ``g`` unchanged when the render overflows its plan. What it buys:
+  ``benchmarks/results/codec_ablation_chol.md``.
+  """
+  from gaussjax.rendering._render import make_plan, resolve_backend
+  h, w, c = image.shape
+  backend = resolve_backend(backend)
+  g = Gaussians(*(np.asarray(x, np.float32) for x in g))
+  logs, shear = qz._chol_latents(np.asarray(g.chol, np.float64), h, w, qsteps, np)
+  q = np.rint(np.stack([logs[:, 0], shear, logs[:, 1]], -1))  # file order
+  # The quantiser's symbol range (qz.clip_symbols keeps it), per column.
+  lmin = round(math.log(qz.SCALE_MIN) / qsteps.scale)
+  lmax = round(math.log(2.0 * max(h, w)) / qsteps.scale)
+  smax = round(qz.SHEAR_MAX / qsteps.shear)
+  qlo, qhi = np.array([lmin, -smax, lmin], np.float64), np.array([lmax, smax, lmax], np.float64)
+  colors = np.asarray(g.colors, np.float64)
+  # |c|² times the share of w² on the image (the scale of the profile squared).
+  energy = np.sum(colors ** 2, -1) * _image_share(g, h, w) * constants.WEIGHT_SCALE ** 2
+  bit_weight = weight * c / 2.0  # as in _rd_round_colors
+  steps3 = np.array([qsteps.scale, qsteps.shear, qsteps.scale])
+  chol = lambda q: np.asarray(_latents_to_chol(q, steps3, np), np.float32)
+  plan = make_plan(g, h, w, backend=backend)
+  target = jnp.asarray(image, jnp.float32)
+
+  def bits(q):
+    loc, scale = _rate._fit_laplace(q, np.ones((len(q), 1)), np)
+    return -_rate.laplace_log2_prob(q, loc, scale, np), loc, scale
+
+  def evaluate(q):
+    gq = g._replace(chol=chol(q))
+    (half_sse, overflow), corr = _half_sse_grad(gq, target, h, w, backend, plan)
+    if bool(overflow):
+      return None
+    b, loc, scale = bits(q)
+    return float(half_sse) + bit_weight * float(np.sum(b)), (gq, corr, b, loc, scale)
+
+  def propose(q, aux):
+    gq, corr, b, loc, scale = aux
+    residual = _residual(gq, target, h, w, backend, plan)
+    base = np.sum(colors * np.asarray(corr, np.float64), -1)  # c · Σ e w
+    cov = _chol_cov(q, steps3)
+    best_d = np.zeros(len(q))
+    move = np.zeros_like(q)
+    for k in range(3):
+      for m in (-1.0, 1.0):
+        trial = q.copy()
+        trial[:, k] += m
+        trial[:, k] = np.clip(trial[:, k], qlo[k], qhi[k])
+        corr_m, overflow = _residual_correlation(g._replace(chol=chol(trial)), residual, h, w,
+                                                 backend, plan)
+        if bool(overflow):
+          continue
+        d = (np.sum(colors * np.asarray(corr_m, np.float64), -1) - base
+             + 0.5 * energy * _footprint_change(cov, _chol_cov(trial, steps3)))
+        if bit_weight:
+          d = d + bit_weight * (-_rate.laplace_log2_prob(trial[:, k], loc[k], scale[k], np)
+                                - b[:, k])
+        d = np.where(trial[:, k] != q[:, k], d, 0.0)
+        better = d < best_d
+        best_d = np.where(better, d, best_d)
+        move[better] = 0.0
+        move[better, k] = m
+    return move
+
+  best_q = _integer_descent(q, evaluate, propose, sweeps)
+  return g if best_q is None else g._replace(chol=chol(best_q))
+
+
+def _latents_to_chol(q, steps3, xp):
+  """``[N, 3]`` Cholesky factors of shape latents ``(log l11, shear, log l22)`` in step units."""
+  l11 = xp.exp(q[:, 0] * steps3[0])
+  l22 = xp.exp(q[:, 2] * steps3[2])
+  return xp.stack([l11, xp.sinh(q[:, 1] * steps3[1]) * l22, l22], -1)
+
+
+def _chol_cov(q, steps3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """``(Σxx, Σxy, Σyy)`` of the rendered covariances (with the prefilter) of shape latents."""
+  l11, l21, l22 = _latents_to_chol(q, steps3, np).T
+  floor = constants.COV_FLOOR
+  return l11 * l11 + floor, l11 * l21, l21 * l21 + l22 * l22 + floor
+
+
+def _footprint_change(cov, new) -> np.ndarray:
+  """``[N]`` ``∫ (w' - w)²`` over the plane of unit-peak Gaussian profiles of covariances ``cov``
+  and ``new`` (``(Σxx, Σxy, Σyy)`` each)."""
+  det = lambda s: s[0] * s[2] - s[1] * s[1]
+  d0, d1 = det(cov), det(new)
+  # Σ⁻¹ + Σ'⁻¹, entrywise.
+  a = cov[2] / d0 + new[2] / d1
+  b = -cov[1] / d0 - new[1] / d1
+  cc = cov[0] / d0 + new[0] / d1
+  return math.pi * (np.sqrt(d1) + np.sqrt(d0)) - 4.0 * math.pi / np.sqrt(a * cc - b * b)
+
+
+def _integer_descent(q: np.ndarray, evaluate, propose, sweeps: int) -> np.ndarray | None:
+  """Integer coordinate descent of ``_rd_round_colors`` and ``_rd_round_chol``.
+
+  ``evaluate(q)``: ``(objective, aux)``, or None when the render overflowed
+  its plan; ``propose(q, aux)``: the move of each element (same shape as
+  ``q``; 0 for none). Each sweep applies a random ``ROUND_SHARE`` of the
+  proposed moves; a sweep that made the objective worse is undone and the
+  share halved. Returns the best ``q`` seen (never worse than the start), or
+  None when the first render overflowed.
+  """
+  rng = np.random.default_rng(0)
+  best_q, best_j, best, share = q, math.inf, None, ROUND_SHARE
+  for _ in range(sweeps):
+    result = evaluate(q)
+    if result is None:
+      return None if best is None else best_q
+    j, aux = result
+    if j >= best_j:  # the last sweep overshot: undo it, move less
+      q, share = best_q, share / 2
+      if share < 0.02:
+        break
+      aux = best
+    else:
+      best_q, best_j, best = q, j, aux
+    move = propose(q, aux)
     chosen = (move != 0) & (rng.random(q.shape) < share)
     if not chosen.any():
       break
     q = q + np.where(chosen, move, 0.0)
-  return g._replace(colors=colors(best_q))
+  return best_q
 
 
 def _finetune_rate(g: Gaussians, image: jax.Array, qsteps: qz.QuantSteps,
@@ -1180,6 +1341,27 @@ def _image_share(g: Gaussians, height: int, width: int) -> np.ndarray:
   mu = np.asarray(g.means, np.float64)
   size = np.asarray([width, height], np.float64)
   return np.prod(np.asarray(ndtr((size - mu) / sd)) - np.asarray(ndtr(-mu / sd)), -1)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _residual(g, image, height, width, backend, plan):
+  """``[H, W, C]`` render minus ``image``."""
+  from gaussjax.rendering._render import rasterize
+  out, _ = rasterize(g, height, width, backend=backend, plan=plan)
+  return out - image
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _residual_correlation(g, residual, height, width, backend, plan):
+  """``([N, C] Σ_p residual(p) w_i(p), overflow flag)``: the colour gradient of ⟨residual, render⟩."""
+  from gaussjax.rendering._render import rasterize
+
+  def inner(colors):
+    out, overflow = rasterize(g._replace(colors=colors), height, width, backend=backend,
+                              plan=plan)
+    return jnp.sum(out * residual), overflow
+  (_, overflow), corr = jax.value_and_grad(inner, has_aux=True)(g.colors)
+  return corr, overflow
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
