@@ -106,8 +106,8 @@ def run_classic(codec, ref, index, rows):
 # The encoder before issue 14 (no rate term, pruning by energy, nearest rounding, one colour
 # step per channel, its fit and fine-tuning steps): --compare-old
 # times it against the defaults on the same images in the same run.
-OLD_ENCODER = {"rate_weight": 0.0, "rd_prune": False, "rd_round": False, "color_size": 0.0,
-               "fit_steps": 1500, "qat_steps": 300}
+OLD_ENCODER = {"rate_weight": 0.0, "rd_prune": False, "rd_round": False, "rd_round_chol": False,
+               "rd_round_means": False, "color_size": 0.0, "fit_steps": 1500, "qat_steps": 300}
 
 
 def run_gaussjax(ref, index, targets, args, rows, codec="gaussjax", overrides=None):
@@ -187,7 +187,8 @@ def main(argv=None):
   parser.add_argument("--name", default="rd")
   parser.add_argument("--compare-old", type=int, default=0,
                       help="also encode the first K images with the encoder before issue 14 "
-                           "(rate_weight=0, rd_prune=False, rd_round=False, color_size=0, "
+                           "(rate_weight=0, rd_prune=False, rd_round=False, "
+                           "rd_round_chol=False, rd_round_means=False, color_size=0, "
                            "fit_steps=1500, qat_steps=300), interleaved, "
                            "to compare encode times")
   args = parser.parse_args(argv)
@@ -257,6 +258,8 @@ def report(rows, images, targets, codecs, args, t0):
                    f"rd_slope={gaussjax.CodecConfig().rd_slope}, "
                    f"finetune={gaussjax.CodecConfig().finetune!r}, "
                    f"rd_round={gaussjax.CodecConfig().rd_round}, "
+                   f"rd_round_chol={gaussjax.CodecConfig().rd_round_chol}, "
+                   f"rd_round_means={gaussjax.CodecConfig().rd_round_means}, "
                    f"color_size={gaussjax.CodecConfig().color_size}"),
       "jpeg": "Pillow quality sweep, optimize=True, 4:2:0",
       "webp": "Pillow method=6", "jpeg2000": "Pillow/OpenJPEG irreversible=True mct=1, rates mode",

@@ -14,7 +14,8 @@ between the three. Call chain of a single-level file::
     │    ├─ _train → _loop.run(_train_step)   the training loop of gaussjax.fit with
     │    │                                    the codec's step (fake quantisation,
     │    │                                    frozen fields)
-    │    ├─ _stage_start → _rd_round_chol     Cholesky factors onto the grid by descent
+    │    ├─ _stage_start → _rd_round_means,   means, then Cholesky factors, onto the grid
+    │    │                 _rd_round_chol     by descent (_footprint_descent)
     │    └─ _round_stage → _rd_round_colors   colours onto the grid by descent on MSE + λR
     └─ _code → encode_gaussians               quantise, Morton order, ANS-code, frame;
                                               the rate controller (_encode_rate)
@@ -131,6 +132,10 @@ class CodecConfig:
       the nearest step; the colours are then fine-tuned for them. No effect
       with ``finetune="ste"``. What it changes:
       ``benchmarks/results/codec_ablation_chol.md``.
+    rd_round_means: likewise for the means where the fine-tuning quantises
+      them (``_rd_round_means``, on MSE alone), before the factors and colours
+      are fine-tuned for them. What it changes:
+      ``benchmarks/results/codec_ablation_means.md``.
     color_size: exponent β of size-scaled colour steps
       (``QuantSteps.color_size``): a Gaussian's colour steps times
       ``(sqrt det Σ / 16 px²)^-β`` (clipped to [1/4, 4]), finer for large
@@ -156,6 +161,7 @@ class CodecConfig:
   rd_prune: bool = True
   rd_round: bool = True
   rd_round_chol: bool = True
+  rd_round_means: bool = True
   color_size: float = 0.375
 
   def __post_init__(self):
@@ -832,13 +838,18 @@ def _stage_start(g: Gaussians, image: jax.Array, qsteps: qz.QuantSteps,
                  rate: _rate.RateTerm | None) -> Gaussians:
   """The start of a sequential stage: the ``frozen`` fields onto the grid (``_snap``).
 
-  When they include the Cholesky factors and ``config.rd_round_chol``, the
-  factors by ``_rd_round_chol`` (an idempotent snap for a stage that found
-  them on the grid already).
+  The field a stage freezes first (the last of ``frozen``; the others were
+  frozen by the stages before and are on the grid already) goes there by
+  ``_rd_round_means`` or ``_rd_round_chol`` when ``config.rd_round_means``
+  or ``config.rd_round_chol`` is set.
   """
   h, w = image.shape[:2]
   g = _snap(g, h, w, qsteps, frozen)
-  if "chol" in frozen and config.rd_round_chol and g.num_gaussians:
+  if not g.num_gaussians:
+    return g
+  if frozen[-1] == "means" and config.rd_round_means:
+    g = _rd_round_means(g, image, qsteps, backend=config.backend)
+  if frozen[-1] == "chol" and config.rd_round_chol:
     weight = 0.0 if rate is None else float(rate.weight)
     g = _rd_round_chol(g, image, qsteps, weight, backend=config.backend)
   return g
@@ -935,24 +946,15 @@ def _rd_round_chol(g: Gaussians, image: jax.Array, qsteps: qz.QuantSteps, weight
   The twin of ``_rd_round_colors`` for the shape latents (``log l11``,
   shear, ``log l22``; ``_quantize``), run where the sequential fine-tuning
   quantises the factors (the colours, still in float, are fine-tuned after
-  it). Starting from the nearest steps, each sweep weighs a move of one step
-  up or down of each latent of each Gaussian. Moving Gaussian ``i`` alone
-  changes its footprint ``w → w'`` and ½ SSE by exactly
-  ``c · Σ_p e(p) (w'(p) - w(p)) + ½ |c|² Σ_p (w' - w)²`` (``e`` the residual):
-  the first term from one render's colour gradient per kind of move, the
-  second in closed form over the plane (``_footprint_change``) times the
-  Gaussian's share on the image. To that it adds ``weight · C / 2`` times the
-  change of its bits under the stream's Laplace model (``_rate``). Each
-  Gaussian proposes its best move; ``_integer_descent`` applies a random
-  share (neighbours interact) and never returns worse than the nearest steps.
+  it): ``_footprint_descent`` with one step up or down of each latent, the
+  footprint change ``∫ (w' - w)²`` in closed form (``_footprint_change``)
+  and the bits of the stream's Laplace model (``_rate``).
 
   Returns ``g`` with factors exactly on the grid (``encode_gaussians`` keeps
   them); ``g`` unchanged when the render overflows its plan. What it buys:
   ``benchmarks/results/codec_ablation_chol.md``.
   """
-  from gaussjax.rendering._render import make_plan, resolve_backend
-  h, w, c = image.shape
-  backend = resolve_backend(backend)
+  h, w, _ = image.shape
   g = Gaussians(*(np.asarray(x, np.float32) for x in g))
   logs, shear = qz._chol_latents(np.asarray(g.chol, np.float64), h, w, qsteps, np)
   q = np.rint(np.stack([logs[:, 0], shear, logs[:, 1]], -1))  # file order
@@ -960,13 +962,83 @@ def _rd_round_chol(g: Gaussians, image: jax.Array, qsteps: qz.QuantSteps, weight
   lmin = round(math.log(qz.SCALE_MIN) / qsteps.scale)
   lmax = round(math.log(2.0 * max(h, w)) / qsteps.scale)
   smax = round(qz.SHEAR_MAX / qsteps.shear)
-  qlo, qhi = np.array([lmin, -smax, lmin], np.float64), np.array([lmax, smax, lmax], np.float64)
-  colors = np.asarray(g.colors, np.float64)
-  # |c|² times the share of w² on the image (the scale of the profile squared).
-  energy = np.sum(colors ** 2, -1) * _image_share(g, h, w) * constants.WEIGHT_SCALE ** 2
-  bit_weight = weight * c / 2.0  # as in _rd_round_colors
   steps3 = np.array([qsteps.scale, qsteps.shear, qsteps.scale])
-  chol = lambda q: np.asarray(_latents_to_chol(q, steps3, np), np.float32)
+  to_gaussians = lambda q: g._replace(
+      chol=np.asarray(_latents_to_chol(q, steps3, np), np.float32))
+  footprint = lambda q, trial: _footprint_change(_chol_cov(q, steps3), _chol_cov(trial, steps3))
+  best = _footprint_descent(g, image, q, to_gaussians, footprint, (lmin, -smax, lmin),
+                            (lmax, smax, lmax), weight, backend=backend, sweeps=sweeps)
+  return g if best is None else to_gaussians(best)
+
+
+def _rd_round_means(g: Gaussians, image: jax.Array, qsteps: qz.QuantSteps, *,
+                    backend: str = "auto", sweeps: int = ROUND_SWEEPS) -> Gaussians:
+  """Means on the position grid of least MSE, by integer descent (distortion only).
+
+  Run where the sequential fine-tuning quantises the means (the factors and
+  colours, still in float, are fine-tuned after it): ``_footprint_descent``
+  with one grid step along x or y, the footprint change of the shift in
+  closed form (``_shift_footprint``). The bits of a
+  position depend on its neighbours along the Morton curve, so no rate term.
+
+  Returns ``g`` with means exactly on the grid; ``g`` unchanged when the
+  render overflows its plan. What it buys: ``benchmarks/results/codec_ablation_means.md``.
+  """
+  h, w, _ = image.shape
+  g = Gaussians(*(np.asarray(x, np.float32) for x in g))
+  pos, _, _, _ = qz._latents(tuple(np.asarray(x, np.float64) for x in g), h, w, qsteps, np)
+  q = np.rint(pos)
+  m = qz.margin(h, w)
+  top = (1 << qz.grid_bits(h, w, qsteps.pos)) - 1
+  hi = tuple(min(math.floor((size + 2 * m) / qsteps.pos), top) for size in (w, h))
+  to_gaussians = lambda q: g._replace(means=np.asarray(q * qsteps.pos - m, np.float32))
+  footprint = lambda q, trial: _shift_footprint(g.chol, (trial - q) * qsteps.pos)
+  best = _footprint_descent(g, image, q, to_gaussians, footprint, (0, 0), hi, 0.0,
+                            backend=backend, sweeps=sweeps)
+  return g if best is None else to_gaussians(best)
+
+
+def _shift_footprint(chol, delta) -> np.ndarray:
+  """``[N]`` ``∫ (w(x - δ) - w(x))²`` over the plane: unit-peak profiles of the factors
+  ``chol [N, 3]`` (with the prefilter) shifted by ``delta [N, 2]``.
+
+  ``2π sqrt(det Σ) (1 - exp(-δᵀ Σ⁻¹ δ / 4))``.
+  """
+  from gaussjax.core._gaussians import conics
+  from gaussjax.fitting._density import rendered_det
+  conic = np.asarray(conics(np.asarray(chol, np.float64)), np.float64)
+  dx, dy = np.asarray(delta, np.float64).T
+  quad = conic[:, 0] * dx * dx + 2 * conic[:, 1] * dx * dy + conic[:, 2] * dy * dy
+  return 2.0 * math.pi * np.sqrt(rendered_det(chol)) * -np.expm1(-quad / 4.0)
+
+
+def _footprint_descent(g: Gaussians, image: jax.Array, q: np.ndarray, to_gaussians, footprint,
+                       qlo, qhi, weight: float, *, backend: str, sweeps: int) -> np.ndarray | None:
+  """Integer descent on a shape field's latents ``q [N, K]`` (``_integer_descent``).
+
+  Each sweep weighs a move of one step up or down of each of the K latents
+  of each Gaussian. Moving Gaussian ``i`` alone changes its footprint
+  ``w → w'`` and ½ SSE by exactly ``c · Σ_p e(p) (w'(p) - w(p)) + ½ |c|²
+  Σ_p (w' - w)²`` (``e`` the residual): the first term from one render's
+  colour gradient per kind of move, the second from ``footprint(q, trial)``
+  (``[N]`` ``∫ (w' - w)²`` over the plane of unit-peak profiles) times the
+  Gaussian's share on the image. With ``weight`` > 0 it adds ``weight · C /
+  2`` times the change of the latent's bits under its stream's Laplace model
+  (``_rate``), in the units of ``_rd_round_colors``. Each Gaussian proposes
+  its best move; a random share of them is applied (neighbours interact),
+  and the result is never worse than ``q``.
+
+  ``to_gaussians(q)``: the Gaussians with the field at latents ``q``;
+  ``qlo``, ``qhi``: per latent, the range the symbols must stay in. Returns
+  the best latents, or None when the render overflowed its plan.
+  """
+  from gaussjax.rendering._render import make_plan, resolve_backend
+  h, w, c = image.shape
+  backend = resolve_backend(backend)
+  colors = np.asarray(g.colors, np.float64)
+  # |c|² times the share of w² on the image (and the profile's peak scale, squared).
+  energy = np.sum(colors ** 2, -1) * _image_share(g, h, w) * constants.WEIGHT_SCALE ** 2
+  bit_weight = weight * c / 2.0
   plan = make_plan(g, h, w, backend=backend)
   target = jnp.asarray(image, jnp.float32)
 
@@ -975,32 +1047,33 @@ def _rd_round_chol(g: Gaussians, image: jax.Array, qsteps: qz.QuantSteps, weight
     return -_rate.laplace_log2_prob(q, loc, scale, np), loc, scale
 
   def evaluate(q):
-    gq = g._replace(chol=chol(q))
+    gq = to_gaussians(q)
     (half_sse, overflow), corr = _half_sse_grad(gq, target, h, w, backend, plan)
     if bool(overflow):
       return None
-    b, loc, scale = bits(q)
-    return float(half_sse) + bit_weight * float(np.sum(b)), (gq, corr, b, loc, scale)
+    if not bit_weight:
+      return float(half_sse), (gq, corr, None)
+    rate = bits(q)
+    return float(half_sse) + bit_weight * float(np.sum(rate[0])), (gq, corr, rate)
 
   def propose(q, aux):
-    gq, corr, b, loc, scale = aux
+    gq, corr, rate = aux
     residual = _residual(gq, target, h, w, backend, plan)
     base = np.sum(colors * np.asarray(corr, np.float64), -1)  # c · Σ e w
-    cov = _chol_cov(q, steps3)
     best_d = np.zeros(len(q))
     move = np.zeros_like(q)
-    for k in range(3):
+    for k in range(q.shape[1]):
       for m in (-1.0, 1.0):
         trial = q.copy()
-        trial[:, k] += m
-        trial[:, k] = np.clip(trial[:, k], qlo[k], qhi[k])
-        corr_m, overflow = _residual_correlation(g._replace(chol=chol(trial)), residual, h, w,
-                                                 backend, plan)
+        trial[:, k] = np.clip(trial[:, k] + m, qlo[k], qhi[k])
+        corr_m, overflow = _residual_correlation(to_gaussians(trial), residual, h, w, backend,
+                                                 plan)
         if bool(overflow):
           continue
         d = (np.sum(colors * np.asarray(corr_m, np.float64), -1) - base
-             + 0.5 * energy * _footprint_change(cov, _chol_cov(trial, steps3)))
-        if bit_weight:
+             + 0.5 * energy * footprint(q, trial))
+        if rate is not None:
+          b, loc, scale = rate
           d = d + bit_weight * (-_rate.laplace_log2_prob(trial[:, k], loc[k], scale[k], np)
                                 - b[:, k])
         d = np.where(trial[:, k] != q[:, k], d, 0.0)
@@ -1010,8 +1083,7 @@ def _rd_round_chol(g: Gaussians, image: jax.Array, qsteps: qz.QuantSteps, weight
         move[better, k] = m
     return move
 
-  best_q = _integer_descent(q, evaluate, propose, sweeps)
-  return g if best_q is None else g._replace(chol=chol(best_q))
+  return _integer_descent(q, evaluate, propose, sweeps)
 
 
 def _latents_to_chol(q, steps3, xp):

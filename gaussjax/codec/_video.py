@@ -208,14 +208,15 @@ class VideoConfig:
 
     One colour step per channel (``color_size=0``): P-frames move the latents
     of the I-frame's Gaussians in its step units, shapes included, and a
-    size-scaled colour step would change under them. The factors are rounded
-    to the nearest step (``rd_round_chol=False``), as when the video codec was
-    measured (``benchmarks/results/video*.md``).
+    size-scaled colour step would change under them. The means and factors
+    are rounded to the nearest step (``rd_round_means=False``,
+    ``rd_round_chol=False``), as when the video codec was measured
+    (``benchmarks/results/video*.md``).
     """
     return CodecConfig(bpp=bpp, quality=None if bpp is not None else (self.quality or 50.0),
                        fit_steps=self.fit_steps, qat_steps=self.qat_steps,
                        backend=self.backend, seed=self.seed, color_size=0.0,
-                       rd_round_chol=False)
+                       rd_round_means=False, rd_round_chol=False)
 
 
 # ---------------------------------------------------------------------------
