@@ -802,7 +802,9 @@ def _finetune(g: Gaussians, image: jax.Array, qsteps: qz.QuantSteps, config: Cod
   ``"sequential"`` (default): quantise the means and fine-tune the Cholesky
   factors and colours in float, then quantise the factors too and fine-tune
   the colours; ``encode_gaussians`` rounds the colours last. Each stage
-  repairs the rounding of the one before. ``"ste"``: Adam through
+  repairs the rounding of the one before; the rounding itself is an integer
+  descent on the render's error (``_stage_start``, ``_round_stage``) unless
+  ``config.rd_round_means`` / ``rd_round_chol`` / ``rd_round`` is off. ``"ste"``: Adam through
   ``fake_quantize`` (straight-through rounding of every attribute), keeping
   the best iterate. The two are compared at the same rate in
   ``benchmarks/results/codec_ablation.md`` (which chose the default) and,
