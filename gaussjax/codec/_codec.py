@@ -980,8 +980,8 @@ def _rd_round_means(g: Gaussians, image: jax.Array, qsteps: qz.QuantSteps, *,
   Run where the sequential fine-tuning quantises the means (the factors and
   colours, still in float, are fine-tuned after it): ``_footprint_descent``
   with one grid step along x or y, the footprint change of the shift in
-  closed form (``_shift_footprint``). The bits of a
-  position depend on its neighbours along the Morton curve, so no rate term.
+  closed form (``_shift_footprint``). The bits of a position depend on its
+  neighbours along the Morton curve, so no rate term.
 
   Returns ``g`` with means exactly on the grid; ``g`` unchanged when the
   render overflows its plan. What it buys: ``benchmarks/results/codec_ablation_means.md``.
@@ -1115,7 +1115,7 @@ def _footprint_change(cov, new) -> np.ndarray:
 
 
 def _integer_descent(q: np.ndarray, evaluate, propose, sweeps: int) -> np.ndarray | None:
-  """Integer coordinate descent of ``_rd_round_colors`` and ``_rd_round_chol``.
+  """Integer coordinate descent of ``_rd_round_colors`` and ``_footprint_descent``.
 
   ``evaluate(q)``: ``(objective, aux)``, or None when the render overflowed
   its plan; ``propose(q, aux)``: the move of each element (same shape as
