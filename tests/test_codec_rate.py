@@ -186,8 +186,9 @@ def test_rd_round_weight_trades_error_for_bits(fitted):
 
 def test_footprint_change_is_the_integral():
   """The closed form of ∫(w' - w)² (``_codec._footprint_change``) against a fine grid sum."""
-  cov = (np.array([4.0, 0.3]), np.array([1.5, -0.1]), np.array([2.0, 0.2]))
-  new = (np.array([5.0, 0.35]), np.array([0.5, 0.0]), np.array([2.5, 0.25]))
+  with_det = lambda s: (*s, s[0] * s[2] - s[1] * s[1])
+  cov = with_det((np.array([4.0, 0.3]), np.array([1.5, -0.1]), np.array([2.0, 0.2])))
+  new = with_det((np.array([5.0, 0.35]), np.array([0.5, 0.0]), np.array([2.5, 0.25])))
   x = np.arange(-30.0, 30.0, 0.02)
   xx, yy = np.meshgrid(x, x)
 

@@ -1006,12 +1006,11 @@ def _shift_footprint(chol, delta) -> np.ndarray:
 
   ``2π sqrt(det Σ) (1 - exp(-δᵀ Σ⁻¹ δ / 4))``.
   """
-  from gaussjax.core._gaussians import conics
-  from gaussjax.fitting._density import rendered_det
-  conic = np.asarray(conics(np.asarray(chol, np.float64)), np.float64)
+  from gaussjax.core._gaussians import rendered_covariance
+  sxx, sxy, syy, det = rendered_covariance(np.asarray(chol, np.float64))
   dx, dy = np.asarray(delta, np.float64).T
-  quad = conic[:, 0] * dx * dx + 2 * conic[:, 1] * dx * dy + conic[:, 2] * dy * dy
-  return 2.0 * math.pi * np.sqrt(rendered_det(chol)) * -np.expm1(-quad / 4.0)
+  quad = (syy * dx * dx - 2 * sxy * dx * dy + sxx * dy * dy) / det  # δᵀ Σ⁻¹ δ
+  return 2.0 * math.pi * np.sqrt(det) * -np.expm1(-quad / 4.0)
 
 
 def _footprint_descent(g: Gaussians, image: jax.Array, q: np.ndarray, to_gaussians, footprint,
@@ -1095,18 +1094,16 @@ def _latents_to_chol(q, steps3, xp):
   return xp.stack([l11, xp.sinh(q[:, 1] * steps3[1]) * l22, l22], -1)
 
 
-def _chol_cov(q, steps3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """``(Σxx, Σxy, Σyy)`` of the rendered covariances (with the prefilter) of shape latents."""
-  l11, l21, l22 = _latents_to_chol(q, steps3, np).T
-  floor = constants.COV_FLOOR
-  return l11 * l11 + floor, l11 * l21, l21 * l21 + l22 * l22 + floor
+def _chol_cov(q, steps3) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """``(Σxx, Σxy, Σyy, det Σ)`` of the rendered covariances of shape latents (float64)."""
+  from gaussjax.core._gaussians import rendered_covariance
+  return rendered_covariance(_latents_to_chol(q, steps3, np))
 
 
 def _footprint_change(cov, new) -> np.ndarray:
   """``[N]`` ``∫ (w' - w)²`` over the plane of unit-peak Gaussian profiles of covariances ``cov``
-  and ``new`` (``(Σxx, Σxy, Σyy)`` each)."""
-  det = lambda s: s[0] * s[2] - s[1] * s[1]
-  d0, d1 = det(cov), det(new)
+  and ``new`` (``(Σxx, Σxy, Σyy, det Σ)`` each, as ``rendered_covariance`` gives them)."""
+  d0, d1 = cov[3], new[3]
   # Σ⁻¹ + Σ'⁻¹, entrywise.
   a = cov[2] / d0 + new[2] / d1
   b = -cov[1] / d0 - new[1] / d1
