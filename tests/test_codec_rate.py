@@ -332,3 +332,19 @@ def test_encode_with_the_rate_pieces_meets_the_target():
   data = gaussjax.encode(img, config)
   assert abs(8 * len(data) / (32 * 48) / 1.5 - 1) <= config.rate_tolerance
   assert _codec.info_single(data)["num_gaussians"] > 0
+
+
+def test_shape_symbol_range_is_what_quantize_produces():
+  """The descents' symbol bounds: Gaussians far outside every range quantise exactly onto
+  ``qz.shape_symbol_range``'s ends, and ordinary ones inside them."""
+  h, w = 40, 70
+  steps = qz.default_steps(3)
+  means = np.array([[-1e4, -1e4], [1e4, 1e4], [35.0, 20.0]], np.float32)
+  chol = np.array([[1e-6, -1e9, 1e-6], [1e6, 1e12, 1e6], [2.0, 0.3, 1.5]], np.float32)
+  g = gaussjax.Gaussians(means, chol, np.zeros((3, 3), np.float32))
+  sym, order = qz.quantize(g, h, w, steps)
+  symbols = np.concatenate([sym.pos, sym.chol], -1)[np.argsort(order)]
+  lo, hi = qz.shape_symbol_range(h, w, steps)
+  np.testing.assert_array_equal(symbols[0], lo)
+  np.testing.assert_array_equal(symbols[1], hi)
+  assert np.all((symbols[2] > lo) & (symbols[2] < hi))

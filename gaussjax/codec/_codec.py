@@ -960,16 +960,13 @@ def _rd_round_chol(g: Gaussians, image: jax.Array, qsteps: qz.QuantSteps, weight
   g = Gaussians(*(np.asarray(x, np.float32) for x in g))
   logs, shear = qz._chol_latents(np.asarray(g.chol, np.float64), h, w, qsteps, np)
   q = np.rint(np.stack([logs[:, 0], shear, logs[:, 1]], -1))  # file order
-  # The quantiser's symbol range (qz.clip_symbols keeps it), per column.
-  lmin = round(math.log(qz.SCALE_MIN) / qsteps.scale)
-  lmax = round(math.log(2.0 * max(h, w)) / qsteps.scale)
-  smax = round(qz.SHEAR_MAX / qsteps.shear)
+  lo, hi = qz.shape_symbol_range(h, w, qsteps)
   steps3 = np.array([qsteps.scale, qsteps.shear, qsteps.scale])
   to_gaussians = lambda q: g._replace(
       chol=np.asarray(_latents_to_chol(q, steps3, np), np.float32))
   footprint = lambda q, trial: _footprint_change(_chol_cov(q, steps3), _chol_cov(trial, steps3))
-  best = _footprint_descent(g, image, q, to_gaussians, footprint, (lmin, -smax, lmin),
-                            (lmax, smax, lmax), weight, backend=backend, sweeps=sweeps)
+  best = _footprint_descent(g, image, q, to_gaussians, footprint, lo[2:], hi[2:], weight,
+                            backend=backend, sweeps=sweeps)
   return g if best is None else to_gaussians(best)
 
 
@@ -991,11 +988,10 @@ def _rd_round_means(g: Gaussians, image: jax.Array, qsteps: qz.QuantSteps, *,
   pos, _, _, _ = qz._latents(tuple(np.asarray(x, np.float64) for x in g), h, w, qsteps, np)
   q = np.rint(pos)
   m = qz.margin(h, w)
-  top = (1 << qz.grid_bits(h, w, qsteps.pos)) - 1
-  hi = tuple(min(math.floor((size + 2 * m) / qsteps.pos), top) for size in (w, h))
+  lo, hi = qz.shape_symbol_range(h, w, qsteps)
   to_gaussians = lambda q: g._replace(means=np.asarray(q * qsteps.pos - m, np.float32))
   footprint = lambda q, trial: _shift_footprint(g.chol, (trial - q) * qsteps.pos)
-  best = _footprint_descent(g, image, q, to_gaussians, footprint, (0, 0), hi, 0.0,
+  best = _footprint_descent(g, image, q, to_gaussians, footprint, lo[:2], hi[:2], 0.0,
                             backend=backend, sweeps=sweeps)
   return g if best is None else to_gaussians(best)
 
@@ -1049,17 +1045,18 @@ def _footprint_descent(g: Gaussians, image: jax.Array, q: np.ndarray, to_gaussia
 
   def evaluate(q):
     gq = to_gaussians(q)
-    (half_sse, overflow), corr = _half_sse_grad(gq, target, h, w, backend, plan)
+    residual = _residual(gq, target, h, w, backend, plan)
+    corr, overflow = _residual_correlation(gq, residual, h, w, backend, plan)  # Σ e w
     if bool(overflow):
       return None
+    half_sse = 0.5 * float(jnp.sum(jnp.square(residual)))
     if not bit_weight:
-      return float(half_sse), (gq, corr, None)
+      return half_sse, (residual, corr, None)
     rate = bits(q)
-    return float(half_sse) + bit_weight * float(np.sum(rate[0])), (gq, corr, rate)
+    return half_sse + bit_weight * float(np.sum(rate[0])), (residual, corr, rate)
 
   def propose(q, aux):
-    gq, corr, rate = aux
-    residual = _residual(gq, target, h, w, backend, plan)
+    residual, corr, rate = aux
     base = np.sum(colors * np.asarray(corr, np.float64), -1)  # c · Σ e w
     best_d = np.zeros(len(q))
     move = np.zeros_like(q)

@@ -184,6 +184,30 @@ def color_symbol_range(steps: QuantSteps) -> tuple[np.ndarray, np.ndarray]:
   return -kmax, kmax
 
 
+def shape_symbol_range(height: int, width: int,
+                       steps: QuantSteps) -> tuple[np.ndarray, np.ndarray]:
+  """``(lo, hi)``, each ``[5]``: the least and greatest symbol ``quantize`` produces of
+  ``ix, iy`` (positions) and ``log l11, shear, log l22`` (Cholesky, file order).
+
+  The encoder's integer descents (``_codec._footprint_descent``) keep their
+  symbols inside it, so that ``quantize`` gives back the symbols they chose.
+  """
+  m = margin(height, width)
+  top = (1 << grid_bits(height, width, steps.pos)) - 1
+  lmin, lmax = _log_scale_range(height, width)
+  smax = np.rint(SHEAR_MAX / steps.shear)
+  lo = np.array([0, 0, np.rint(lmin / steps.scale), -smax, np.rint(lmin / steps.scale)])
+  hi = np.array([min(np.rint((width + 2 * m) / steps.pos), top),
+                 min(np.rint((height + 2 * m) / steps.pos), top),
+                 np.rint(lmax / steps.scale), smax, np.rint(lmax / steps.scale)])
+  return lo, hi
+
+
+def _log_scale_range(height: int, width: int) -> tuple[float, float]:
+  """``(log SCALE_MIN, log 2 max(H, W))``: the range of ``log l11`` and ``log l22`` the quantiser covers."""
+  return math.log(SCALE_MIN), math.log(2.0 * max(height, width))
+
+
 def clip_symbols(symbols: Symbols, height: int, width: int, steps: QuantSteps) -> Symbols:
   """Symbols clipped to the ranges the quantisers can produce (FORMAT.md).
 
@@ -193,8 +217,7 @@ def clip_symbols(symbols: Symbols, height: int, width: int, steps: QuantSteps) -
   """
   pos = np.clip(symbols.pos, 0, (1 << grid_bits(height, width, steps.pos)) - 1)
   chol = np.array(symbols.chol, np.int64, copy=True)
-  lmax = math.log(2.0 * max(height, width)) / steps.scale
-  lmin = math.log(SCALE_MIN) / steps.scale
+  lmin, lmax = (v / steps.scale for v in _log_scale_range(height, width))
   chol[:, 0::2] = np.clip(chol[:, 0::2], math.floor(lmin), math.ceil(lmax))
   smax = math.ceil(SHEAR_MAX / steps.shear)
   chol[:, 1] = np.clip(chol[:, 1], -smax, smax)
@@ -204,8 +227,8 @@ def clip_symbols(symbols: Symbols, height: int, width: int, steps: QuantSteps) -
 def _chol_latents(chol, height, width, steps: QuantSteps, xp):
   """``(log l11, log l22) / scale step`` and ``asinh(l21 / l22) / shear step``, clipped."""
   chol = canonical_chol(chol, xp)
-  lmax = math.log(2.0 * max(height, width))
-  logs = xp.clip(xp.log(xp.maximum(chol[:, 0::2], SCALE_MIN)), math.log(SCALE_MIN), lmax)
+  lmin, lmax = _log_scale_range(height, width)
+  logs = xp.clip(xp.log(xp.maximum(chol[:, 0::2], SCALE_MIN)), lmin, lmax)
   shear = xp.clip(xp.arcsinh(chol[:, 1] / xp.maximum(chol[:, 2], SCALE_MIN)), -SHEAR_MAX, SHEAR_MAX)
   return logs / steps.scale, shear / steps.shear
 
