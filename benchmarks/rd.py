@@ -18,6 +18,8 @@ set the same knobs.
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
 import io
 import os
 import sys
@@ -104,16 +106,18 @@ def run_classic(codec, ref, index, rows):
 
 
 # The encoder before issue 14 (no rate term, pruning by energy, nearest rounding, one colour
-# step per channel, its fit and fine-tuning steps): --compare-old
+# step per channel, one position step, its fit and fine-tuning steps): --compare-old
 # times it against the defaults on the same images in the same run.
 OLD_ENCODER = {"rate_weight": 0.0, "rd_prune": False, "rd_round": False, "rd_round_chol": False,
-               "rd_round_means": False, "color_size": 0.0, "fit_steps": 1500, "qat_steps": 300}
+               "rd_round_means": False, "color_size": 0.0, "pos_levels": 0, "fit_steps": 1500,
+               "qat_steps": 300}
 
 
 def run_gaussjax(ref, index, targets, args, rows, codec="gaussjax", overrides=None):
   h, w = ref.shape[:2]
   for bpp in targets:
-    settings = {"fit_steps": args.fit_steps, "qat_steps": args.qat_steps, **(overrides or {})}
+    settings = {"fit_steps": args.fit_steps, "qat_steps": args.qat_steps, **args.set,
+                **(overrides or {})}
     cfg = gaussjax.CodecConfig(bpp=bpp, **settings)
     t = time.perf_counter()
     data = gaussjax.encode(ref, cfg)
@@ -173,6 +177,26 @@ def interp_psnr(rows, image, codec, bpp):
   return float(np.interp(np.log(bpp), np.log(b), p))
 
 
+def _config_fields(parser, items: list[str]) -> dict:
+  """``--set FIELD=VALUE`` items as CodecConfig overrides, checked before any work."""
+  fields = {f.name for f in dataclasses.fields(gaussjax.CodecConfig)}
+  out = {}
+  for item in items:
+    name, sep, value = item.partition("=")
+    if not sep or name not in fields or name in ("bpp", "quality"):
+      parser.error(f"--set {item!r}: expected FIELD=VALUE with a CodecConfig field "
+                   "other than bpp and quality")
+    try:
+      out[name] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      parser.error(f"--set {item!r}: {value!r} is not a Python literal")
+  try:
+    gaussjax.CodecConfig(bpp=1.0, **out)
+  except (TypeError, ValueError) as e:
+    parser.error(f"--set: {e}")
+  return out
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--images", default=os.environ.get("GJX_RD_IMAGES", "1,5,9,13,17,21"),
@@ -189,9 +213,13 @@ def main(argv=None):
                       help="also encode the first K images with the encoder before issue 14 "
                            "(rate_weight=0, rd_prune=False, rd_round=False, "
                            "rd_round_chol=False, rd_round_means=False, color_size=0, "
-                           "fit_steps=1500, qat_steps=300), interleaved, "
+                           "pos_levels=0, fit_steps=1500, qat_steps=300), interleaved, "
                            "to compare encode times")
+  parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                      help="a CodecConfig field of the gaussjax encodes, e.g. pos_levels=0 "
+                           "(repeatable; the value as a Python literal); for ablations")
   args = parser.parse_args(argv)
+  args.set = _config_fields(parser, args.set)
   images = [int(x) for x in args.images.split(",")]
   targets = [float(x) for x in args.bpp.split(",")]
   codecs = [c for c in CLASSIC if c != "avif" or features.check("avif")]
@@ -260,7 +288,9 @@ def report(rows, images, targets, codecs, args, t0):
                    f"rd_round={gaussjax.CodecConfig().rd_round}, "
                    f"rd_round_chol={gaussjax.CodecConfig().rd_round_chol}, "
                    f"rd_round_means={gaussjax.CodecConfig().rd_round_means}, "
-                   f"color_size={gaussjax.CodecConfig().color_size}"),
+                   f"color_size={gaussjax.CodecConfig().color_size}, "
+                   f"pos_levels={gaussjax.CodecConfig().pos_levels}"
+                   + "".join(f", --set {k}={v!r}" for k, v in args.set.items())),
       "jpeg": "Pillow quality sweep, optimize=True, 4:2:0",
       "webp": "Pillow method=6", "jpeg2000": "Pillow/OpenJPEG irreversible=True mct=1, rates mode",
       "avif": "Pillow speed=4" if "avif" in codecs else "not available",

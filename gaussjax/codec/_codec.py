@@ -142,6 +142,13 @@ class CodecConfig:
       Gaussians, whose colour error covers more pixels. A multiple of 1/8 in
       [0, 15/8]; 0: one step per channel for all. What it changes:
       ``benchmarks/results/codec_ablation_size.md``.
+    pos_levels: K of per-Gaussian position steps (``QuantSteps.pos_levels``):
+      each Gaussian's position step is the header's times ``2^(K - r)``, ``r``
+      in ``0..K`` from its position sensitivity (``|c|²`` times how thin it
+      is, ``qz.position_sensitivity``), so that faint, round Gaussians spend
+      fewer bits on positions; the threshold ``pos_ref`` is searched with the
+      steps. 0..3; 0: one position step for all. What it changes:
+      ``benchmarks/results/codec_ablation_pos.md``.
   """
 
   bpp: float | None = None
@@ -163,9 +170,11 @@ class CodecConfig:
   rd_round_chol: bool = True
   rd_round_means: bool = True
   color_size: float = 0.375
+  pos_levels: int = 3
 
   def __post_init__(self):
     qz.check_color_size(self.color_size)
+    qz.check_pos_levels(self.pos_levels)
     if isinstance(self.levels, bool) or not isinstance(self.levels, int) or \
         not 1 <= self.levels <= 16:
       raise ValueError(f"levels={self.levels!r} must be an int in [1, 16]")
@@ -244,6 +253,7 @@ def encode_gaussians(gaussians: Gaussians, height: int, width: int, *,
   if len(steps.color) != c:
     raise ValueError(f"steps.color has {len(steps.color)} entries for {c} channels")
   qz.check_color_size(steps.color_size)
+  qz.check_pos_levels(steps.pos_levels)
   for arr in gaussians:
     if not np.all(np.isfinite(np.asarray(arr))):
       raise ValueError("gaussians contain NaN or infinite values")
@@ -256,17 +266,18 @@ def encode_gaussians(gaussians: Gaussians, height: int, width: int, *,
   w.u16(width)
   w.u16(height)
   w.varint(n)
-  w.u8((COLOR_MODE_YCOCG if c == 3 else COLOR_MODE_DIRECT)
+  w.u8((COLOR_MODE_YCOCG if c == 3 else COLOR_MODE_DIRECT) | steps.pos_levels << 2
        | round(steps.color_size * qz.COLOR_SIZE_DENOM) << 4)
   _f16(w, steps.pos)
   _f16(w, steps.scale)
   _f16(w, steps.shear)
   for s in steps.color:
     _f16(w, s)
+  if steps.pos_levels:
+    _f16(w, steps.pos_ref)
   enc = Encoder()
   if n:
-    bits = qz.grid_bits(height, width, steps.pos)
-    codes = qz.morton_encode(sym.pos[:, 0], sym.pos[:, 1], bits)
+    codes, _ = qz.position_codes(sym.pos, height, width, steps)
     deltas = np.diff(codes, prepend=0)
     buckets = _bit_length(deltas)
     streams = [buckets] + [sym.chol[:, k] for k in range(3)] + [sym.color[:, k] for k in range(c)]
@@ -281,9 +292,23 @@ def encode_gaussians(gaussians: Gaussians, height: int, width: int, *,
       enc.add_uniform((low >> shift) & ((np.int64(1) << nb) - 1), nb)
     for s, m in zip(streams[1:], models[1:]):
       enc.add(s, m)
+    if steps.pos_levels:
+      refine, nb = _refinement(sym, height, width, steps)
+      for axis in range(2):
+        enc.add_uniform(refine[:, axis], nb)
   w.raw(enc.finish())
   w.u32(zlib.crc32(bytes(w.buf)))
   return bytes(w.buf)
+
+
+def _refinement(sym: qz.Symbols, height: int, width: int,
+                steps: qz.QuantSteps) -> tuple[np.ndarray, np.ndarray]:
+  """``(bits [N, 2], r [N])``: the refinement bits of each position below its coarse
+  cell, and how many per axis (``r``, from the decoded factors and colours)."""
+  k = steps.pos_levels
+  mult = qz.symbol_multiple(sym, height, width, steps)
+  shift = np.rint(np.log2(mult)).astype(np.int64)
+  return (sym.pos & ((1 << k) - 1)) >> shift[:, None], k - shift
 
 
 def _bit_length(x: np.ndarray) -> np.ndarray:
@@ -348,7 +373,8 @@ def _read_body_header(r: Reader, version: int, c: int, width: int, height: int,
   """
   n = r.varint("number of Gaussians", max_gaussians)
   byte = r.u8("colour mode")
-  mode, size = byte & 15, byte >> 4  # the transform; β · COLOR_SIZE_DENOM
+  # the transform; the position refinement levels K; β · COLOR_SIZE_DENOM
+  mode, levels, size = byte & 3, (byte >> 2) & 3, byte >> 4
   if mode not in (COLOR_MODE_DIRECT, COLOR_MODE_YCOCG) or (mode == COLOR_MODE_YCOCG) != (c == 3):
     raise DecodeError(f"colour mode {mode} is invalid for {c} channels")
   vals = []
@@ -359,8 +385,14 @@ def _read_body_header(r: Reader, version: int, c: int, width: int, height: int,
     if not (np.isfinite(v) and rng[0] <= v <= rng[1]):
       raise DecodeError(f"{name} {v} is outside [{rng[0]}, {rng[1]}]")
     vals.append(float(v))
+  ref = 1.0
+  if levels:
+    ref = struct.unpack("<e", r.take(2, "position reference"))[0]
+    lo, hi = qz.POS_REF_RANGE
+    if not (np.isfinite(ref) and lo <= ref <= hi):
+      raise DecodeError(f"position reference {ref} is outside [{lo}, {hi}]")
   steps = qz.QuantSteps(vals[0], vals[1], vals[2], tuple(vals[3:]),
-                        size / qz.COLOR_SIZE_DENOM)
+                        size / qz.COLOR_SIZE_DENOM, levels, float(ref))
   return Header(version, c, width, height, n, mode, steps)
 
 
@@ -372,7 +404,8 @@ def _decode_v1(header: Header, r: Reader) -> Gaussians:
       raise DecodeError(f"{r.end - r.pos} unexpected bytes after the header of an empty file")
     z = np.zeros((0, 2), np.float32)
     return Gaussians(z, np.zeros((0, 3), np.float32), np.zeros((0, c), np.float32))
-  bits = qz.grid_bits(h, w, steps.pos)
+  k = steps.pos_levels
+  bits = max(qz.grid_bits(h, w, steps.pos) - k, 0)  # of the coarse grid (qz.position_codes)
   names = ["position buckets", "log l11", "shear", "log l22"] + [f"colour {k}" for k in range(c)]
   models = [Model.read(r, name, MAX_ALPHABET * 16) for name in names]
   b = models[0]
@@ -391,10 +424,14 @@ def _decode_v1(header: Header, r: Reader) -> Gaussians:
   codes = np.cumsum(deltas)
   if codes[-1] >= (1 << (2 * bits)):
     raise DecodeError(f"position code {codes[-1]} is outside the {2 * bits}-bit grid")
-  ix, iy = qz.morton_decode(codes, bits)
-  chol = np.stack([dec.read(models[k], n) for k in (1, 2, 3)], -1)
-  color = np.stack([dec.read(models[4 + k], n) for k in range(c)], -1)
-  sym = qz.clip_symbols(qz.Symbols(np.stack([ix, iy], -1), chol, color), h, w, steps)
+  pos = np.stack(qz.morton_decode(codes, bits), -1) << k
+  chol = np.stack([dec.read(models[j], n) for j in (1, 2, 3)], -1)
+  color = np.stack([dec.read(models[4 + j], n) for j in range(c)], -1)
+  sym = qz.clip_symbols(qz.Symbols(pos, chol, color), h, w, steps)
+  if k:
+    shift = np.rint(np.log2(qz.symbol_multiple(sym, h, w, steps))).astype(np.int64)
+    refine = np.stack([dec.read_uniform(k - shift) for _ in range(2)], -1)
+    sym = qz.clip_symbols(qz.Symbols(pos | (refine << shift[:, None]), chol, color), h, w, steps)
   return qz.dequantize(sym, h, w, steps)
 
 
@@ -669,6 +706,8 @@ def _choose(image: jax.Array, g: Gaussians, base: qz.QuantSteps,
   these Gaussians' file at those steps (bytes grow about linearly in N).
   """
   h, w, _ = image.shape
+  if base.pos_levels:
+    base = dataclasses.replace(base, pos_ref=qz.reference_sensitivity(g))
   if config.rd_slope is None:
     steps = base
   else:
@@ -697,7 +736,7 @@ def _refit(image: jax.Array, g: Gaussians, n: int, config: CodecConfig,
 
 # Grid of the step search: each attribute's step times 2^(k/2), k = -4..4.
 STEP_GRID = tuple(2.0 ** (k / 2) for k in range(-4, 5))
-_STEP_ATTRIBUTES = ("pos", "scale", "shear", "color")
+_STEP_ATTRIBUTES = ("pos", "scale", "shear", "color", "pos_ref")
 
 
 def choose_steps(gaussians: Gaussians, image, *, base: qz.QuantSteps | None = None,
@@ -753,9 +792,11 @@ def choose_steps(gaussians: Gaussians, image, *, base: qz.QuantSteps | None = No
 
   best = [1.0] * len(_STEP_ATTRIBUTES)
   best_score, best_steps = score(best)
+  # pos_ref (per-Gaussian position steps) only matters with pos_levels.
+  searched = len(best) if base.pos_levels else len(best) - 1
   for _ in range(2):
     changed = False
-    for k in range(len(best)):
+    for k in range(searched):
       for f in STEP_GRID:
         trial = list(best)
         trial[k] = f
@@ -986,12 +1027,16 @@ def _rd_round_means(g: Gaussians, image: jax.Array, qsteps: qz.QuantSteps, *,
   h, w, _ = image.shape
   g = Gaussians(*(np.asarray(x, np.float32) for x in g))
   pos, _, _, _ = qz._latents(tuple(np.asarray(x, np.float64) for x in g), h, w, qsteps, np)
-  q = np.rint(pos)
+  # In units of each Gaussian's own step (pos_levels: from its factor and colour now).
+  mult = qz.position_multiple(g, h, w, qsteps)[:, None]
   m = qz.margin(h, w)
   lo, hi = qz.shape_symbol_range(h, w, qsteps)
-  to_gaussians = lambda q: g._replace(means=np.asarray(q * qsteps.pos - m, np.float32))
-  footprint = lambda q, trial: _shift_footprint(g.chol, (trial - q) * qsteps.pos)
-  best = _footprint_descent(g, image, q, to_gaussians, footprint, lo[:2], hi[:2], 0.0,
+  hi = np.floor(hi[None, :2] / mult)
+  q = np.minimum(np.rint(pos / mult), hi)
+  step = qsteps.pos * mult
+  to_gaussians = lambda q: g._replace(means=np.asarray(q * step - m, np.float32))
+  footprint = lambda q, trial: _shift_footprint(g.chol, (trial - q) * step)
+  best = _footprint_descent(g, image, q, to_gaussians, footprint, lo[:2], hi.T, 0.0,
                             backend=backend, sweeps=sweeps)
   return g if best is None else to_gaussians(best)
 
@@ -1237,9 +1282,11 @@ def _fit_settings(h: int, w: int, c: int, config: CodecConfig):
   """
   if config.bpp is None:
     n, steps = _quality_settings(config.quality or 50.0, h, w, c)
-    return config.num_gaussians or n, dataclasses.replace(steps, color_size=config.color_size)
+    return config.num_gaussians or n, dataclasses.replace(
+        steps, color_size=config.color_size, pos_levels=config.pos_levels)
   target = bytes_for_bpp(config.bpp, h, w)
-  steps = dataclasses.replace(qz.default_steps(c), color_size=config.color_size)
+  steps = dataclasses.replace(qz.default_steps(c), color_size=config.color_size,
+                              pos_levels=config.pos_levels)
   smallest = len(encode_gaussians(
       Gaussians(np.zeros((1, 2), np.float32), np.ones((1, 3), np.float32),
                 np.zeros((1, c), np.float32)), h, w, steps=steps))

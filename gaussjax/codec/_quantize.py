@@ -6,6 +6,14 @@ equally harmful everywhere, then rounded to an integer:
 * positions ``(x, y)``: ``round((μ + margin) / pos_step)``, a point on a grid
   that covers the image plus a margin; the grid points are ordered along a
   Morton (Z-order) curve and their sorted codes delta-coded (FORMAT.md).
+  With ``QuantSteps.pos_levels`` K > 0 the step is per Gaussian, ``pos_step ·
+  2^(K - r)`` with ``r`` in ``0..K`` set by its position sensitivity
+  (``position_sensitivity``, from its quantised factor and colour, so the
+  decoder computes the same): shifting a Gaussian by ``δ`` costs about
+  ``(π/2) sqrt(det Σ) δᵀ Σ⁻¹ δ |c|²`` of SSE, whatever its size, so faint
+  and round Gaussians get coarse positions and strong, thin ones fine. The
+  Morton codes are then those of the coarse grid (step ``pos_step · 2^K``),
+  and each Gaussian adds ``r`` refinement bits per axis.
 * Cholesky factors, sign-canonicalised to ``l11, l22 ≥ 0`` (same Σ):
   ``log l11 / scale_step``, ``log l22 / scale_step`` (relative precision, the
   same for small and large Gaussians) and ``asinh(l21 / l22) / shear_step``
@@ -58,6 +66,11 @@ COLOR_SIZE_CLIP = 4.0
 COLOR_SIZE_DENOM = 8
 COLOR_SIZE_MAX = 15 / COLOR_SIZE_DENOM
 
+# Per-Gaussian position steps (module docstring): at most POS_LEVELS_MAX
+# refinement levels; the reference sensitivity is a positive float16.
+POS_LEVELS_MAX = 3
+POS_REF_RANGE = (2.0 ** -24, 2.0 ** 15)
+
 YCOCG = np.array([[0.25, 0.5, 0.25], [0.5, 0.0, -0.5], [-0.25, 0.5, -0.25]], np.float64)
 YCOCG_INV = np.array([[1.0, 1.0, -1.0], [1.0, 0.0, 1.0], [1.0, -1.0, -1.0]], np.float64)
 
@@ -74,6 +87,12 @@ class QuantSteps:
     color_size: exponent β of the size-scaled colour steps (module
       docstring), a multiple of ``1 / COLOR_SIZE_DENOM`` in ``[0,
       COLOR_SIZE_MAX]``; 0: the same colour steps for every Gaussian.
+    pos_levels: K, the refinement levels of per-Gaussian position steps
+      (module docstring), ``0..POS_LEVELS_MAX``; 0: ``pos`` for every
+      Gaussian.
+    pos_ref: the position sensitivity (``position_sensitivity``) from which
+      up a Gaussian gets the finest step ``pos``; each factor of 4 below it
+      doubles the step, up to ``pos · 2^K``. Unused when ``pos_levels`` is 0.
   """
 
   pos: float
@@ -81,10 +100,13 @@ class QuantSteps:
   shear: float
   color: tuple[float, ...]
   color_size: float = 0.0
+  pos_levels: int = 0
+  pos_ref: float = 1.0
 
   def scaled(self, factor: float = 1.0, *, pos: float = 1.0, scale: float = 1.0,
-             shear: float = 1.0, color: float = 1.0) -> "QuantSteps":
-    """All steps times ``factor`` (and each attribute's own factor), kept in range.
+             shear: float = 1.0, color: float = 1.0, pos_ref: float = 1.0) -> "QuantSteps":
+    """All steps times ``factor`` (and each attribute's own factor), kept in range;
+    ``pos_ref`` times its own factor only.
 
     The results are rounded to float16, as the file stores them.
     """
@@ -94,7 +116,8 @@ class QuantSteps:
                       clip(self.scale, scale, SCALE_STEP_RANGE),
                       clip(self.shear, shear, SHEAR_STEP_RANGE),
                       tuple(clip(c, color, COLOR_STEP_RANGE) for c in self.color),
-                      self.color_size)
+                      self.color_size, self.pos_levels,
+                      rounded_pos_ref(self.pos_ref * pos_ref))
 
   def rounded(self) -> "QuantSteps":
     """Steps rounded to float16, as the file stores them."""
@@ -141,6 +164,101 @@ def canonical_chol(chol, xp=np):
   s1 = xp.where(chol[:, 0] < 0, -1.0, 1.0)
   s2 = xp.where(chol[:, 2] < 0, -1.0, 1.0)
   return xp.stack([chol[:, 0] * s1, chol[:, 1] * s1, chol[:, 2] * s2], -1)
+
+
+def rounded_pos_ref(value: float) -> float:
+  """``value`` clipped to ``POS_REF_RANGE`` and rounded to float16, as the file stores it."""
+  return float(np.float16(min(max(float(value), POS_REF_RANGE[0]), POS_REF_RANGE[1])))
+
+
+def reference_sensitivity(gaussians) -> float:
+  """Half the mean ``position_sensitivity`` of float Gaussians: the ``pos_ref``
+  that ``encode`` starts its step search from (``_codec._choose``).
+
+  A uniform position step suits the mean sensitivity (the errors add up), so
+  with per-Gaussian steps the header's step goes to the Gaussians above it;
+  half the mean did best on kodim01 (``pos_levels`` of 2 and 3, before the
+  search moves it).
+  """
+  chol = np.asarray(gaussians.chol, np.float64)
+  colors = np.asarray(gaussians.colors, np.float64)
+  if not len(chol):
+    return 1.0
+  return rounded_pos_ref(0.5 * float(np.mean(position_sensitivity(chol, colors))))
+
+
+def check_pos_levels(pos_levels) -> int:
+  """``pos_levels`` as an int, or ValueError when the file cannot store it."""
+  if isinstance(pos_levels, bool) or not isinstance(pos_levels, (int, np.integer)) or \
+      not 0 <= pos_levels <= POS_LEVELS_MAX:
+    raise ValueError(f"pos_levels={pos_levels!r} must be an integer in [0, {POS_LEVELS_MAX}]")
+  return int(pos_levels)
+
+
+def position_sensitivity(chol, colors, xp=np):
+  """``[N]`` ``|c|² tr Σ / (2 sqrt det Σ)``: the SSE a position error costs, per
+  unit of its mean square per axis, up to a constant factor.
+
+  Shifting a Gaussian by ``δ`` changes its footprint by ``∫ (w(x - δ) -
+  w(x))² ≈ (π/2) sqrt(det Σ) δᵀ Σ⁻¹ δ`` (``_codec._shift_footprint``), times
+  ``|c|²``; averaged over directions, ``sqrt(det Σ) tr Σ⁻¹ = tr Σ / sqrt(det
+  Σ)``. Round Gaussians: ``|c|²`` whatever their size; thin ones more.
+  ``Σ`` is the rendered covariance (with the prefilter).
+  """
+  from gaussjax.core._gaussians import rendered_covariance
+  sxx, _, syy, det = rendered_covariance(chol)
+  return xp.sum(colors * colors, -1) * (sxx + syy) / (2.0 * xp.sqrt(det))
+
+
+def _position_multiple(chol, colors, steps: QuantSteps, xp):
+  """``[N]`` each Gaussian's position step in units of ``steps.pos``: ``2^(K - r)``,
+  ``r = clip(K + floor(log4(s / pos_ref) + 1/2), 0, K)`` (``s`` its
+  ``position_sensitivity``); all ones when ``pos_levels`` is 0.
+
+  ``chol`` and ``colors`` are the decoder's reconstruction (``_reconstruct``
+  of the rounded latents), so that encoder and decoder agree.
+  """
+  k = steps.pos_levels
+  if not k:
+    return xp.ones(chol.shape[:1], chol.dtype)
+  s = xp.maximum(position_sensitivity(chol, colors, xp), 1e-30)
+  r = xp.clip(k + xp.floor(0.5 * xp.log2(s / steps.pos_ref) + 0.5), 0, k)
+  return 2.0 ** (k - r)
+
+
+def _latent_multiple(logs, shear, col, height, width, steps: QuantSteps, xp):
+  """``_position_multiple`` of rounded latents (``logs [N, 2]``, ``shear [N]``, ``col [N, C]``)."""
+  if not steps.pos_levels:
+    return xp.ones(shear.shape, shear.dtype)
+  _, chol, colors = _reconstruct(logs, logs, shear, col, height, width, steps, xp)
+  return _position_multiple(chol, colors, steps, xp)
+
+
+def position_multiple(gaussians, height: int, width: int, steps: QuantSteps) -> np.ndarray:
+  """``[N]`` (float64) each Gaussian's position step in units of ``steps.pos``, as
+  ``quantize`` sets it from the Gaussians' rounded factors and colours."""
+  g = tuple(np.asarray(x, np.float64) for x in gaussians)
+  _, logs, shear, col = _latents(g, height, width, steps, np)
+  return _latent_multiple(np.rint(logs), np.rint(shear), np.rint(col), height, width, steps, np)
+
+
+def symbol_multiple(symbols: "Symbols", height: int, width: int, steps: QuantSteps) -> np.ndarray:
+  """``[N]`` the position step multiples of ``symbols``, as the decoder computes them
+  (in float64, exactly as ``quantize`` did)."""
+  chol = np.asarray(symbols.chol, np.float64)
+  return _latent_multiple(chol[:, 0::2], chol[:, 1], np.asarray(symbols.color, np.float64),
+                          height, width, steps, np)
+
+
+def position_codes(pos: np.ndarray, height: int, width: int,
+                   steps: QuantSteps) -> tuple[np.ndarray, int]:
+  """``(codes, bits)``: the Morton codes of positions ``pos [N, 2]`` (fine grid
+  symbols) on the coarse grid the file's deltas run on (``pos >> pos_levels``),
+  and its bits per axis."""
+  k = steps.pos_levels
+  bits = max(grid_bits(height, width, steps.pos) - k, 0)
+  pos = np.asarray(pos, np.int64) >> k
+  return morton_encode(pos[:, 0], pos[:, 1], bits), bits
 
 
 def check_color_size(color_size) -> float:
@@ -341,12 +459,19 @@ def quantize(gaussians: Gaussians, height: int, width: int, steps: QuantSteps):
   """
   g = tuple(np.asarray(x, np.float64) for x in gaussians)
   pos, logs, shear, col = _latents(g, height, width, steps, np)
-  pos = np.rint(pos).astype(np.int64)
+  logs, shear, col = np.rint(logs), np.rint(shear), np.rint(col)
   bits = grid_bits(height, width, steps.pos)
-  pos = np.clip(pos, 0, (1 << bits) - 1)
-  order = np.argsort(morton_encode(pos[:, 0], pos[:, 1], bits), kind="stable")
-  chol = np.stack([np.rint(logs[:, 0]), np.rint(shear), np.rint(logs[:, 1])], -1).astype(np.int64)
-  color = np.rint(col).astype(np.int64)
+  top = (1 << bits) - 1
+  if steps.pos_levels:
+    mult = _latent_multiple(logs, shear, col, height, width, steps, np)[:, None]
+    # A multiple of the Gaussian's own step, at most the grid's last such point.
+    pos = np.minimum(np.rint(pos / mult), np.floor(top / mult)) * mult
+  pos = np.clip(np.rint(pos), 0, top).astype(np.int64)
+  coarse, _ = position_codes(pos, height, width, steps)
+  # Coarse Morton order; Gaussians in one coarse cell in fine Morton order.
+  order = np.lexsort((morton_encode(pos[:, 0], pos[:, 1], bits), coarse))
+  chol = np.stack([logs[:, 0], shear, logs[:, 1]], -1).astype(np.int64)
+  color = col.astype(np.int64)
   return Symbols(pos[order], chol[order], color[order]), order
 
 
@@ -371,6 +496,12 @@ def fake_quantize(gaussians: Gaussians, height: int, width: int, steps: QuantSte
   ordering); gradients pass through the rounding unchanged.
   """
   pos, logs, shear, col = _latents(tuple(gaussians), height, width, steps, jnp)
-  means, chol, colors = _reconstruct(_ste_round(pos), _ste_round(logs), _ste_round(shear),
-                                     _ste_round(col), height, width, steps, jnp)
+  logs, shear, col = _ste_round(logs), _ste_round(shear), _ste_round(col)
+  if steps.pos_levels:
+    mult = jax.lax.stop_gradient(_latent_multiple(logs, shear, col, height, width, steps,
+                                                  jnp))[:, None]
+    pos = _ste_round(pos / mult) * mult
+  else:
+    pos = _ste_round(pos)
+  means, chol, colors = _reconstruct(pos, logs, shear, col, height, width, steps, jnp)
   return Gaussians(means, chol, colors)

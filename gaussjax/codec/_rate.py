@@ -136,8 +136,10 @@ def rate_bpp(gaussians: Gaussians, height: int, width: int, term: RateTerm) -> j
 def _position_bits(gaussians: Gaussians, height: int, width: int, steps: qz.QuantSteps) -> float:
   """Bits of the position streams exactly as the coder spends them (model table excluded)."""
   sym, _ = qz.quantize(gaussians, height, width, steps)
-  bits = qz.grid_bits(height, width, steps.pos)
-  codes = qz.morton_encode(sym.pos[:, 0], sym.pos[:, 1], bits)
+  codes, _ = qz.position_codes(sym.pos, height, width, steps)
+  # Refinement bits below the coarse cells (pos_levels K): K - log2(multiple) per axis.
+  refine = 2.0 * float(np.sum(steps.pos_levels
+                              - np.log2(qz.symbol_multiple(sym, height, width, steps))))
   deltas = np.diff(codes, prepend=0)
   buckets = np.zeros(deltas.shape, np.int64)
   rest = deltas.copy()
@@ -147,7 +149,7 @@ def _position_bits(gaussians: Gaussians, height: int, width: int, steps: qz.Quan
   _, counts = np.unique(buckets, return_counts=True)
   p = counts / counts.sum()
   entropy = -float(np.sum(counts * np.log2(p)))
-  return entropy + float(np.sum(np.maximum(buckets - 1, 0)))
+  return entropy + float(np.sum(np.maximum(buckets - 1, 0))) + refine
 
 
 def gaussian_bits(gaussians: Gaussians, height: int, width: int,

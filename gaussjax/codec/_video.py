@@ -208,15 +208,16 @@ class VideoConfig:
 
     One colour step per channel (``color_size=0``): P-frames move the latents
     of the I-frame's Gaussians in its step units, shapes included, and a
-    size-scaled colour step would change under them. The means and factors
-    are rounded to the nearest step (``rd_round_means=False``,
+    size-scaled colour step would change under them; for the same reason one
+    position step for all (``pos_levels=0``). The means and factors are
+    rounded to the nearest step (``rd_round_means=False``,
     ``rd_round_chol=False``), as when the video codec was measured
     (``benchmarks/results/video*.md``).
     """
     return CodecConfig(bpp=bpp, quality=None if bpp is not None else (self.quality or 50.0),
                        fit_steps=self.fit_steps, qat_steps=self.qat_steps,
                        backend=self.backend, seed=self.seed, color_size=0.0,
-                       rd_round_means=False, rd_round_chol=False)
+                       rd_round_means=False, rd_round_chol=False, pos_levels=0)
 
 
 # ---------------------------------------------------------------------------
@@ -242,6 +243,9 @@ class _State:
 
 def _steps_of(payload: bytes) -> qz.QuantSteps:
   s = gjx_info(payload)["steps"]
+  if s.get("pos_levels"):  # P-frames move positions in one step for all (codec_config)
+    raise DecodeError("a video frame's Gaussians have per-Gaussian position steps "
+                      f"(pos_levels={s['pos_levels']}), which the video format does not use")
   return qz.QuantSteps(s["pos"], s["scale"], s["shear"], tuple(s["color"]), s["color_size"])
 
 
