@@ -701,7 +701,9 @@ def _choose(image: jax.Array, g: Gaussians, base: qz.QuantSteps,
             config: CodecConfig) -> tuple[qz.QuantSteps, int]:
   """``(steps, N)`` after the first half of the fit.
 
-  The steps come from ``choose_steps`` (unless ``config.rd_slope`` is None);
+  With per-Gaussian position steps (``pos_levels``) the search starts from
+  ``pos_ref = qz.reference_sensitivity(g)``. The steps come from
+  ``choose_steps`` (unless ``config.rd_slope`` is None);
   with a ``bpp`` target and no forced N, N is scaled by target / size of
   these Gaussians' file at those steps (bytes grow about linearly in N).
   """
@@ -746,7 +748,8 @@ def choose_steps(gaussians: Gaussians, image, *, base: qz.QuantSteps | None = No
   Maximises ``PSNR(decoded) - slope · log2(file bytes)`` for these Gaussians
   by coordinate search: each attribute's step (positions, log-scales,
   shear, all colour channels together) times a factor of ``STEP_GRID``
-  relative to ``base``, attribute by attribute, twice. ``slope`` is what
+  relative to ``base``, attribute by attribute, twice; with
+  ``base.pos_levels``, the position reference ``pos_ref`` too. ``slope`` is what
   doubling the bytes would buy if spent on more Gaussians (about the PSNR
   per doubling of N): fine steps pay at high PSNR, coarse ones at low PSNR.
 

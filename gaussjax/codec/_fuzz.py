@@ -16,6 +16,7 @@ Three kinds of bad file, each of which must decode or raise ``DecodeError``:
 from __future__ import annotations
 
 import collections
+import dataclasses
 import struct
 import time
 import zlib
@@ -24,6 +25,7 @@ import jax
 import numpy as np
 
 from gaussjax.codec import _formats
+from gaussjax.codec import _quantize as qz
 from gaussjax.codec._bitstream import DecodeError
 from gaussjax.codec._codec import MAGIC, MAX_GAUSSIANS, encode_gaussians
 from gaussjax.codec._progressive import encode_levels
@@ -236,13 +238,17 @@ def seed_files(cases) -> list[bytes]:
   """Valid ``.gjx`` files to mutate: one per ``(n, channels, (height, width))``, plus an empty one.
 
   Random Gaussians with Cholesky factors of both signs, so every field of the
-  format takes varied values.
+  format takes varied values; the k-th file has ``k mod 4`` levels of
+  per-Gaussian position steps (``QuantSteps.pos_levels``).
   """
   out = []
-  for n, c, (h, w) in cases:
+  for k, (n, c, (h, w)) in enumerate(cases):
     g = init_random(jax.random.key(n), n, h, w, c)
     chol = g.chol * jax.random.uniform(jax.random.key(c), (n, 3), minval=-1.5, maxval=1.5)
-    out.append(encode_gaussians(Gaussians(g.means, chol, g.colors), h, w))
+    g = Gaussians(g.means, chol, g.colors)
+    steps = dataclasses.replace(qz.default_steps(c), pos_levels=k % (qz.POS_LEVELS_MAX + 1),
+                                pos_ref=qz.reference_sensitivity(g) if n else 1.0)
+    out.append(encode_gaussians(g, h, w, steps=steps))
   empty = Gaussians(np.zeros((0, 2), np.float32), np.zeros((0, 3), np.float32),
                     np.zeros((0, 3), np.float32))
   out.append(encode_gaussians(empty, 9, 9))
