@@ -183,3 +183,17 @@ def test_config_and_video_checks():
   assert gaussjax.CodecConfig().pos_levels == 3
   from gaussjax.codec._video import VideoConfig
   assert VideoConfig().codec_config(0.5).pos_levels == 0
+
+
+@pytest.mark.parametrize("h, w, pos", [(1, 1, 16.0), (2, 3, 4.0), (300, 2, 0.5)])
+def test_round_trip_when_levels_exceed_the_grid(h, w, pos):
+  """Grids of one or two bits per axis, Gaussians far outside: the coarse grid may have
+  no bits at all, and the decoder still gives back exactly ``dequantize(quantize)``."""
+  g = _gaussians(n=50, h=h, w=w)
+  g = g._replace(means=g.means * 3 - w)
+  for levels in (1, 3):
+    steps = dataclasses.replace(_steps(g, levels), pos=pos)
+    decoded, _ = gaussjax.decode_gaussians(gaussjax.encode_gaussians(g, h, w, steps=steps))
+    sym, _ = qz.quantize(g, h, w, steps)
+    for a, e in zip(decoded, qz.dequantize(sym, h, w, steps)):
+      np.testing.assert_array_equal(a, e)
