@@ -306,8 +306,7 @@ def _refinement(sym: qz.Symbols, height: int, width: int,
   """``(bits [N, 2], r [N])``: the refinement bits of each position below its coarse
   cell, and how many per axis (``r``, from the decoded factors and colours)."""
   k = steps.pos_levels
-  mult = qz.symbol_multiple(sym, height, width, steps)
-  shift = np.rint(np.log2(mult)).astype(np.int64)
+  shift = qz.symbol_shift(sym, height, width, steps)
   return (sym.pos & ((1 << k) - 1)) >> shift[:, None], k - shift
 
 
@@ -429,7 +428,7 @@ def _decode_v1(header: Header, r: Reader) -> Gaussians:
   color = np.stack([dec.read(models[4 + j], n) for j in range(c)], -1)
   sym = qz.clip_symbols(qz.Symbols(pos, chol, color), h, w, steps)
   if k:
-    shift = np.rint(np.log2(qz.symbol_multiple(sym, h, w, steps))).astype(np.int64)
+    shift = qz.symbol_shift(sym, h, w, steps)
     refine = np.stack([dec.read_uniform(k - shift) for _ in range(2)], -1)
     sym = qz.clip_symbols(qz.Symbols(pos | (refine << shift[:, None]), chol, color), h, w, steps)
   return qz.dequantize(sym, h, w, steps)

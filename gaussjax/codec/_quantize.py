@@ -250,6 +250,12 @@ def symbol_multiple(symbols: "Symbols", height: int, width: int, steps: QuantSte
                           height, width, steps, np)
 
 
+def symbol_shift(symbols: "Symbols", height: int, width: int, steps: QuantSteps) -> np.ndarray:
+  """``[N]`` int64 ``K - r``, log2 of ``symbol_multiple``: the low bits of each position
+  symbol that are zero; the file stores ``r = K - shift`` refinement bits per axis."""
+  return np.rint(np.log2(symbol_multiple(symbols, height, width, steps))).astype(np.int64)
+
+
 def position_codes(pos: np.ndarray, height: int, width: int,
                    steps: QuantSteps) -> tuple[np.ndarray, int]:
   """``(codes, bits)``: the Morton codes of positions ``pos [N, 2]`` (fine grid

@@ -138,8 +138,7 @@ def _position_bits(gaussians: Gaussians, height: int, width: int, steps: qz.Quan
   sym, _ = qz.quantize(gaussians, height, width, steps)
   codes, _ = qz.position_codes(sym.pos, height, width, steps)
   # Refinement bits below the coarse cells (pos_levels K): K - log2(multiple) per axis.
-  refine = 2.0 * float(np.sum(steps.pos_levels
-                              - np.log2(qz.symbol_multiple(sym, height, width, steps))))
+  refine = 2.0 * float(np.sum(steps.pos_levels - qz.symbol_shift(sym, height, width, steps)))
   deltas = np.diff(codes, prepend=0)
   buckets = np.zeros(deltas.shape, np.int64)
   rest = deltas.copy()
