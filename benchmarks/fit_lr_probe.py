@@ -31,16 +31,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _machine  # noqa: E402
+from codec_probe import _psnr  # noqa: E402
 from rd import load  # noqa: E402
 
 import gaussjax  # noqa: E402
 from gaussjax.codec import _codec  # noqa: E402
 from gaussjax.fitting._fit import FitConfig, fit, init_for_fit  # noqa: E402
-
-
-def _psnr(g, ref) -> float:
-  h, w = ref.shape[:2]
-  return float(gaussjax.psnr(np.clip(np.asarray(_codec.render_safe(g, h, w)), 0, 1), ref))
 
 
 def float_fit(ref, n: int, steps: int, lr_means: float) -> tuple[float, float]:
@@ -51,7 +47,7 @@ def float_fit(ref, n: int, steps: int, lr_means: float) -> tuple[float, float]:
   t = time.perf_counter()
   g = init_for_fit(image, n, fc, key=jax.random.key(config.seed))
   g, _ = fit(image, g, fc)
-  return _psnr(g, ref), time.perf_counter() - t
+  return _psnr(g, *ref.shape[:2], ref), time.perf_counter() - t
 
 
 def encode_with(ref, bpp: float, lr_means: float) -> tuple[int, float, float]:
