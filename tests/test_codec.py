@@ -14,7 +14,8 @@ from PIL import Image
 
 import gaussjax
 from gaussjax.codec import _quantize as qz
-from gaussjax.codec._codec import MAGIC
+from gaussjax.codec._bitstream import AlphabetError
+from gaussjax.codec._codec import MAGIC, STEP_GRID
 from gaussjax.codec._formats import info
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -288,6 +289,23 @@ class TestSteps:
       gaussjax.choose_steps(g, img, slope=0)
     with pytest.raises(ValueError, match="colour channels"):
       gaussjax.choose_steps(g, img[:, :, :1])
+
+  def test_choose_steps_skips_steps_too_fine_to_code(self, fitted_crop):
+    # Large colours (an additive fit can make them) at a quarter of the default colour
+    # step span more symbols than one stream may hold; the search tries that factor, and
+    # must pass over it instead of raising (encode at 0.06 bpp on kodim20 did).
+    img, g = fitted_crop
+    h, w = img.shape[:2]
+    colors = np.asarray(g.colors).copy()
+    colors[0], colors[1] = 5.0, -5.0
+    g = g._replace(colors=colors)
+    base = qz.default_steps(3)
+    assert 0.25 in STEP_GRID
+    with pytest.raises(AlphabetError, match="MAX_ALPHABET"):
+      gaussjax.encode_gaussians(g, h, w, steps=base.scaled(color=0.25))
+    steps = gaussjax.choose_steps(g, img, slope=0.25)
+    data = gaussjax.encode_gaussians(g, h, w, steps=steps)
+    assert gaussjax.decode_gaussians(data)[0].num_gaussians == g.num_gaussians
 
   def test_scaled_per_attribute(self):
     base = qz.default_steps(3)

@@ -22,6 +22,10 @@ class DecodeError(ValueError):
   """
 
 
+class AlphabetError(ValueError):
+  """A symbol stream spans more than ``MAX_ALPHABET`` values: these steps are too fine to code."""
+
+
 # Largest alphabet of one symbol stream. Bounds the size of a stored histogram
 # and of the probability table built from it (4096 float64 = 32 KiB).
 MAX_ALPHABET = 4096
@@ -208,7 +212,8 @@ def _candidate_models(symbols: np.ndarray) -> list[Model]:
   lo, hi = int(symbols.min()), int(symbols.max())
   n = hi - lo + 1
   if n > MAX_ALPHABET:
-    raise ValueError(f"symbol range [{lo}, {hi}] is wider than MAX_ALPHABET={MAX_ALPHABET}")
+    raise AlphabetError(f"symbol range [{lo}, {hi}] is wider than MAX_ALPHABET={MAX_ALPHABET}"
+                        " (quantiser steps too fine for these values)")
   if n == 1:
     return [Model(MODEL_CONSTANT, lo, 1, None)]
   counts = np.bincount(symbols - lo, minlength=n)

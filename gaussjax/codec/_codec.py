@@ -43,6 +43,7 @@ from gaussjax.codec import _quantize as qz
 from gaussjax.codec import _rate
 from gaussjax.codec._bitstream import (
   MAX_ALPHABET,
+  AlphabetError,
   DecodeError,
   Decoder,
   Encoder,
@@ -751,6 +752,9 @@ def choose_steps(gaussians: Gaussians, image, *, base: qz.QuantSteps | None = No
   ``base.pos_levels``, the position reference ``pos_ref`` too. ``slope`` is what
   doubling the bytes would buy if spent on more Gaussians (about the PSNR
   per doubling of N): fine steps pay at high PSNR, coarse ones at low PSNR.
+  Steps too fine to code these Gaussians (a symbol stream wider than
+  ``MAX_ALPHABET`` values, as large colours at fine colour steps give) are
+  skipped.
 
   What it chooses and what it gains against the default steps, at the same
   rate: ``benchmarks/results/codec_ablation.md``. The search costs a few
@@ -785,7 +789,11 @@ def choose_steps(gaussians: Gaussians, image, *, base: qz.QuantSteps | None = No
   def score(factors) -> tuple[float, qz.QuantSteps]:
     steps = base.scaled(**dict(zip(_STEP_ATTRIBUTES, factors)))
     if steps not in scores:
-      size = len(encode_gaussians(g, h, w, steps=steps))
+      try:
+        size = len(encode_gaussians(g, h, w, steps=steps))
+      except AlphabetError:  # too fine for these Gaussians' values: not a candidate
+        scores[steps] = -math.inf
+        return scores[steps], steps
       sym, _ = qz.quantize(g, h, w, steps)
       out = render_safe(qz.dequantize(sym, h, w, steps), h, w, backend=backend)
       mse = float(np.mean((np.clip(np.asarray(out), 0.0, 1.0) - image) ** 2))
