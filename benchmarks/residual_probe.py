@@ -17,9 +17,10 @@ layer at its best before building it:
   (64 × 3 contexts), plus the alphabet bound of each; a real coder needs a
   few more bytes, so the probe favours the layer;
 * every file of the Gaussians (the defaults at each of ``--gauss-bpp``) is
-  combined with every ``q``, and ``hybrid`` is the upper hull of all these
-  points with the files alone: the best split of the bytes between the two
-  layers, chosen per rate with hindsight;
+  combined with every ``q``, and ``hybrid`` is the frontier of all these
+  points and the files alone (each point kept only if no cheaper one is as
+  good): the best split of the bytes between the two layers, chosen per
+  rate with hindsight;
 * ``dct_only`` codes the image itself (the residual of mid-grey) the same
   way, a JPEG-like coder with ideal adaptive entropy coding.
 
