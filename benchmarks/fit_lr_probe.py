@@ -32,6 +32,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _machine  # noqa: E402
 from codec_probe import _psnr  # noqa: E402
+from fit_schedule_probe import encode_variant  # noqa: E402
 from rd import load  # noqa: E402
 
 import gaussjax  # noqa: E402
@@ -51,21 +52,9 @@ def float_fit(ref, n: int, steps: int, lr_means: float) -> tuple[float, float]:
 
 
 def encode_with(ref, bpp: float, lr_means: float) -> tuple[int, float, float]:
-  """``(bytes, PSNR, seconds)`` of ``encode`` with the float fit's ``lr_means`` replaced."""
-  original = _codec._float_fit_config
-
-  def config_with_lr(config, n, iterations=None):
-    return dataclasses.replace(original(config, n, iterations), lr_means=lr_means)
-
-  _codec._float_fit_config = config_with_lr
-  try:
-    t = time.perf_counter()
-    data = gaussjax.encode(ref, gaussjax.CodecConfig(bpp=bpp))
-    seconds = time.perf_counter() - t
-  finally:
-    _codec._float_fit_config = original
-  out = np.clip(np.asarray(gaussjax.decode(data)), 0, 1)
-  return len(data), float(gaussjax.psnr(out, ref)), seconds
+  """``(bytes, PSNR, seconds)`` of ``encode`` with the float fit's ``lr_means`` replaced (both halves)."""
+  fields = {"lr_means": lr_means}
+  return encode_variant(ref, bpp, fields, fields, {})
 
 
 def main(argv=None):
