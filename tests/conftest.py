@@ -7,6 +7,10 @@ import pytest
 
 from gaussjax import constants as _constants
 
+# No test reads or writes the user's compilation cache (the command line's
+# default); tests/test_cache.py turns it on in a temporary directory.
+os.environ["GAUSSJAX_XLA_CACHE"] = "0"
+
 KODAK = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "kodak")
 KODAK_DIRS = (KODAK, "/work/shared/data/kodak")
 

@@ -65,6 +65,7 @@ from gaussjax.cli._cli_common import (
   ssim_text,
   svg_options,
 )
+from gaussjax.core._cache import enable_compilation_cache
 from gaussjax.core._io import load_image, save_image, write_atomic
 from gaussjax.core._svg import is_svg
 
@@ -471,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
   """Entry point of the ``gaussjax`` command; returns the exit status."""
   args = build_parser().parse_args(argv)
+  enable_compilation_cache()  # compiled programs are kept between runs (GAUSSJAX_XLA_CACHE=0: not)
   try:
     return int(args.func(args) or 0)
   except (CliError, ValueError, OSError) as e:  # DecodeError is a ValueError

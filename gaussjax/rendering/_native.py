@@ -26,14 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from gaussjax import constants
+from gaussjax.core._cache import cache_dir
 
 _SOURCE = pathlib.Path(__file__).with_name("_splat.cc")
 # Colour channels the kernel accumulates (a fixed-size array in _splat.cc).
 MAX_CHANNELS = 16
-
-
-def _cache_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("GAUSSJAX_CACHE", pathlib.Path.home() / ".cache" / "gaussjax"))
 
 
 def _cpu_tag() -> bytes:
@@ -64,7 +61,7 @@ def _build() -> pathlib.Path | None:
     return None
   tag = hashlib.sha256(_SOURCE.read_bytes() + jax.__version__.encode() + platform.machine().encode()
                        + compiler.encode() + _cpu_tag()).hexdigest()[:16]
-  library = _cache_dir() / f"libgaussjax_splat_{tag}.so"
+  library = cache_dir() / f"libgaussjax_splat_{tag}.so"
   if library.exists():
     return library
   try:
