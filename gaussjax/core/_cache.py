@@ -9,9 +9,10 @@ fresh process otherwise compiles every program of an encode again
 JAX keys each entry by the program, its shapes, the jax and XLA versions and
 the device, so an entry is only reused where it is the same program; an
 encode writes the same bytes with or without the cache (the same benchmark
-and ``tests/test_cache.py`` check this). This module imports no JAX: the command line calls it before
-JAX is imported, so the settings reach JAX through its environment
-variables (and its config, if it is already imported).
+and ``tests/test_cache.py`` check this). This module imports no JAX: the
+command line calls it before JAX is imported, so the settings reach JAX
+through its environment variables (and its config, if it is already
+imported).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def enable_compilation_cache() -> pathlib.Path | None:
   """Turns on JAX's persistent compilation cache under ``cache_dir() / "xla"``.
 
   Does nothing, and returns None, where ``GAUSSJAX_XLA_CACHE`` is ``0``
-  (or ``off``) or the directory cannot be created. Where the user has already
+  (or ``off``, ``false``, ``no``) or the directory cannot be created. Where the user has already
   chosen a cache directory (``JAX_COMPILATION_CACHE_DIR`` or
   ``jax.config``), that one is kept. ``GAUSSJAX_XLA_CACHE`` set to a path
   uses that path instead of the default.
