@@ -31,12 +31,10 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _machine  # noqa: E402
+from rd import KODAK  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
-KODAK = os.path.join(ROOT, "..", "shared", "data", "kodak")
-if not os.path.isdir(KODAK):
-  KODAK = "/work/shared/data/kodak"
 
 
 def encode(image: str, output: str, bpp: float, cache: str) -> float:

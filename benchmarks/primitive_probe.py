@@ -133,7 +133,7 @@ def fit(image: np.ndarray, n: int, variant: str, steps: int) -> float:
 
 
 def interp_log(ns: list[float], psnrs: list[float], n: float) -> float:
-  """PSNR at N from a curve over N, linear in log N (clamped extrapolation: nan outside)."""
+  """PSNR at N from a curve over N, linear in log N; nan outside the curve (no extrapolation)."""
   x = np.log(ns)
   if not x[0] <= math.log(n) <= x[-1]:
     return float("nan")
