@@ -21,6 +21,7 @@ import argparse
 import ast
 import dataclasses
 import io
+import json
 import os
 import sys
 import time
@@ -41,7 +42,6 @@ ANCHORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "anchors.json
 
 def load_anchors() -> dict:
   """Published Kodak points (``anchors.json``: bpp, psnr, source), mean over 24 images at 768x512."""
-  import json
   with open(ANCHORS) as f:
     return json.load(f)["anchors"]
 CLASSIC = {
@@ -218,7 +218,12 @@ def main(argv=None):
   parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                       help="a CodecConfig field of the gaussjax encodes, e.g. pos_levels=0 "
                            "(repeatable; the value as a Python literal); for ablations")
+  parser.add_argument("--anchors-of", metavar="RUN",
+                      help="encode nothing: write results/RUN_anchors.{json,md}, the anchors' "
+                           "table against the gaussjax rows of results/RUN.json (an earlier run)")
   args = parser.parse_args(argv)
+  if args.anchors_of:
+    return anchors_of(args.anchors_of)
   args.set = _config_fields(parser, args.set)
   images = [int(x) for x in args.images.split(",")]
   targets = [float(x) for x in args.bpp.split(",")]
@@ -240,6 +245,65 @@ def main(argv=None):
       run_gaussjax(ref, index, targets, args, rows)
     # The results so far, rewritten after every image (a run cut short still reports).
     report(rows, images[:k + 1], targets, codecs, args, t0)
+
+
+def anchors_of(run: str):
+  """The anchors' table against an earlier run's gaussjax rows (``--anchors-of``)."""
+  with open(os.path.join(_machine.RESULTS_DIR, f"{run}.json")) as f:
+    doc = json.load(f)
+  rows = doc["rows"]
+  targets = sorted({r["param"] for r in rows if r["codec"] == "gaussjax"})
+  full_size = "at 768x512" in doc["meta"]["images"]
+  table = anchor_rows(rows, targets, full_size)
+  meta = {"rows_from": f"results/{run}.json: {doc['meta']['images']}; gaussjax "
+                       f"{doc['meta']['gaussjax']}; run on {doc['machine'].get('cpu')} "
+                       f"({doc['machine'].get('date')})",
+          "anchors": "benchmarks/anchors.json (not measured here; 'kind' says where each is from)",
+          "bd_over": "'the same images': per-image BD-rates on the run's images, averaged as for "
+                     "the codecs; 'mean curves': the run's mean curve against the anchor's mean "
+                     "over its 24 images (biased when the run is a subset)"}
+  print(_machine.format_table(table))
+  _machine.write_results(f"{run}_anchors", table, meta)
+  codecs = [c for c in CLASSIC if any(r["codec"] == c for r in rows)]
+  plot(rows, codecs, os.path.join(_machine.RESULTS_DIR, f"{run}_anchors.png"),
+       doc["meta"]["images"], load_anchors(), full_size=full_size)
+
+
+def anchor_rows(rows, targets, full_size: bool) -> list[dict]:
+  """The anchors' table: each anchor's PSNR at the target rates (interpolated
+  in log-bpp) and, when ``rows`` are at full size too, gaussjax's BD-rate
+  against it: per image where the anchor has this run's images
+  (``per_image_psnr``), else from the mean curves (anchors are means over all
+  24 images, so on a subset that is biased by the subset's difficulty)."""
+  out = []
+  for name, a in load_anchors().items():
+    row = {"published": name, "kind": a.get("kind", "published"),
+           "resolution": "768x512 (24 images)"}
+    for bpp in targets:
+      inside = a["bpp"][0] <= bpp <= a["bpp"][-1]
+      row[f"psnr@{bpp}"] = float(np.interp(np.log(bpp), np.log(a["bpp"]), a["psnr"])) \
+          if inside else float("nan")
+    images = sorted({r["image"] for r in rows if r["codec"] == "gaussjax"})
+    per_image = a.get("per_image_psnr", {})
+    if not full_size:
+      row["gaussjax_bd_rate_pct"], row["bd_over"] = "n/a (other resolution)", ""
+    elif all(str(i) in per_image for i in images):
+      # Per image on this run's images, averaged like the codecs' BD-rates.
+      row["gaussjax_bd_rate_pct"] = float(np.mean([
+          bd_rate(a["bpp"], per_image[str(i)], *curve(rows, i, "gaussjax", 0.0, 10.0))
+          for i in images]))
+      row["bd_over"] = "the same images"
+    else:
+      rg = [np.mean([r["bpp"] for r in rows if r["codec"] == "gaussjax" and r["param"] == t])
+            for t in targets]
+      dg = [np.mean([r["psnr"] for r in rows if r["codec"] == "gaussjax" and r["param"] == t])
+            for t in targets]
+      row["gaussjax_bd_rate_pct"] = bd_rate(a["bpp"], a["psnr"], rg, dg)
+      row["bd_over"] = ("mean curves, 24 images" if len(images) == 24 else
+                        f"mean curves: {len(images)} images against the anchor's 24")
+    row["source"] = a["source"].split(" (")[0]
+    out.append(row)
+  return out
 
 
 def report(rows, images, targets, codecs, args, t0):
@@ -297,27 +361,7 @@ def report(rows, images, targets, codecs, args, t0):
       "bd_rate_method": "Bjontegaard, cubic log-rate vs PSNR, classical curves restricted to 0.08-1.5 bpp",
       "decode_time_s": dec, "total_s": total, "psnr_at_rate": at_rate, "bd_rate": summary,
   }
-  # Published anchors (not measured here; full-size Kodak): PSNR at the target
-  # rates (interpolated in log-bpp), and gaussjax's BD-rate against them when
-  # this run is at full size too.
-  anchors = load_anchors()
-  published = []
-  for name, a in anchors.items():
-    row = {"published": name, "resolution": "768x512 (24 images)"}
-    for bpp in targets:
-      inside = a["bpp"][0] <= bpp <= a["bpp"][-1]
-      row[f"psnr@{bpp}"] = float(np.interp(np.log(bpp), np.log(a["bpp"]), a["psnr"])) \
-          if inside else float("nan")
-    if args.scale == 1:
-      rg = [np.mean([r["bpp"] for r in rows if r["codec"] == "gaussjax" and r["param"] == t])
-            for t in targets]
-      dg = [np.mean([r["psnr"] for r in rows if r["codec"] == "gaussjax" and r["param"] == t])
-            for t in targets]
-      row["gaussjax_bd_rate_pct"] = bd_rate(a["bpp"], a["psnr"], rg, dg)
-    else:
-      row["gaussjax_bd_rate_pct"] = "n/a (other resolution)"
-    row["source"] = a["source"].split(" (")[0]
-    published.append(row)
+  published = anchor_rows(rows, targets, full_size=args.scale == 1)
   meta["published_anchors"] = published
   old = [r for r in rows if r["codec"] == "gaussjax_old"]
   if old:
@@ -347,7 +391,7 @@ def report(rows, images, targets, codecs, args, t0):
     f.write("\n## Mean decode time per image (ms, best of 3, gaussjax warm)\n\n" + _machine.format_table(
         [{"codec": k, "decode_ms": 1e3 * v} for k, v in dec.items()]))
   plot(rows, codecs, os.path.join(_machine.RESULTS_DIR, f"{args.name}.png"), meta["images"],
-       anchors, full_size=args.scale == 1)
+       load_anchors(), full_size=args.scale == 1)
 
 
 def plot(rows, codecs, path, title, anchors=None, full_size=False):
@@ -378,14 +422,15 @@ def plot(rows, codecs, path, title, anchors=None, full_size=False):
       ms.append(np.nanmean(vals))
     ax[1].plot(grid, ms, ".-", label=codec)
   for name, a in (anchors or {}).items():
-    label = f"{name} (published, 768x512{'' if full_size else ', other resolution'})"
+    label = f"{name} ({a.get('kind', 'published')}, 768x512" + \
+        ("" if full_size else ", other resolution") + ")"
     ax[0].plot(a["bpp"], a["psnr"], "x--", ms=7, lw=1, alpha=0.8, label=label)
-  for a, name in zip(ax, ("PSNR (dB)", "MS-SSIM")):
+  for a, name, corner in zip(ax, ("PSNR (dB)", "MS-SSIM"), ("upper left", "lower right")):
     a.set_xscale("log")
     a.set_xlabel("bpp (whole file)")
     a.set_ylabel(name)
     a.grid(alpha=0.3)
-    a.legend()
+    a.legend(fontsize=7, loc=corner)
   fig.suptitle(title, fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
