@@ -218,12 +218,14 @@ def main(argv=None):
   parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                       help="a CodecConfig field of the gaussjax encodes, e.g. pos_levels=0 "
                            "(repeatable; the value as a Python literal); for ablations")
-  parser.add_argument("--anchors-of", metavar="RUN",
-                      help="encode nothing: write results/RUN_anchors.{json,md}, the anchors' "
-                           "table against the gaussjax rows of results/RUN.json (an earlier run)")
+  parser.add_argument("--anchors-of", metavar="RUN[,RUN...]",
+                      help="encode nothing: the anchors' table and figure against the gaussjax "
+                           "rows of earlier runs (results/RUN.json; disjoint images), written to "
+                           "results/NAME.{json,md,png} (--name; RUN_anchors by default)")
   args = parser.parse_args(argv)
   if args.anchors_of:
-    return anchors_of(args.anchors_of)
+    runs = args.anchors_of.split(",")
+    return anchors_of(runs, args.name if args.name != "rd" else f"{runs[0]}_anchors")
   args.set = _config_fields(parser, args.set)
   images = [int(x) for x in args.images.split(",")]
   targets = [float(x) for x in args.bpp.split(",")]
@@ -247,26 +249,42 @@ def main(argv=None):
     report(rows, images[:k + 1], targets, codecs, args, t0)
 
 
-def anchors_of(run: str):
-  """The anchors' table against an earlier run's gaussjax rows (``--anchors-of``)."""
-  with open(os.path.join(_machine.RESULTS_DIR, f"{run}.json")) as f:
-    doc = json.load(f)
-  rows = doc["rows"]
+def anchors_of(runs: list[str], name: str):
+  """The anchors' table against earlier runs' gaussjax rows (``--anchors-of``).
+
+  Several runs join when they have the same settings and size and disjoint
+  images (as ``rd_combine.py`` joins their BD-rates).
+  """
+  docs = []
+  for run in runs:
+    with open(os.path.join(_machine.RESULTS_DIR, f"{run}.json")) as f:
+      docs.append(json.load(f))
+  if len({d["meta"]["gaussjax"] for d in docs}) != 1:
+    raise SystemExit("the runs differ in their gaussjax settings")
+  sizes = {d["meta"]["images"].split(" at ")[1] for d in docs}
+  if len(sizes) != 1:
+    raise SystemExit(f"the runs differ in image size: {sorted(sizes)}")
+  images = [i for d in docs for i in sorted({r["image"] for r in d["rows"]})]
+  if len(images) != len(set(images)):
+    raise SystemExit("the runs overlap in their images")
+  rows = [r for d in docs for r in d["rows"]]
   targets = sorted({r["param"] for r in rows if r["codec"] == "gaussjax"})
-  full_size = "at 768x512" in doc["meta"]["images"]
+  full_size = sizes.pop().startswith("768x512")
   table = anchor_rows(rows, targets, full_size)
-  meta = {"rows_from": f"results/{run}.json: {doc['meta']['images']}; gaussjax "
-                       f"{doc['meta']['gaussjax']}; run on {doc['machine'].get('cpu')} "
-                       f"({doc['machine'].get('date')})",
+  title = f"kodim {sorted(images)} at {docs[0]['meta']['images'].split(' at ')[1]}"
+  meta = {"rows_from": [f"results/{run}.json: {d['meta']['images']}; run on "
+                        f"{d['machine'].get('cpu')} ({d['machine'].get('date')})"
+                        for run, d in zip(runs, docs)],
+          "gaussjax": docs[0]["meta"]["gaussjax"],
           "anchors": "benchmarks/anchors.json (not measured here; 'kind' says where each is from)",
-          "bd_over": "'the same images': per-image BD-rates on the run's images, averaged as for "
-                     "the codecs; 'mean curves': the run's mean curve against the anchor's mean "
-                     "over its 24 images (biased when the run is a subset)"}
+          "bd_over": "'the same images': per-image BD-rates on the runs' images, averaged as for "
+                     "the codecs; 'mean curves': the runs' mean curve against the anchor's mean "
+                     "over its 24 images (biased when the runs are a subset)"}
   print(_machine.format_table(table))
-  _machine.write_results(f"{run}_anchors", table, meta)
+  _machine.write_results(name, table, meta)
   codecs = [c for c in CLASSIC if any(r["codec"] == c for r in rows)]
-  plot(rows, codecs, os.path.join(_machine.RESULTS_DIR, f"{run}_anchors.png"),
-       doc["meta"]["images"], load_anchors(), full_size=full_size)
+  plot(rows, codecs, os.path.join(_machine.RESULTS_DIR, f"{name}.png"), title, load_anchors(),
+       full_size=full_size)
 
 
 def anchor_rows(rows, targets, full_size: bool) -> list[dict]:
