@@ -325,6 +325,45 @@ def test_config_checks_the_new_fields():
     gaussjax.CodecConfig(rate_weight=float("nan"))
 
 
+@pytest.mark.parametrize("bad", [0, 17, 1.5, True, None])
+def test_config_checks_fit_cycles(bad):
+  with pytest.raises(ValueError, match="fit_cycles"):
+    gaussjax.CodecConfig(fit_cycles=bad)
+
+
+@pytest.mark.parametrize("iterations, cycles, expected", [
+    (13, 2, [7, 6]), (12, 2, [6, 6]), (1000, 1, [1000]), (3, 4, [1, 1, 1]), (0, 2, [0])])
+def test_cycle_lengths_split_the_steps(iterations, cycles, expected):
+  assert _codec._cycle_lengths(iterations, cycles) == expected
+
+
+def test_fit_cycles_run_each_half_as_fresh_fits(monkeypatch):
+  """fit_cycles=2: each half of the float fit is two calls of gaussjax.fit, each with its own
+  whole schedule, the later ones starting from the Gaussians the one before ended with."""
+  from gaussjax.fitting import _fit
+  calls = []
+  real_fit = _fit.fit
+
+  def spy(image, g, config, *args, **kwargs):
+    calls.append((config.steps, config.num_gaussians, g.num_gaussians))
+    out = real_fit(image, g, config, *args, **kwargs)
+    calls[-1] += (out[0],)
+    return out
+
+  monkeypatch.setattr(_fit, "fit", spy)
+  img = _crop(16, 24)
+  config = gaussjax.CodecConfig(quality=50, fit_steps=25, fit_cycles=2, qat_steps=0,
+                                backend="reference")
+  data = gaussjax.encode(img, config)
+  assert [c[0] for c in calls] == [7, 6, 6, 6]
+  assert calls[0][1] == calls[1][1] and calls[2][1] == calls[3][1]  # N per half
+  for before, after in zip(calls, calls[1:]):
+    assert after[2] == before[3].num_gaussians  # each starts where the last one ended
+  assert gaussjax.decode(data).shape == img.shape
+  one = gaussjax.encode(img, dataclasses.replace(config, fit_cycles=1))
+  assert [c[0] for c in calls[4:]] == [13, 12] and one != data
+
+
 @pytest.mark.slow  # a whole encode with its compiles: about a minute on a loaded 2-core CPU
 def test_encode_with_the_rate_pieces_meets_the_target():
   img = _crop(32, 48)

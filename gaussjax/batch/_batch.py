@@ -504,9 +504,10 @@ def _fit_all(arrays, initial, counts, config, num_steps: int, mesh, vectorize) -
     start = None if initial is None else initial[i].num_gaussians
     groups.setdefault((start, n), []).append(i)
   fitted: list[Gaussians | None] = [None] * len(arrays)
+  cycles = _codec._cycle_lengths(num_steps, config.fit_cycles)  # CodecConfig.fit_cycles
   for (_, n), members in groups.items():
     images = [arrays[i] for i in members]
-    fit_config = _codec._float_fit_config(config, n, num_steps) if num_steps else None
+    fit_config = _codec._float_fit_config(config, n, cycles[0]) if num_steps else None
     if initial is None:
       start = _init_all(images, n, fit_config, config.seed)
     else:
@@ -515,8 +516,11 @@ def _fit_all(arrays, initial, counts, config, num_steps: int, mesh, vectorize) -
       out = start if initial is None else [
           _codec._refit(a, g, n, config, 0) for a, g in zip(images, start)]
     else:
-      g, _ = fit_batch(images, start, fit_config, devices=mesh, vectorize=vectorize)
-      out = [jax.tree_util.tree_map(lambda x, k=k: x[k], g) for k in range(len(members))]
+      for steps in cycles:
+        g, _ = fit_batch(images, start, _codec._float_fit_config(config, n, steps),
+                         devices=mesh, vectorize=vectorize)
+        start = out = [jax.tree_util.tree_map(lambda x, k=k: x[k], g)
+                       for k in range(len(members))]
     for i, g in zip(members, out):
       fitted[i] = g
   return fitted

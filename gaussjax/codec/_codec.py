@@ -65,6 +65,7 @@ MAX_FILE_BYTES = constants.MAX_FILE_BYTES
 COLOR_MODE_DIRECT = 0
 COLOR_MODE_YCOCG = 1
 FINETUNE_MODES = ("sequential", "ste")
+MAX_FIT_CYCLES = 16
 _MIN_FILE = len(MAGIC) + 1 + 1 + 4 + 1 + 1 + 4  # magic ver C W H N mode crc
 
 
@@ -93,6 +94,12 @@ class CodecConfig:
       2000 steps buy against 1500, and at what encode time:
       ``benchmarks/results/codec_ablation_fit2000.md`` and
       ``rd_fit2000_24.md``.
+    fit_cycles: each half of the float fit runs as this many fresh fits of
+      equal length (``gaussjax.fit`` again from the last one's Gaussians: its
+      own warm-up, learning-rate decay, growth and relocation). 1: one fit
+      per half. Not yet the default; what it changes: the float fits alone
+      ``benchmarks/results/fit_restart_probe.md``, encodes
+      ``benchmarks/results/rd_cycles2_6.md``.
     qat_steps: steps of quantisation-aware fine-tuning.
     learning_rate: Adam learning rate of the fine-tuning (the float fit
       uses ``FitConfig``'s rates).
@@ -156,6 +163,7 @@ class CodecConfig:
   quality: float | None = None
   num_gaussians: int | None = None
   fit_steps: int = 2000
+  fit_cycles: int = 1
   qat_steps: int = 300
   learning_rate: float = 0.01
   bits_per_gaussian: float = 46.0
@@ -188,6 +196,9 @@ class CodecConfig:
     for name in ("fit_steps", "qat_steps"):
       if getattr(self, name) < 0:
         raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+    if isinstance(self.fit_cycles, bool) or not isinstance(self.fit_cycles, int) or \
+        not 1 <= self.fit_cycles <= MAX_FIT_CYCLES:
+      raise ValueError(f"fit_cycles={self.fit_cycles!r} must be an int in [1, {MAX_FIT_CYCLES}]")
     if not 0.005 <= self.rate_tolerance <= 0.5:
       raise ValueError(f"rate_tolerance={self.rate_tolerance} must be in [0.005, 0.5]")
     if self.rd_slope is not None and not (0.0 < self.rd_slope <= 20.0):
@@ -661,12 +672,22 @@ def _fit_float(image: jax.Array, n: int, config: CodecConfig,
   """
   from gaussjax.fitting._fit import fit, init_for_fit
   iterations = config.fit_steps if iterations is None else iterations
-  fit_config = _float_fit_config(config, n, iterations) if iterations else None
+  cycles = _cycle_lengths(iterations, config.fit_cycles)
+  fit_config = _float_fit_config(config, n, cycles[0]) if iterations else None
   g = init_for_fit(image, n, fit_config, key=jax.random.key(config.seed))
   if fit_config is None:
     return g
   g, _ = fit(image, g, fit_config)
+  for steps in cycles[1:]:
+    g, _ = fit(image, g, _float_fit_config(config, n, steps))
   return g
+
+
+def _cycle_lengths(iterations: int, cycles: int) -> list[int]:
+  """Steps of each fresh fit when ``iterations`` run as ``cycles`` (``CodecConfig.fit_cycles``):
+  equal lengths, the first ones a step longer; none of zero steps (``[0]`` for none)."""
+  cycles = max(1, min(cycles, iterations))
+  return [iterations // cycles + (k < iterations % cycles) for k in range(cycles)]
 
 
 def _float_fit_config(config: CodecConfig, n: int, iterations: int | None = None):
@@ -732,7 +753,8 @@ def _refit(image: jax.Array, g: Gaussians, n: int, config: CodecConfig,
   from gaussjax.fitting._fit import fit
   if iterations == 0:
     return to_buffer(g, n) if n < g.num_gaussians else g
-  g, _ = fit(image, g, _float_fit_config(config, n, iterations))
+  for steps in _cycle_lengths(iterations, config.fit_cycles):
+    g, _ = fit(image, g, _float_fit_config(config, n, steps))
   return g
 
 
