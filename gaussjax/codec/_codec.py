@@ -97,7 +97,8 @@ class CodecConfig:
     fit_cycles: each half of the float fit runs as this many fresh fits of
       equal length (``gaussjax.fit`` again from the last one's Gaussians: its
       own warm-up, learning-rate decay, growth and relocation). 1: one fit
-      per half. Not yet the default; what it changes: the float fits alone
+      per half (a rate-control refit runs its whole fit in this many). Not yet
+      the default; what it changes: the float fits alone
       ``benchmarks/results/fit_restart_probe.md``, encodes
       ``benchmarks/results/rd_cycles2_6.md``.
     qat_steps: steps of quantisation-aware fine-tuning.
@@ -666,21 +667,16 @@ def _quantized_loss(g, image, qsteps, backend) -> float:
 
 def _fit_float(image: jax.Array, n: int, config: CodecConfig,
                iterations: int | None = None) -> Gaussians:
-  """``init_for_fit`` (SLIC), then ``gaussjax.fit`` growing to ``n`` for ``iterations``.
+  """``init_for_fit`` (SLIC), then ``_refit``: ``gaussjax.fit`` growing to ``n`` for ``iterations``.
 
   ``iterations`` defaults to ``config.fit_steps``; 0 returns SLIC at ``n``.
   """
-  from gaussjax.fitting._fit import fit, init_for_fit
+  from gaussjax.fitting._fit import init_for_fit
   iterations = config.fit_steps if iterations is None else iterations
-  cycles = _cycle_lengths(iterations, config.fit_cycles)
-  fit_config = _float_fit_config(config, n, cycles[0]) if iterations else None
+  first = _cycle_lengths(iterations, config.fit_cycles)[0]
+  fit_config = _float_fit_config(config, n, first) if iterations else None
   g = init_for_fit(image, n, fit_config, key=jax.random.key(config.seed))
-  if fit_config is None:
-    return g
-  g, _ = fit(image, g, fit_config)
-  for steps in cycles[1:]:
-    g, _ = fit(image, g, _float_fit_config(config, n, steps))
-  return g
+  return _refit(image, g, n, config, iterations) if iterations else g
 
 
 def _cycle_lengths(iterations: int, cycles: int) -> list[int]:
