@@ -7,7 +7,7 @@ per image (negative = the new encoder needs fewer bytes at equal PSNR).
 Useful when a run was cut short, or to set a rerun against a stored one.
 
   python benchmarks/rd_compare.py --old OLD.json --new benchmarks/results/rd.json
-  python benchmarks/rd_compare.py --old A.json B.json --new NEW.json  # A, B: disjoint images
+  python benchmarks/rd_compare.py --old A.json B.json --new C.json D.json  # disjoint images
 """
 
 from __future__ import annotations
@@ -24,21 +24,29 @@ import _machine  # noqa: E402
 from rd import bd_rate, curve  # noqa: E402
 
 
+def _join(paths: list[str]) -> dict:
+  """Rows of several rd.py results files (disjoint images), with the first file's gaussjax
+  settings and every file's settings that differ from them."""
+  joined = {"rows": [], "meta": {}}
+  for path in paths:
+    with open(path) as f:
+      part = json.load(f)
+    joined["rows"] += part["rows"]
+    settings = part["meta"].get("gaussjax")
+    if joined["meta"].setdefault("gaussjax", settings) != settings:
+      joined["meta"].setdefault("gaussjax_of", {})[path] = settings
+  return joined
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--old", required=True, nargs="+",
                       help="one rd.py results file, or several on disjoint images (joined)")
-  parser.add_argument("--new", required=True)
+  parser.add_argument("--new", required=True, nargs="+",
+                      help="the same for the new encoder")
   parser.add_argument("--name", default="rd_compare")
   args = parser.parse_args(argv)
-  old = {"rows": [], "meta": {}}
-  for path in args.old:
-    with open(path) as f:
-      part = json.load(f)
-    old["rows"] += part["rows"]
-    old["meta"].setdefault("gaussjax", part["meta"].get("gaussjax"))
-  with open(args.new) as f:
-    new = json.load(f)
+  old, new = _join(args.old), _join(args.new)
   images = sorted({r["image"] for r in old["rows"] if r["codec"] == "gaussjax"}
                   & {r["image"] for r in new["rows"] if r["codec"] == "gaussjax"})
   codecs = [c for c in ("jpeg", "webp", "jpeg2000", "avif")
@@ -72,9 +80,12 @@ def main(argv=None):
   print(_machine.format_table(per_image))
   print(f"mean BD-rate of the new gaussjax against the old: {mean:+.2f}%")
   rel = lambda p: os.path.relpath(os.path.abspath(p), os.path.dirname(_machine.RESULTS_DIR))
-  meta = {"old": [rel(p) for p in args.old], "new": rel(args.new),
+  meta = {"old": [rel(p) for p in args.old], "new": [rel(p) for p in args.new],
           "images": images, "old_gaussjax": old["meta"].get("gaussjax"),
-          "new_gaussjax": new["meta"].get("gaussjax"), "bd_rates": summary,
+          "new_gaussjax": new["meta"].get("gaussjax"),
+          **{f"{k}_gaussjax_of": d["meta"]["gaussjax_of"]
+             for k, d in (("old", old), ("new", new)) if "gaussjax_of" in d["meta"]},
+          "bd_rates": summary,
           "new_vs_old_mean_bd_rate_pct": mean,
           "mean_enc_s": {"old": enc_means[0], "new": enc_means[1],
                          "note": "separate runs: compare only where the machines and their "
