@@ -110,7 +110,7 @@ def run_classic(codec, ref, index, rows):
 # times it against the defaults on the same images in the same run.
 OLD_ENCODER = {"rate_weight": 0.0, "rd_prune": False, "rd_round": False, "rd_round_chol": False,
                "rd_round_means": False, "color_size": 0.0, "pos_levels": 0, "fit_steps": 1500,
-               "qat_steps": 300}
+               "qat_steps": 300, "fit_cycles": 1}
 
 
 def run_gaussjax(ref, index, targets, args, rows, codec="gaussjax", overrides=None):
@@ -213,8 +213,8 @@ def main(argv=None):
                       help="also encode the first K images with the encoder before issue 14 "
                            "(rate_weight=0, rd_prune=False, rd_round=False, "
                            "rd_round_chol=False, rd_round_means=False, color_size=0, "
-                           "pos_levels=0, fit_steps=1500, qat_steps=300), interleaved, "
-                           "to compare encode times")
+                           "pos_levels=0, fit_steps=1500, qat_steps=300, fit_cycles=1), "
+                           "interleaved, to compare encode times")
   parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                       help="a CodecConfig field of the gaussjax encodes, e.g. pos_levels=0 "
                            "(repeatable; the value as a Python literal); for ablations")

@@ -97,10 +97,11 @@ class CodecConfig:
     fit_cycles: each half of the float fit runs as this many fresh fits of
       equal length (``gaussjax.fit`` again from the last one's Gaussians: its
       own warm-up, learning-rate decay, growth and relocation). 1: one fit
-      per half (a rate-control refit runs its whole fit in this many). Not yet
-      the default; what it changes: the float fits alone
-      ``benchmarks/results/fit_restart_probe.md``, encodes
-      ``benchmarks/results/rd_cycles2_6.md``.
+      per half (a rate-control refit runs its whole fit in this many).
+      Single-level files only (progressive levels fit their own way; video
+      I-frames use 1). The default 2 against 1: the float fits alone
+      ``benchmarks/results/fit_restart_probe.md``, encodes of all 24 Kodak
+      images ``benchmarks/results/rd_cycles2_24_compare.md``.
     qat_steps: steps of quantisation-aware fine-tuning.
     learning_rate: Adam learning rate of the fine-tuning (the float fit
       uses ``FitConfig``'s rates).
@@ -164,7 +165,7 @@ class CodecConfig:
   quality: float | None = None
   num_gaussians: int | None = None
   fit_steps: int = 2000
-  fit_cycles: int = 1
+  fit_cycles: int = 2
   qat_steps: int = 300
   learning_rate: float = 0.01
   bits_per_gaussian: float = 46.0
