@@ -9,7 +9,8 @@
    as ellipses. The numbers go to ``benchmarks/results/fit_progression.json|md``
    (with the machine) and the titles are read back from there.
 2. ``docs/images/rd_kodak.png``: rate (bpp) against PSNR from the RD results
-   of ``benchmarks/rd.py`` (``benchmarks/results/rd.json``, or ``--rd-results``, rows with a codec
+   of ``benchmarks/rd.py`` (``benchmarks/results/rd.json``, or ``--rd-results``; ``A.json+B.json``
+   joins runs on disjoint images; rows with a codec
    name, ``bpp`` and ``psnr``, optionally ``image`` and a parameter ``param``),
    averaged per codec and parameter over images. ``rd.py`` measures the
    classical codecs on the same images; only when a results file has none are
@@ -202,9 +203,29 @@ def _short_images(text: str) -> str:
   return text
 
 
+def _load_rd(name: str) -> tuple[list, dict]:
+  """Rows and meta of ``benchmarks/results/NAME``; ``A.json+B.json``: runs on disjoint images
+  joined into one (rows of both, the first's meta with the images of all)."""
+  rows, meta, images = [], {}, []
+  for part in name.split("+"):
+    with open(os.path.join(RESULTS, part)) as f:
+      results = json.load(f)
+    rows += results.get("rows", []) if isinstance(results, dict) else results
+    part_meta = results.get("meta", {}) if isinstance(results, dict) else {}
+    meta = meta or dict(part_meta)
+    text = part_meta.get("images")
+    if isinstance(text, str) and text.startswith("kodim [") and "]" in text:
+      inside, rest = text[len("kodim ["):].split("]", 1)
+      images += [int(x) for x in inside.split(",") if x.strip()]
+  if "+" in name and images:
+    meta["images"] = f"kodim {sorted(images)}{rest}"
+  return rows, meta
+
+
 def rd_plot(args) -> None:
   names = getattr(args, "rd_results", "rd.json").split(",")
-  files = [os.path.join(RESULTS, name) for name in names if os.path.exists(os.path.join(RESULTS, name))]
+  files = [name for name in names
+           if all(os.path.exists(os.path.join(RESULTS, part)) for part in name.split("+"))]
   if not files:
     print(f"rd_kodak.png skipped: no {names} in benchmarks/results (run benchmarks/rd.py first)")
     return
@@ -215,14 +236,11 @@ def rd_plot(args) -> None:
   fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=args.dpi)
   subtitles, classical_seen, drawn = [], False, 0
   for path in files:
-    with open(path) as f:
-      results = json.load(f)
-    rows = results.get("rows", []) if isinstance(results, dict) else results
-    meta = results.get("meta", {}) if isinstance(results, dict) else {}
-    name = os.path.splitext(os.path.basename(path))[0]
+    rows, meta = _load_rd(path)
+    name = "+".join(os.path.splitext(part)[0] for part in path.split("+"))
     curves = _average_curves(rows, ("codec", "method"), ("param", "target_bpp", "bpp_target", "quality"))
     if not curves:
-      print(f"{os.path.relpath(path, ROOT)}: no rows with a codec, bpp and psnr; skipped")
+      print(f"{path}: no rows with a codec, bpp and psnr; skipped")
       continue
     if isinstance(meta.get("images"), str):
       subtitles.append(_short_images(meta["images"]))
@@ -242,7 +260,7 @@ def rd_plot(args) -> None:
               lw=2.2 if ours else 1.2, color="black" if ours and len(files) == 1 else None,
               label=label, zorder=3 if ours else 2)
       drawn += 1
-    print(f"{os.path.relpath(path, ROOT)}: " + ", ".join(f"{c} ({len(p)} points)" for c, p in curves.items()))
+    print(f"{path}: " + ", ".join(f"{c} ({len(p)} points)" for c, p in curves.items()))
   if not drawn:
     plt.close(fig)
     print("rd_kodak.png skipped: the RD results have no usable rows")
@@ -284,7 +302,8 @@ def main(argv=None) -> int:
   parser.add_argument("--classic", default=CLASSIC_CSV, help="classical codecs CSV (kodak_classic.csv)")
   parser.add_argument("--classic-codecs", default="jpeg,webp,jpeg2000,avif")
   parser.add_argument("--rd-results", default="rd.json",
-                      help="rd.py results files in benchmarks/results to plot, comma-separated")
+                      help="rd.py results files in benchmarks/results to plot, comma-separated; "
+                           "A.json+B.json: runs on disjoint images joined into one")
   parser.add_argument("--max-bpp", type=float, default=2.0)
   parser.add_argument("--dpi", type=int, default=110)
   parser.add_argument("--max-kb", type=int, default=280, help="PNG size limit before palette quantisation")

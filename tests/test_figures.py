@@ -52,3 +52,20 @@ def test_rd_plot_from_results_file(figures, capsys):
   path = os.path.join(figures.IMAGES, "rd_kodak.png")
   assert os.path.getsize(path) < 300 * 1024
   assert "gaussjax (3 points)" in capsys.readouterr().out
+
+
+def test_rd_plot_joins_runs_on_disjoint_images(figures, capsys):
+  """``A.json+B.json``: one curve over the images of both runs (mean of their rows)."""
+  for name, image in (("a.json", 1), ("b.json", 2)):
+    rows = [dict(image=image, codec="gaussjax", param=p, bytes=100, bpp=p, psnr=25 + 4 * p + image)
+            for p in (0.25, 0.5, 1.0)]
+    with open(os.path.join(figures.RESULTS, name), "w") as f:
+      json.dump({"meta": {"images": f"kodim [{image}] at 384x256 (x)"}, "rows": rows}, f)
+  rows, meta = figures._load_rd("a.json+b.json")
+  assert len(rows) == 6 and meta["images"] == "kodim [1, 2] at 384x256 (x)"
+  curves = figures._average_curves(rows, ("codec",), ("param",))
+  assert curves["gaussjax"][0] == (pytest.approx(0.25), pytest.approx(27.5), 2)
+  figures.rd_plot(_args(rd_results="a.json+b.json,missing.json"))
+  out = capsys.readouterr().out
+  assert "a.json+b.json: gaussjax (3 points)" in out
+  assert os.path.exists(os.path.join(figures.IMAGES, "rd_kodak.png"))
