@@ -208,11 +208,12 @@ def test_encode_batch_matches_encode_one_at_a_time():
   check_encode_batch(toy_images(2, 16, 20), config)
 
 
-def test_encode_batch_float_fit_with_fit_cycles_matches_encode():
+def test_encode_batch_float_fit_with_fit_cycles_matches_encode(monkeypatch):
   # The float fit of encode_batch (both halves, as encode_batch runs them) against
   # encode's _first_fit, with each half in two fresh fits (CodecConfig.fit_cycles).
   # Compared before the fine-tuning: on 16 Gaussians the descents' discrete choices
   # can turn a 1e-5 difference into a different file.
+  monkeypatch.setattr(_codec, "MIN_CYCLE_STEPS", 1)  # cycles of 6 steps, to keep it quick
   config = _codec.CodecConfig(quality=50, fit_steps=25, fit_cycles=2, qat_steps=5,
                               backend="reference")
   images = [_codec._as_image(x) for x in toy_images(2, 16, 20)]

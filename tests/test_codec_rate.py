@@ -332,9 +332,18 @@ def test_config_checks_fit_cycles(bad):
 
 
 @pytest.mark.parametrize("iterations, cycles, expected", [
-    (13, 2, [7, 6]), (12, 2, [6, 6]), (1000, 1, [1000]), (3, 4, [1, 1, 1]), (0, 2, [0])])
+    (1001, 2, [501, 500]), (1000, 2, [500, 500]), (1000, 1, [1000]), (2500, 4, [625] * 4),
+    (1999, 4, [667, 666, 666]), (999, 2, [999]), (25, 2, [25]),
+    (0, 2, [0])])
 def test_cycle_lengths_split_the_steps(iterations, cycles, expected):
+  # none shorter than MIN_CYCLE_STEPS (500): fewer cycles, one below 1000 steps
   assert _codec._cycle_lengths(iterations, cycles) == expected
+
+
+def test_cycle_lengths_with_short_cycles_allowed(monkeypatch):
+  monkeypatch.setattr(_codec, "MIN_CYCLE_STEPS", 1)
+  assert _codec._cycle_lengths(13, 2) == [7, 6]
+  assert _codec._cycle_lengths(3, 4) == [1, 1, 1]
 
 
 def test_fit_cycles_run_each_half_as_fresh_fits(monkeypatch):
@@ -351,6 +360,7 @@ def test_fit_cycles_run_each_half_as_fresh_fits(monkeypatch):
     return out
 
   monkeypatch.setattr(_fit, "fit", spy)
+  monkeypatch.setattr(_codec, "MIN_CYCLE_STEPS", 1)  # cycles of 6 steps, to keep it quick
   img = _crop(16, 24)
   config = gaussjax.CodecConfig(quality=50, fit_steps=25, fit_cycles=2, qat_steps=0,
                                 backend="reference")

@@ -96,8 +96,10 @@ class CodecConfig:
       ``rd_fit2000_24.md``.
     fit_cycles: each half of the float fit runs as this many fresh fits of
       equal length (``gaussjax.fit`` again from the last one's Gaussians: its
-      own warm-up, learning-rate decay, growth and relocation). 1: one fit
-      per half (a rate-control refit runs its whole fit in this many).
+      own warm-up, learning-rate decay, growth and relocation), each of at
+      least ``MIN_CYCLE_STEPS`` steps (fewer fits when a half is shorter, so
+      short fits run one per half). 1: one fit per half (a rate-control
+      refit runs its whole fit in this many).
       Single-level files only (progressive levels fit their own way; video
       I-frames use 1). The default 2 against 1: the float fits alone
       ``benchmarks/results/fit_restart_probe.md``, encodes of all 24 Kodak
@@ -680,10 +682,18 @@ def _fit_float(image: jax.Array, n: int, config: CodecConfig,
   return _refit(image, g, n, config, iterations) if iterations else g
 
 
+# Fewest steps of one fresh fit of CodecConfig.fit_cycles: shorter fits spend
+# their steps on warm-up and decay (a 20-step encode as four 5-step fits barely
+# fits at all). 500 is the only length measured to pay
+# (benchmarks/results/fit_restart_probe.md, rd_cycles2_24_compare.md).
+MIN_CYCLE_STEPS = 500
+
+
 def _cycle_lengths(iterations: int, cycles: int) -> list[int]:
   """Steps of each fresh fit when ``iterations`` run as ``cycles`` (``CodecConfig.fit_cycles``):
-  equal lengths, the first ones a step longer; none of zero steps (``[0]`` for none)."""
-  cycles = max(1, min(cycles, iterations))
+  equal lengths, the first ones a step longer, none shorter than ``MIN_CYCLE_STEPS`` (fewer
+  cycles instead; one when ``iterations`` is below twice that; ``[0]`` for none)."""
+  cycles = max(1, min(cycles, iterations // MIN_CYCLE_STEPS))
   return [iterations // cycles + (k < iterations % cycles) for k in range(cycles)]
 
 
