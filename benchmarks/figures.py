@@ -193,13 +193,20 @@ def _average_curves(rows, codec_keys, param_keys):
   return {codec: sorted(points) for codec, points in curves.items()}
 
 
+def _kodak_images(text) -> tuple[list[int], str] | None:
+  """``"kodim [1, 2] at ..."`` (rd.py's ``meta["images"]``) as ``([1, 2], " at ...")``;
+  None for other text."""
+  if not (isinstance(text, str) and text.startswith("kodim [") and "]" in text):
+    return None
+  inside, rest = text[len("kodim ["):].split("]", 1)
+  return [int(x) for x in inside.split(",") if x.strip()], rest
+
+
 def _short_images(text: str) -> str:
   """``"kodim [1, 2, ..., 24] at ..."`` as ``"24 Kodak images at ..."`` (a title that fits)."""
-  if text.startswith("kodim [") and "]" in text:
-    inside, rest = text[len("kodim ["):].split("]", 1)
-    count = len([x for x in inside.split(",") if x.strip()])
-    if count > 6:
-      return f"{count} Kodak images{rest.split(' (')[0]}"
+  parsed = _kodak_images(text)
+  if parsed and len(parsed[0]) > 6:
+    return f"{len(parsed[0])} Kodak images{parsed[1].split(' (')[0]}"
   return text
 
 
@@ -213,10 +220,10 @@ def _load_rd(name: str) -> tuple[list, dict]:
     rows += results.get("rows", []) if isinstance(results, dict) else results
     part_meta = results.get("meta", {}) if isinstance(results, dict) else {}
     meta = meta or dict(part_meta)
-    text = part_meta.get("images")
-    if isinstance(text, str) and text.startswith("kodim [") and "]" in text:
-      inside, rest = text[len("kodim ["):].split("]", 1)
-      images += [int(x) for x in inside.split(",") if x.strip()]
+    parsed = _kodak_images(part_meta.get("images"))
+    if parsed:
+      images += parsed[0]
+      rest = parsed[1]
   if "+" in name and images:
     meta["images"] = f"kodim {sorted(images)}{rest}"
   return rows, meta
