@@ -1,7 +1,8 @@
-"""Tiny helpers shared by the benchmarks: the machine, and writing results.
+"""Tiny helpers shared by the benchmarks: the machine, writing results, joining them.
 
 Every benchmark writes ``benchmarks/results/<name>.json`` and ``.md`` with the
 machine it ran on (CPU model, cores, GPU name if any, jax/jaxlib versions).
+``join_results`` reads runs of one benchmark on disjoint images as one.
 """
 
 from __future__ import annotations
@@ -77,3 +78,39 @@ def write_results(name: str, rows: list[dict], meta: dict | None = None) -> tupl
   with open(md_path, "w") as f:
     f.write(f"# {name}\n\nMachine: {machine_line}\n\n{meta_lines}\n{format_table(rows)}")
   return json_path, md_path
+
+
+def kodak_images(text) -> tuple[list[int], str] | None:
+  """``"kodim [1, 2] at ..."`` (``rd.py``'s ``meta["images"]``) as ``([1, 2], " at ...")``;
+  None for other text."""
+  if not (isinstance(text, str) and text.startswith("kodim [") and "]" in text):
+    return None
+  inside, rest = text[len("kodim ["):].split("]", 1)
+  return [int(x) for x in inside.split(",") if x.strip()], rest
+
+
+def join_results(paths: list[str]) -> dict:
+  """Results files of one benchmark on disjoint images, read as one.
+
+  Returns ``{"rows": every file's rows, "meta": the first file's meta,
+  "parts": each file's whole contents}``; with several files whose
+  ``meta["images"]`` are Kodak lists (``"kodim [1, 2] at ..."``), the meta's
+  ``images`` lists them all. A file may also hold a bare list of rows (no meta).
+  Used by ``rd_compare.py``, ``rd_combine.py`` and ``figures.py``.
+  """
+  rows, meta, parts, images, rest = [], None, [], [], None
+  for path in paths:
+    with open(path) as f:
+      part = json.load(f)
+    parts.append(part)
+    rows += part.get("rows", []) if isinstance(part, dict) else part
+    part_meta = part.get("meta", {}) if isinstance(part, dict) else {}
+    meta = dict(part_meta) if meta is None else meta
+    parsed = kodak_images(part_meta.get("images"))
+    if parsed:
+      images += parsed[0]
+      rest = parsed[1]
+  meta = meta or {}
+  if len(paths) > 1 and images:
+    meta["images"] = f"kodim {sorted(images)}{rest}"
+  return {"rows": rows, "meta": meta, "parts": parts}

@@ -37,7 +37,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from _machine import format_table, write_results  # noqa: E402
+from _machine import format_table, join_results, kodak_images, write_results  # noqa: E402
 
 ROOT = os.path.dirname(HERE)
 IMAGES = os.path.join(ROOT, "docs", "images")
@@ -193,18 +193,9 @@ def _average_curves(rows, codec_keys, param_keys):
   return {codec: sorted(points) for codec, points in curves.items()}
 
 
-def _kodak_images(text) -> tuple[list[int], str] | None:
-  """``"kodim [1, 2] at ..."`` (rd.py's ``meta["images"]``) as ``([1, 2], " at ...")``;
-  None for other text."""
-  if not (isinstance(text, str) and text.startswith("kodim [") and "]" in text):
-    return None
-  inside, rest = text[len("kodim ["):].split("]", 1)
-  return [int(x) for x in inside.split(",") if x.strip()], rest
-
-
 def _short_images(text: str) -> str:
   """``"kodim [1, 2, ..., 24] at ..."`` as ``"24 Kodak images at ..."`` (a title that fits)."""
-  parsed = _kodak_images(text)
+  parsed = kodak_images(text)
   if parsed and len(parsed[0]) > 6:
     return f"{len(parsed[0])} Kodak images{parsed[1].split(' (')[0]}"
   return text
@@ -212,21 +203,10 @@ def _short_images(text: str) -> str:
 
 def _load_rd(name: str) -> tuple[list, dict]:
   """Rows and meta of ``benchmarks/results/NAME``; ``A.json+B.json``: runs on disjoint images
-  joined into one (rows of both, the first's meta with the images of all)."""
-  rows, meta, images = [], {}, []
-  for part in name.split("+"):
-    with open(os.path.join(RESULTS, part)) as f:
-      results = json.load(f)
-    rows += results.get("rows", []) if isinstance(results, dict) else results
-    part_meta = results.get("meta", {}) if isinstance(results, dict) else {}
-    meta = meta or dict(part_meta)
-    parsed = _kodak_images(part_meta.get("images"))
-    if parsed:
-      images += parsed[0]
-      rest = parsed[1]
-  if "+" in name and images:
-    meta["images"] = f"kodim {sorted(images)}{rest}"
-  return rows, meta
+  joined into one (``_machine.join_results``: rows of both, the first's meta with the images
+  of all)."""
+  joined = join_results([os.path.join(RESULTS, part) for part in name.split("+")])
+  return joined["rows"], joined["meta"]
 
 
 def rd_plot(args) -> None:

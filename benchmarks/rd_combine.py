@@ -11,7 +11,6 @@ gaussjax settings, scales or overlapping images.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -24,10 +23,8 @@ def main(argv=None):
   parser.add_argument("parts", nargs="+", help="result names in benchmarks/results")
   parser.add_argument("--name", required=True)
   args = parser.parse_args(argv)
-  docs = []
-  for part in args.parts:
-    with open(os.path.join(_machine.RESULTS_DIR, f"{part}.json")) as f:
-      docs.append(json.load(f))
+  docs = _machine.join_results(
+      [os.path.join(_machine.RESULTS_DIR, f"{part}.json") for part in args.parts])["parts"]
   settings = {d["meta"]["gaussjax"] for d in docs}
   if len(settings) != 1:
     raise SystemExit(f"parts differ in their gaussjax settings: {sorted(settings)}")

@@ -13,7 +13,6 @@ Useful when a run was cut short, or to set a rerun against a stored one.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -25,16 +24,14 @@ from rd import bd_rate, curve  # noqa: E402
 
 
 def _join(paths: list[str]) -> dict:
-  """Rows of several rd.py results files (disjoint images), with the first file's gaussjax
-  settings and every file's settings that differ from them."""
-  joined = {"rows": [], "meta": {}}
-  for path in paths:
-    with open(path) as f:
-      part = json.load(f)
-    joined["rows"] += part["rows"]
-    settings = part["meta"].get("gaussjax")
-    if joined["meta"].setdefault("gaussjax", settings) != settings:
-      joined["meta"].setdefault("gaussjax_of", {})[path] = settings
+  """Rows of several rd.py results files (disjoint images, ``_machine.join_results``), with the
+  first file's gaussjax settings and every file's settings that differ from them."""
+  joined = _machine.join_results(paths)
+  settings = [part["meta"].get("gaussjax") for part in joined["parts"]]
+  joined["meta"]["gaussjax"] = settings[0]
+  for path, other in zip(paths, settings):
+    if other != settings[0]:
+      joined["meta"].setdefault("gaussjax_of", {})[path] = other
   return joined
 
 
