@@ -18,10 +18,19 @@ schedule and density control), and that beats one fit of the same length. So
 this fits ``--short`` steps as 1, 2 and 4 such segments of equal length, and
 ``--long`` steps as segments of ``--short / 2`` (all at the same N).
 
+``--relocation`` asks how much relocation each such segment should do: it
+fits ``--short`` steps as 4 segments (the encoder's default: two halves of
+two fresh fits each) with the default density control and with more or less
+relocation per event (``prune_fraction``) and for longer or shorter
+(``densify_until``); with ``--segments K``, as K segments, the default and
+``prune_0.1`` only.
+
 PSNR of the float render (no quantisation). Run:
 ``python benchmarks/fit_length_probe.py`` (kodim20 and kodim12 at 384x256,
 N = 1,000) and ``python benchmarks/fit_length_probe.py --restarts --images
-20,12,1,13 --long 3000 --name fit_restart_probe``. Writes
+20,12,1,13 --long 3000 --name fit_restart_probe``; ``--relocation --images
+20,12,1,13 --name fit_relocation_probe`` (and ``--segments 8 ... --name
+fit_relocation_probe_8``). Writes
 ``results/<name>.{json,md}``.
 """
 
@@ -71,6 +80,10 @@ def main(argv=None):
   parser.add_argument("--long", type=int, default=4000)
   parser.add_argument("--restarts", action="store_true",
                       help="compare fits in 1, 2 and 4 segments instead")
+  parser.add_argument("--relocation", action="store_true",
+                      help="vary the relocation of 4-segment fits of --short steps instead")
+  parser.add_argument("--segments", type=int, default=4,
+                      help="segments of each --relocation fit (4: the encoder's default)")
   parser.add_argument("--name", default="fit_length_probe")
   args = parser.parse_args(argv)
   base = _fit.FitConfig()
@@ -79,8 +92,15 @@ def main(argv=None):
     ref = load(index, args.scale).astype(np.float64)
     image = _codec._as_image(ref.astype(np.float32))
     h, w = ref.shape[:2]
-    for steps in (args.short, args.long):
-      if args.restarts:
+    for steps in ((args.short,) if args.relocation else (args.short, args.long)):
+      if args.relocation:
+        variants = {"default": {}, "prune_0.1": {"prune_fraction": 0.1},
+                    "prune_0.025": {"prune_fraction": 0.025},
+                    "until_0.8": {"densify_until": 0.8}, "until_0.4": {"densify_until": 0.4}}
+        if args.segments != 4:
+          variants = {k: variants[k] for k in ("default", "prune_0.1")}
+        variants = {k: dict(segments=args.segments, **v) for k, v in variants.items()}
+      elif args.restarts:
         counts = [1, 2, 4] if steps == args.short else [2 * steps // args.short]
         variants = {f"segments_{k}": dict(segments=k) for k in counts}
       else:
@@ -96,7 +116,11 @@ def main(argv=None):
   meta = {"images": f"kodim at {w}x{h} (downscaled by {args.scale}, Lanczos)", "n": args.n,
           "fit": "_codec._fit_float's settings (SLIC at part of N, grown to N; FitConfig "
                  "defaults otherwise)", "short": args.short, "long": args.long,
-          "note": ("segments_K: K fresh fits of steps/K each (each with its own schedule and "
+          "segments": args.segments if args.relocation else None,
+          "note": ("segments of short/segments steps each; prune_P: prune_fraction P at each "
+                   "event (default 0.05), until_U: densify_until U (default 0.6), per segment"
+                   if args.relocation else
+                   "segments_K: K fresh fits of steps/K each (each with its own schedule and "
                    "density control)" if args.restarts else
                    "same_steps: densify_until and grow_until scaled by short/long, so growth "
                    "and relocation stop at the same step as in the short fit")}
