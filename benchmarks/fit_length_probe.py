@@ -86,6 +86,8 @@ def main(argv=None):
                       help="segments of each --relocation fit (4: the encoder's default)")
   parser.add_argument("--name", default="fit_length_probe")
   args = parser.parse_args(argv)
+  if args.segments != 4 and not args.relocation:
+    parser.error("--segments goes with --relocation")
   base = _fit.FitConfig()
   rows = []
   for index in [int(x) for x in args.images.split(",")]:
@@ -116,7 +118,7 @@ def main(argv=None):
   meta = {"images": f"kodim at {w}x{h} (downscaled by {args.scale}, Lanczos)", "n": args.n,
           "fit": "_codec._fit_float's settings (SLIC at part of N, grown to N; FitConfig "
                  "defaults otherwise)", "short": args.short, "long": args.long,
-          "segments": args.segments if args.relocation else None,
+          **({"segments": args.segments} if args.relocation else {}),
           "note": ("segments of short/segments steps each; prune_P: prune_fraction P at each "
                    "event (default 0.05), until_U: densify_until U (default 0.6), per segment"
                    if args.relocation else
