@@ -110,7 +110,7 @@ def run_classic(codec, ref, index, rows):
 # times it against the defaults on the same images in the same run.
 OLD_ENCODER = {"rate_weight": 0.0, "rd_prune": False, "rd_round": False, "rd_round_chol": False,
                "rd_round_means": False, "color_size": 0.0, "pos_levels": 0, "fit_steps": 1500,
-               "qat_steps": 300, "fit_cycles": 1}
+               "qat_steps": 300, "fit_cycles": 1, "coarse_fit": False}
 
 
 def run_gaussjax(ref, index, targets, args, rows, codec="gaussjax", overrides=None):
@@ -213,7 +213,8 @@ def main(argv=None):
                       help="also encode the first K images with the encoder before issue 14 "
                            "(rate_weight=0, rd_prune=False, rd_round=False, "
                            "rd_round_chol=False, rd_round_means=False, color_size=0, "
-                           "pos_levels=0, fit_steps=1500, qat_steps=300, fit_cycles=1), "
+                           "pos_levels=0, fit_steps=1500, qat_steps=300, fit_cycles=1, "
+                           "coarse_fit=False), "
                            "interleaved, to compare encode times")
   parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                       help="a CodecConfig field of the gaussjax encodes, e.g. pos_levels=0 "
@@ -371,7 +372,9 @@ def report(rows, images, targets, codecs, args, t0):
                    f"rd_round_chol={gaussjax.CodecConfig().rd_round_chol}, "
                    f"rd_round_means={gaussjax.CodecConfig().rd_round_means}, "
                    f"color_size={gaussjax.CodecConfig().color_size}, "
-                   f"pos_levels={gaussjax.CodecConfig().pos_levels}"
+                   f"pos_levels={gaussjax.CodecConfig().pos_levels}, "
+                   f"fit_cycles={gaussjax.CodecConfig().fit_cycles}, "
+                   f"coarse_fit={gaussjax.CodecConfig().coarse_fit}"
                    + "".join(f", --set {k}={v!r}" for k, v in args.set.items())),
       "jpeg": "Pillow quality sweep, optimize=True, 4:2:0",
       "webp": "Pillow method=6", "jpeg2000": "Pillow/OpenJPEG irreversible=True mct=1, rates mode",

@@ -208,20 +208,20 @@ def test_encode_batch_matches_encode_one_at_a_time():
   check_encode_batch(toy_images(2, 16, 20), config)
 
 
-def test_encode_batch_float_fit_with_fit_cycles_matches_encode(monkeypatch):
-  # The float fit of encode_batch (both halves, as encode_batch runs them) against
-  # encode's _first_fit, with each half in two fresh fits (CodecConfig.fit_cycles).
+@pytest.mark.parametrize("coarse_fit", [False, True])
+def test_encode_batch_float_fit_with_fit_cycles_matches_encode(monkeypatch, coarse_fit):
+  # The float fit of encode_batch (both halves, _batch._first_fit_all) against
+  # encode's _first_fit, with each half in two fresh fits (CodecConfig.fit_cycles),
+  # the first at full size or on the halved image (CodecConfig.coarse_fit).
   # Compared before the fine-tuning: on 16 Gaussians the descents' discrete choices
   # can turn a 1e-5 difference into a different file.
   monkeypatch.setattr(_codec, "MIN_CYCLE_STEPS", 1)  # cycles of 6 steps, to keep it quick
   config = _codec.CodecConfig(quality=50, fit_steps=25, fit_cycles=2, qat_steps=5,
-                              backend="reference")
+                              backend="reference", coarse_fit=coarse_fit)
   images = [_codec._as_image(x) for x in toy_images(2, 16, 20)]
-  settings = [_codec._fit_settings(*a.shape, config) for a in images]
-  first, second = _codec._fit_halves(config)
-  fitted = _batch._fit_all(images, None, [n for n, _ in settings], config, first, None, None)
-  chosen = [_codec._choose(a, g, base, config) for a, g, (_, base) in zip(images, fitted, settings)]
-  fitted = _batch._fit_all(images, fitted, [n for _, n in chosen], config, second, None, None)
+  # 8x10 halved pixels for the 16 Gaussians of quality 50: the halved first half applies.
+  assert [_codec._coarse(a.shape, 16, config) for a in images] == [coarse_fit] * 2
+  fitted, chosen = _batch._first_fit_all(images, config, None, None)
   for image, g, (steps, _) in zip(images, fitted, chosen):
     alone, alone_steps = _codec._first_fit(image, config)
     assert alone.num_gaussians == g.num_gaussians and alone_steps == steps

@@ -363,7 +363,7 @@ def test_fit_cycles_run_each_half_as_fresh_fits(monkeypatch):
   monkeypatch.setattr(_codec, "MIN_CYCLE_STEPS", 1)  # cycles of 6 steps, to keep it quick
   img = _crop(16, 24)
   config = gaussjax.CodecConfig(quality=50, fit_steps=25, fit_cycles=2, qat_steps=0,
-                                backend="reference")
+                                backend="reference", coarse_fit=False)
   data = gaussjax.encode(img, config)
   assert [c[0] for c in calls] == [7, 6, 6, 6]
   assert calls[0][1] == calls[1][1] and calls[2][1] == calls[3][1]  # N per half
@@ -372,6 +372,76 @@ def test_fit_cycles_run_each_half_as_fresh_fits(monkeypatch):
   assert gaussjax.decode(data).shape == img.shape
   one = gaussjax.encode(img, dataclasses.replace(config, fit_cycles=1))
   assert [c[0] for c in calls[4:]] == [13, 12] and one != data
+
+
+@pytest.mark.parametrize("bad", [1, 0, None, "yes"])
+def test_config_checks_coarse_fit(bad):
+  with pytest.raises(ValueError, match="coarse_fit"):
+    gaussjax.CodecConfig(coarse_fit=bad)
+
+
+def test_fit_halves_give_the_coarse_steps_saved_to_the_second_half():
+  config = gaussjax.CodecConfig()
+  assert _codec._fit_halves(config) == (1000, 1000)
+  assert _codec._fit_halves(config, coarse=True) == (1000, 1750)  # 1000 halved = 250 full
+  assert _codec._fit_halves(dataclasses.replace(config, fit_steps=25), True) == (13, 22)
+  assert _codec._fit_halves(dataclasses.replace(config, fit_steps=0), True) == (0, 0)
+
+
+def test_coarse_fit_needs_room_on_the_halved_image():
+  config = gaussjax.CodecConfig()
+  assert _codec._coarse((16, 24, 3), 24, config)  # 8x12 = 96 pixels = 4 per Gaussian
+  assert not _codec._coarse((16, 24, 3), 25, config)
+  assert not _codec._coarse((17, 25, 3), 25, config)  # odd sizes: 8x12 all the same
+  assert not _codec._coarse((16, 24, 3), 4, dataclasses.replace(config, coarse_fit=False))
+  assert not _codec._coarse((16, 24, 3), 4, dataclasses.replace(config, fit_steps=0))
+
+
+def test_halved_image_and_scaled_gaussians_agree():
+  # Gaussians at full size, scaled by 1/2, render close to the full render halved
+  # by _halve (2x2 means): the two maps _first_fit uses are consistent.
+  rng = np.random.default_rng(0)
+  n, h, w = 12, 32, 48
+  means = rng.uniform([8, 8], [w - 8, h - 8], (n, 2)).astype(np.float32)
+  chol = np.stack([rng.uniform(3, 6, n), rng.uniform(-1, 1, n), rng.uniform(3, 6, n)],
+                  1).astype(np.float32)
+  g = gaussjax.Gaussians(jnp.asarray(means), jnp.asarray(chol),
+                         jnp.asarray(rng.uniform(0, 0.5, (n, 3)).astype(np.float32)))
+  full = gaussjax.render(g, h, w, backend="reference")
+  half = gaussjax.render(_codec.scale_gaussians(g, 0.5, 0.5), h // 2, w // 2,
+                         backend="reference")
+  halved = _codec._halve(full)
+  assert halved.shape == half.shape == (16, 24, 3)
+  assert float(jnp.max(jnp.abs(halved - half))) < 0.02
+  # and a shift would not be: one pixel off is far worse
+  shifted = _codec.scale_gaussians(g._replace(means=g.means + 1.0), 0.5, 0.5)
+  assert float(jnp.max(jnp.abs(halved - gaussjax.render(shifted, 16, 24,
+                                                        backend="reference")))) > 0.02
+
+
+def test_coarse_fit_runs_the_first_half_on_the_halved_image(monkeypatch):
+  """coarse_fit: the first half's fits see the halved image, the second half's the image,
+  starting from the first half's Gaussians mapped back (x2), and it gets the saved steps."""
+  from gaussjax.fitting import _fit
+  calls = []
+  real_fit = _fit.fit
+
+  def spy(image, g, config, *args, **kwargs):
+    out = real_fit(image, g, config, *args, **kwargs)
+    calls.append((image.shape[:2], config.steps, np.asarray(g.means), np.asarray(out[0].means)))
+    return out
+
+  monkeypatch.setattr(_fit, "fit", spy)
+  monkeypatch.setattr(_codec, "MIN_CYCLE_STEPS", 1)
+  img = _crop(16, 24)
+  config = gaussjax.CodecConfig(quality=50, fit_steps=25, fit_cycles=2, qat_steps=0,
+                                backend="reference")
+  data = gaussjax.encode(img, config)
+  assert [c[:2] for c in calls] == [((8, 12), 7), ((8, 12), 6), ((16, 24), 11),
+                                    ((16, 24), 11)]
+  # the second half starts from the first half's last Gaussians, mapped back (x2)
+  np.testing.assert_allclose(calls[2][2], 2 * calls[1][3], rtol=1e-6)
+  assert gaussjax.decode(data).shape == img.shape
 
 
 @pytest.mark.slow  # a whole encode with its compiles: about a minute on a loaded 2-core CPU

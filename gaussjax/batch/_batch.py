@@ -39,7 +39,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gaussjax.codec import _codec, _formats, _rate
-from gaussjax.core._gaussians import Gaussians, validate
+from gaussjax.core._gaussians import Gaussians, scale_gaussians, validate
 from gaussjax.core._image import check_image
 from gaussjax.fitting import _density, _fit, _loop
 from gaussjax.fitting._fit import FitConfig, init_fit_state
@@ -477,21 +477,38 @@ def encode_batch(images: Sequence, config=None, *, devices=None,
   if config.levels > 1:  # progressive files fit level by level: one image at a time
     return [_formats.encode(image, config) for image in arrays]
   mesh = _resolve_mesh(devices)
-  settings = [_codec._fit_settings(*a.shape, config) for a in arrays]
-  first, second = _codec._fit_halves(config)
-
-  # As _codec._first_fit: the first half of the float fit (SLIC, then
-  # fit_batch, one call per N); steps and N per image on the host; the second
-  # half with N moved (one fit_batch per pair of old and new N).
-  fitted = _fit_all(arrays, None, [n for n, _ in settings], config, first, mesh, vectorize)
-  chosen = [_codec._choose(a, g, base, config)
-            for a, g, (_, base) in zip(arrays, fitted, settings)]
-  fitted = _fit_all(arrays, fitted, [n for _, n in chosen], config, second, mesh, vectorize)
+  fitted, chosen = _first_fit_all(arrays, config, mesh, vectorize)
   qsteps = [steps for steps, _ in chosen]
   fitted = _finetune_all(arrays, fitted, qsteps, config, mesh, vectorize)
 
   # Quantisation, entropy coding, rate control: per image on the host.
   return [_codec._code(a, g, steps, config) for a, g, steps in zip(arrays, fitted, qsteps)]
+
+
+def _first_fit_all(arrays, config, mesh, vectorize):
+  """``_codec._first_fit`` of every image, batched: ``(Gaussians, [(steps, N)])`` per image.
+
+  The first half of the float fit (SLIC, then ``fit_batch``, one call per N;
+  on the halved image where ``_codec._coarse`` says so, mapped back); steps
+  and N per image on the host; the second half with N moved (one
+  ``fit_batch`` per pair of old and new N, per length of the half).
+  """
+  settings = [_codec._fit_settings(*a.shape, config) for a in arrays]
+  coarse = [_codec._coarse(a.shape, n, config) for a, (n, _) in zip(arrays, settings)]
+  first = _codec._fit_halves(config)[0]
+  starts = [_codec._halve(a) if c else a for a, c in zip(arrays, coarse)]
+  fitted = _fit_all(starts, None, [n for n, _ in settings], config, first, mesh, vectorize)
+  fitted = [scale_gaussians(g, 2.0, 2.0) if c else g for g, c in zip(fitted, coarse)]
+  chosen = [_codec._choose(a, g, base, config)
+            for a, g, (_, base) in zip(arrays, fitted, settings)]
+  for flag in sorted(set(coarse)):
+    members = [i for i, c in enumerate(coarse) if c == flag]
+    second = _codec._fit_halves(config, flag)[1]
+    out = _fit_all([arrays[i] for i in members], [fitted[i] for i in members],
+                   [chosen[i][1] for i in members], config, second, mesh, vectorize)
+    for i, g in zip(members, out):
+      fitted[i] = g
+  return fitted, chosen
 
 
 def _fit_all(arrays, initial, counts, config, num_steps: int, mesh, vectorize) -> list[Gaussians]:

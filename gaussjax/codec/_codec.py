@@ -8,6 +8,7 @@ between the three. Call chain of a single-level file::
   _encode(image, config)                      fit → steps → refit → fine-tune → code
     ├─ _first_fit                             float fit in two halves:
     │    ├─ _fit_float                        SLIC + gaussjax.fit at the first guess of N
+    │    │                                    (on the halved image: _coarse, _halve)
     │    ├─ _choose                           choose_steps (RD search) and N for the rate
     │    └─ _refit                            gaussjax.fit again, N moved to its new value
     ├─ _finetune                              quantisation-aware fine-tuning:
@@ -52,7 +53,7 @@ from gaussjax.codec._bitstream import (
   Writer,
   choose_model,
 )
-from gaussjax.core._gaussians import Gaussians, validate
+from gaussjax.core._gaussians import Gaussians, scale_gaussians, validate
 from gaussjax.core._image import check_image
 from gaussjax.core._metrics import bpp, bytes_for_bpp
 
@@ -104,6 +105,17 @@ class CodecConfig:
       I-frames use 1). The default 2 against 1: the float fits alone
       ``benchmarks/results/fit_restart_probe.md``, encodes of all 24 Kodak
       images ``benchmarks/results/rd_cycles2_24_compare.md``.
+    coarse_fit: the first half of the float fit runs on the image halved
+      (2×2 means: a quarter of the pixels, so each step costs about a quarter
+      of one at full size), its Gaussians mapped back with
+      ``scale_gaussians``, and the second half, at full size, gets the time
+      saved: ``fit_steps - first // 4`` steps for a first half of ``first``
+      (2000: 1000 halved, then 1750). Only where the halved image has at
+      least ``COARSE_PIXELS_PER_GAUSSIAN`` pixels per Gaussian of the first
+      guess of N; False (or smaller images): two halves at full size.
+      Single-level files only (video I-frames fit at full size). What it
+      changes: the float fits alone ``benchmarks/results/coarse_fit_probe.md``;
+      encodes ``benchmarks/results/codec_ablation_coarse.md``.
     qat_steps: steps of quantisation-aware fine-tuning.
     learning_rate: Adam learning rate of the fine-tuning (the float fit
       uses ``FitConfig``'s rates).
@@ -168,6 +180,7 @@ class CodecConfig:
   num_gaussians: int | None = None
   fit_steps: int = 2000
   fit_cycles: int = 2
+  coarse_fit: bool = True
   qat_steps: int = 300
   learning_rate: float = 0.01
   bits_per_gaussian: float = 46.0
@@ -203,6 +216,8 @@ class CodecConfig:
     if isinstance(self.fit_cycles, bool) or not isinstance(self.fit_cycles, int) or \
         not 1 <= self.fit_cycles <= MAX_FIT_CYCLES:
       raise ValueError(f"fit_cycles={self.fit_cycles!r} must be an int in [1, {MAX_FIT_CYCLES}]")
+    if not isinstance(self.coarse_fit, bool):
+      raise ValueError(f"coarse_fit={self.coarse_fit!r} must be True or False")
     if not 0.005 <= self.rate_tolerance <= 0.5:
       raise ValueError(f"rate_tolerance={self.rate_tolerance} must be in [0.005, 0.5]")
     if self.rd_slope is not None and not (0.0 < self.rd_slope <= 20.0):
@@ -705,22 +720,52 @@ def _float_fit_config(config: CodecConfig, n: int, iterations: int | None = None
                    replan_every=50, num_gaussians=n)
 
 
-def _fit_halves(config: CodecConfig) -> tuple[int, int]:
-  """Steps of the two halves of the float fit (before and after ``_choose``)."""
+def _fit_halves(config: CodecConfig, coarse: bool = False) -> tuple[int, int]:
+  """Steps of the two halves of the float fit (before and after ``_choose``); with
+  ``coarse`` (``CodecConfig.coarse_fit``) the first on the halved image, each of its
+  steps counted as a quarter of one in the second."""
   first = (config.fit_steps + 1) // 2
-  return first, config.fit_steps - first
+  return first, config.fit_steps - (first // 4 if coarse else first)
+
+
+# CodecConfig.coarse_fit: the halved image needs at least this many pixels per
+# Gaussian of the first guess of N (SLIC and the fit's density control need
+# room; at 4, one Gaussian per 16 pixels at full size, about 2.5 bpp at the
+# codec's ~40 bits per Gaussian).
+COARSE_PIXELS_PER_GAUSSIAN = 4
+
+
+def _coarse(shape, n: int, config: CodecConfig) -> bool:
+  """Whether the first half of the float fit runs on the halved image (``coarse_fit``)."""
+  h, w = shape[0] // 2, shape[1] // 2
+  return bool(config.coarse_fit and config.fit_steps and
+              h * w >= COARSE_PIXELS_PER_GAUSSIAN * n)
+
+
+def _halve(image: jax.Array) -> jax.Array:
+  """``[H, W, C]`` -> ``[H // 2, W // 2, C]`` by 2×2 means (an odd last row or column
+  dropped): pixel ``(i, j)`` covers ``[2j, 2j + 2) × [2i, 2i + 2)`` of the image, so
+  Gaussians fitted to it map back by ``scale_gaussians(g, 2, 2)``."""
+  h, w = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
+  x = image[:h, :w]
+  return 0.25 * (x[0::2, 0::2] + x[1::2, 0::2] + x[0::2, 1::2] + x[1::2, 1::2])
 
 
 def _first_fit(image: jax.Array, config: CodecConfig) -> tuple[Gaussians, qz.QuantSteps]:
   """The float fit of ``encode``: ``(Gaussians, quantiser steps)``.
 
   Fits the first half of ``config.fit_steps`` at the first guess of N
-  (``_fit_settings``), chooses the steps and N for the rate from those
-  Gaussians (``_choose``), then fits the second half with N moved there.
+  (``_fit_settings``; on the halved image with ``coarse_fit``, see
+  ``_coarse``), chooses the steps and N for the rate from those Gaussians
+  at full size (``_choose``), then fits the second half with N moved there.
   """
   n0, base = _fit_settings(*image.shape, config)
-  first, second = _fit_halves(config)
-  g = _fit_float(image, n0, config, first)
+  coarse = _coarse(image.shape, n0, config)
+  first, second = _fit_halves(config, coarse)
+  if coarse:
+    g = scale_gaussians(_fit_float(_halve(image), n0, config, first), 2.0, 2.0)
+  else:
+    g = _fit_float(image, n0, config, first)
   steps, n1 = _choose(image, g, base, config)
   return _refit(image, g, n1, config, second), steps
 
@@ -1252,7 +1297,6 @@ def render_safe(gaussians: Gaussians, height: int, width: int, *, backend: str =
   reports overflow (``_render.render_complete``; defensive: a fresh plan
   should never overflow).
   """
-  from gaussjax.core._gaussians import scale_gaussians
   from gaussjax.rendering._render import render_complete
   # numpy stays numpy (a decoder's Gaussians): the renderer's jitted call
   # takes it as it is, without a dispatch per array here.

@@ -211,15 +211,15 @@ class VideoConfig:
     size-scaled colour step would change under them; for the same reason one
     position step for all (``pos_levels=0``). The means and factors are
     rounded to the nearest step (``rd_round_means=False``,
-    ``rd_round_chol=False``), and the float fit is one fit per half
-    (``fit_cycles=1``), as when the video codec was measured
-    (``benchmarks/results/video*.md``).
+    ``rd_round_chol=False``), and the float fit is one fit per half, both at
+    full size (``fit_cycles=1``, ``coarse_fit=False``), as when the video codec
+    was measured (``benchmarks/results/video*.md``).
     """
     return CodecConfig(bpp=bpp, quality=None if bpp is not None else (self.quality or 50.0),
                        fit_steps=self.fit_steps, qat_steps=self.qat_steps,
                        backend=self.backend, seed=self.seed, color_size=0.0,
                        rd_round_means=False, rd_round_chol=False, pos_levels=0,
-                       fit_cycles=1)
+                       fit_cycles=1, coarse_fit=False)
 
 
 # ---------------------------------------------------------------------------
