@@ -105,17 +105,16 @@ class CodecConfig:
       I-frames use 1). The default 2 against 1: the float fits alone
       ``benchmarks/results/fit_restart_probe.md``, encodes of all 24 Kodak
       images ``benchmarks/results/rd_cycles2_24_compare.md``.
-    coarse_fit: the first half of the float fit runs on the image halved
-      (2×2 means: a quarter of the pixels, so each step costs about a quarter
-      of one at full size), its Gaussians mapped back with
-      ``scale_gaussians``, and the second half, at full size, gets the time
-      saved: ``fit_steps - first // 4`` steps for a first half of ``first``
-      (2000: 1000 halved, then 1750). Only where the halved image has at
-      least ``COARSE_PIXELS_PER_GAUSSIAN`` pixels per Gaussian of the first
-      guess of N; False (or smaller images): two halves at full size.
-      Single-level files only (video I-frames fit at full size). What it
-      changes: the float fits alone ``benchmarks/results/coarse_fit_probe.md``;
-      encodes ``benchmarks/results/codec_ablation_coarse.md``.
+    coarse_fit: the first half of the float fit (which finds the starting
+      Gaussians, the quantiser steps and N) runs on the image halved by 2×2
+      means, a quarter of the pixels, its Gaussians mapped back with
+      ``scale_gaussians``; the second half refits them at full size. Only
+      where the halved image has at least ``COARSE_PIXELS_PER_GAUSSIAN``
+      pixels per Gaussian of the first guess of N; False (or smaller
+      images): both halves at full size. Single-level files only (video
+      I-frames fit at full size). What it changes: the float fits alone
+      ``benchmarks/results/coarse_fit_probe.md``; encodes
+      ``benchmarks/results/codec_ablation_coarse.md``.
     qat_steps: steps of quantisation-aware fine-tuning.
     learning_rate: Adam learning rate of the fine-tuning (the float fit
       uses ``FitConfig``'s rates).
@@ -720,12 +719,10 @@ def _float_fit_config(config: CodecConfig, n: int, iterations: int | None = None
                    replan_every=50, num_gaussians=n)
 
 
-def _fit_halves(config: CodecConfig, coarse: bool = False) -> tuple[int, int]:
-  """Steps of the two halves of the float fit (before and after ``_choose``); with
-  ``coarse`` (``CodecConfig.coarse_fit``) the first on the halved image, each of its
-  steps counted as a quarter of one in the second."""
+def _fit_halves(config: CodecConfig) -> tuple[int, int]:
+  """Steps of the two halves of the float fit (before and after ``_choose``)."""
   first = (config.fit_steps + 1) // 2
-  return first, config.fit_steps - (first // 4 if coarse else first)
+  return first, config.fit_steps - first
 
 
 # CodecConfig.coarse_fit: the halved image needs at least this many pixels per
@@ -760,9 +757,8 @@ def _first_fit(image: jax.Array, config: CodecConfig) -> tuple[Gaussians, qz.Qua
   at full size (``_choose``), then fits the second half with N moved there.
   """
   n0, base = _fit_settings(*image.shape, config)
-  coarse = _coarse(image.shape, n0, config)
-  first, second = _fit_halves(config, coarse)
-  if coarse:
+  first, second = _fit_halves(config)
+  if _coarse(image.shape, n0, config):
     g = scale_gaussians(_fit_float(_halve(image), n0, config, first), 2.0, 2.0)
   else:
     g = _fit_float(image, n0, config, first)
