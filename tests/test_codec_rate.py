@@ -380,8 +380,22 @@ def test_config_checks_coarse_fit(bad):
     gaussjax.CodecConfig(coarse_fit=bad)
 
 
-def test_coarse_fit_needs_room_on_the_halved_image():
+def test_fit_halves_give_the_coarse_steps_saved_to_the_second_half():
   config = gaussjax.CodecConfig()
+  assert _codec._fit_halves(config) == (1000, 1000)
+  assert _codec._fit_halves(config, coarse=True) == (1000, 1750)  # 1000 halved = 250 full
+  assert _codec._fit_halves(dataclasses.replace(config, fit_steps=25), True) == (13, 22)
+  assert _codec._fit_halves(dataclasses.replace(config, fit_steps=0), True) == (0, 0)
+
+
+def test_coarse_fit_needs_room_on_the_halved_image(monkeypatch):
+  config = gaussjax.CodecConfig()
+  # Kodak at 768x512 (N of 1 bpp) is fitted halved first, at 384x256 not (too small)
+  assert _codec._coarse((512, 768, 3), 8549, config)
+  assert not _codec._coarse((256, 384, 3), 16, config)
+  assert not _codec._coarse((511, 511, 3), 16, config)  # 255x255 < 256x256
+  assert _codec._coarse((512, 512, 3), 16, config)
+  monkeypatch.setattr(_codec, "COARSE_MIN_PIXELS", 0)  # toy sizes: the per-Gaussian rule
   assert _codec._coarse((16, 24, 3), 24, config)  # 8x12 = 96 pixels = 4 per Gaussian
   assert not _codec._coarse((16, 24, 3), 25, config)
   assert not _codec._coarse((17, 25, 3), 25, config)  # odd sizes: 8x12 all the same
@@ -413,7 +427,7 @@ def test_halved_image_and_scaled_gaussians_agree():
 
 def test_coarse_fit_runs_the_first_half_on_the_halved_image(monkeypatch):
   """coarse_fit: the first half's fits see the halved image, the second half's the image,
-  starting from the first half's Gaussians mapped back (x2); the same steps as without."""
+  starting from the first half's Gaussians mapped back (x2), and it gets the saved steps."""
   from gaussjax.fitting import _fit
   calls = []
   real_fit = _fit.fit
@@ -425,12 +439,13 @@ def test_coarse_fit_runs_the_first_half_on_the_halved_image(monkeypatch):
 
   monkeypatch.setattr(_fit, "fit", spy)
   monkeypatch.setattr(_codec, "MIN_CYCLE_STEPS", 1)
+  monkeypatch.setattr(_codec, "COARSE_MIN_PIXELS", 0)  # a toy size, to keep it quick
   img = _crop(16, 24)
   config = gaussjax.CodecConfig(quality=50, fit_steps=25, fit_cycles=2, qat_steps=0,
                                 backend="reference")
   data = gaussjax.encode(img, config)
-  assert [c[:2] for c in calls] == [((8, 12), 7), ((8, 12), 6), ((16, 24), 6),
-                                    ((16, 24), 6)]
+  assert [c[:2] for c in calls] == [((8, 12), 7), ((8, 12), 6), ((16, 24), 11),
+                                    ((16, 24), 11)]
   # the second half starts from the first half's last Gaussians, mapped back (x2)
   np.testing.assert_allclose(calls[2][2], 2 * calls[1][3], rtol=1e-6)
   assert gaussjax.decode(data).shape == img.shape

@@ -491,17 +491,23 @@ def _first_fit_all(arrays, config, mesh, vectorize):
   The first half of the float fit (SLIC, then ``fit_batch``, one call per N;
   on the halved image where ``_codec._coarse`` says so, mapped back); steps
   and N per image on the host; the second half with N moved (one
-  ``fit_batch`` per pair of old and new N).
+  ``fit_batch`` per pair of old and new N, per length of the half).
   """
   settings = [_codec._fit_settings(*a.shape, config) for a in arrays]
   coarse = [_codec._coarse(a.shape, n, config) for a, (n, _) in zip(arrays, settings)]
-  first, second = _codec._fit_halves(config)
+  first = _codec._fit_halves(config)[0]
   starts = [_codec._halve(a) if c else a for a, c in zip(arrays, coarse)]
   fitted = _fit_all(starts, None, [n for n, _ in settings], config, first, mesh, vectorize)
   fitted = [scale_gaussians(g, 2.0, 2.0) if c else g for g, c in zip(fitted, coarse)]
   chosen = [_codec._choose(a, g, base, config)
             for a, g, (_, base) in zip(arrays, fitted, settings)]
-  fitted = _fit_all(arrays, fitted, [n for _, n in chosen], config, second, mesh, vectorize)
+  for flag in sorted(set(coarse)):
+    members = [i for i, c in enumerate(coarse) if c == flag]
+    second = _codec._fit_halves(config, flag)[1]
+    out = _fit_all([arrays[i] for i in members], [fitted[i] for i in members],
+                   [chosen[i][1] for i in members], config, second, mesh, vectorize)
+    for i, g in zip(members, out):
+      fitted[i] = g
   return fitted, chosen
 
 

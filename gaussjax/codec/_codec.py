@@ -105,16 +105,19 @@ class CodecConfig:
       I-frames use 1). The default 2 against 1: the float fits alone
       ``benchmarks/results/fit_restart_probe.md``, encodes of all 24 Kodak
       images ``benchmarks/results/rd_cycles2_24_compare.md``.
-    coarse_fit: the first half of the float fit (which finds the starting
-      Gaussians, the quantiser steps and N) runs on the image halved by 2×2
-      means, a quarter of the pixels, its Gaussians mapped back with
-      ``scale_gaussians``; the second half refits them at full size. Only
-      where the halved image has at least ``COARSE_PIXELS_PER_GAUSSIAN``
-      pixels per Gaussian of the first guess of N; False (or smaller
-      images): both halves at full size. Single-level files only (video
-      I-frames fit at full size). What it changes: the float fits alone
-      ``benchmarks/results/coarse_fit_probe.md``; encodes
-      ``benchmarks/results/codec_ablation_coarse.md``.
+    coarse_fit: the first half of the float fit runs on the image halved
+      (2×2 means: a quarter of the pixels, so each step costs about a quarter
+      of one at full size), its Gaussians mapped back with
+      ``scale_gaussians``, and the second half, at full size, gets the time
+      saved: ``fit_steps - first // 4`` steps for a first half of ``first``
+      (2000: 1000 halved, then 1750). Only where the halved image has at
+      least ``COARSE_MIN_PIXELS`` pixels (256×256; Kodak at 768×512 does,
+      at 384×256 does not) and ``COARSE_PIXELS_PER_GAUSSIAN`` pixels per
+      Gaussian of the first guess of N; False (or smaller images): two
+      halves of ``fit_steps / 2`` at full size.
+      Single-level files only (video I-frames fit at full size). What it
+      changes: the float fits alone ``benchmarks/results/coarse_fit_probe.md``;
+      encodes ``benchmarks/results/codec_ablation_coarse.md``.
     qat_steps: steps of quantisation-aware fine-tuning.
     learning_rate: Adam learning rate of the fine-tuning (the float fit
       uses ``FitConfig``'s rates).
@@ -719,10 +722,12 @@ def _float_fit_config(config: CodecConfig, n: int, iterations: int | None = None
                    replan_every=50, num_gaussians=n)
 
 
-def _fit_halves(config: CodecConfig) -> tuple[int, int]:
-  """Steps of the two halves of the float fit (before and after ``_choose``)."""
+def _fit_halves(config: CodecConfig, coarse: bool = False) -> tuple[int, int]:
+  """Steps of the two halves of the float fit (before and after ``_choose``); with
+  ``coarse`` (``CodecConfig.coarse_fit``) the first on the halved image, each of its
+  steps counted as a quarter of one in the second."""
   first = (config.fit_steps + 1) // 2
-  return first, config.fit_steps - first
+  return first, config.fit_steps - (first // 4 if coarse else first)
 
 
 # CodecConfig.coarse_fit: the halved image needs at least this many pixels per
@@ -730,12 +735,18 @@ def _fit_halves(config: CodecConfig) -> tuple[int, int]:
 # room; at 4, one Gaussian per 16 pixels at full size, about 2.5 bpp at the
 # codec's ~40 bits per Gaussian).
 COARSE_PIXELS_PER_GAUSSIAN = 4
+# ... and at least this many pixels (256 x 256): on smaller images a step's fixed
+# costs dominate, a halved step saves little, and the longer second half made
+# encodes at 384x256 take 1.81x the time of the encoder before issue 14
+# (benchmarks/results/rd_coarse1750_2.md), over its 1.5x; Kodak at 768x512 is
+# halved to 384x256 = 98,304 pixels.
+COARSE_MIN_PIXELS = 65536
 
 
 def _coarse(shape, n: int, config: CodecConfig) -> bool:
   """Whether the first half of the float fit runs on the halved image (``coarse_fit``)."""
   h, w = shape[0] // 2, shape[1] // 2
-  return bool(config.coarse_fit and config.fit_steps and
+  return bool(config.coarse_fit and config.fit_steps and h * w >= COARSE_MIN_PIXELS and
               h * w >= COARSE_PIXELS_PER_GAUSSIAN * n)
 
 
@@ -757,8 +768,9 @@ def _first_fit(image: jax.Array, config: CodecConfig) -> tuple[Gaussians, qz.Qua
   at full size (``_choose``), then fits the second half with N moved there.
   """
   n0, base = _fit_settings(*image.shape, config)
-  first, second = _fit_halves(config)
-  if _coarse(image.shape, n0, config):
+  coarse = _coarse(image.shape, n0, config)
+  first, second = _fit_halves(config, coarse)
+  if coarse:
     g = scale_gaussians(_fit_float(_halve(image), n0, config, first), 2.0, 2.0)
   else:
     g = _fit_float(image, n0, config, first)
