@@ -4,7 +4,9 @@ For the Kodak images present in both files: each file's BD-rate of gaussjax
 against every classical codec (mean over those images, per image as rd.py
 computes it), and the BD-rate of the new gaussjax curve against the old one
 per image (negative = the new encoder needs fewer bytes at equal PSNR).
-Useful when a run was cut short, or to set a rerun against a stored one.
+Also the new files' mean PSNR at each target rate with the classical codecs' at
+the same rates. Useful when a run was cut short, or to set a rerun against a
+stored one.
 
   python benchmarks/rd_compare.py --old OLD.json --new benchmarks/results/rd.json
   python benchmarks/rd_compare.py --old A.json B.json --new C.json D.json  # disjoint images
@@ -20,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _machine  # noqa: E402
-from rd import bd_rate, curve  # noqa: E402
+from rd import bd_rate, curve, interp_psnr  # noqa: E402
 
 
 def _join(paths: list[str]) -> dict:
@@ -71,6 +73,18 @@ def main(argv=None):
                           new_max_rate_error_pct=100 * float(max(err)),
                           old_enc_s=float(enc[0]), new_enc_s=float(enc[1])))
   mean = float(np.nanmean([p["new_vs_old_bd_rate_pct"] for p in per_image]))
+  # The new gaussjax files at each target rate (means over the shared images) and each
+  # classical codec at the same rates (interpolated in log-bpp at every file's bpp).
+  at_rate = []
+  for target in sorted({r["param"] for r in new["rows"] if r["codec"] == "gaussjax"}):
+    files = [r for r in new["rows"] if r["codec"] == "gaussjax" and r["param"] == target
+             and r["image"] in images]
+    row = {"target": target, "gaussjax_bpp": float(np.mean([r["bpp"] for r in files])),
+           "gaussjax": float(np.mean([r["psnr"] for r in files]))}
+    for codec in codecs:
+      row[codec] = float(np.mean([interp_psnr(new["rows"], r["image"], codec, r["bpp"])
+                                  for r in files]))
+    at_rate.append(row)
   enc_means = [float(np.mean([p[f"{k}_enc_s"] for p in per_image])) for k in ("old", "new")]
   print(f"images {images}")
   print(_machine.format_table(summary))
@@ -82,7 +96,7 @@ def main(argv=None):
           "new_gaussjax": new["meta"].get("gaussjax"),
           **{f"{k}_gaussjax_of": d["meta"]["gaussjax_of"]
              for k, d in (("old", old), ("new", new)) if "gaussjax_of" in d["meta"]},
-          "bd_rates": summary,
+          "bd_rates": summary, "psnr_at_rate": at_rate,
           "new_vs_old_mean_bd_rate_pct": mean,
           "mean_enc_s": {"old": enc_means[0], "new": enc_means[1],
                          "note": "separate runs: compare only where the machines and their "
@@ -92,6 +106,9 @@ def main(argv=None):
     f.write(f"\n## BD-rate of gaussjax against each codec on kodim {images}\n\n"
             + _machine.format_table(summary)
             + f"\nMean BD-rate of the new gaussjax curve against the old one: {mean:+.2f}%\n"
+            + "\n## PSNR (dB) of the new files at each target, mean over the images; the "
+            "classical codecs interpolated at each file's bpp (nan: outside a codec's range)\n\n"
+            + _machine.format_table(at_rate)
             + f"\nMean gaussjax encode time per image and target: old {enc_means[0]:.1f} s, "
             f"new {enc_means[1]:.1f} s (separate runs)\n")
 
