@@ -106,11 +106,12 @@ class CodecConfig:
       ``benchmarks/results/fit_restart_probe.md``, encodes of all 24 Kodak
       images ``benchmarks/results/rd_cycles2_24_compare.md``.
     coarse_fit: the first half of the float fit runs on the image halved
-      (2×2 means: a quarter of the pixels, so each step costs about a quarter
-      of one at full size), its Gaussians mapped back with
+      (2×2 means, a quarter of the pixels), its Gaussians mapped back with
       ``scale_gaussians``, and the second half, at full size, gets the time
       saved: ``fit_steps - first // 4`` steps for a first half of ``first``
-      (2000: 1000 halved, then 1750). Only where the halved image has at
+      (2000: 1000 halved, then 1750), a halved step counted as a quarter of
+      one (it costs more than that: the first halves' times in
+      ``benchmarks/results/coarse_fit_probe.md``). Only where the halved image has at
       least ``COARSE_MIN_PIXELS`` pixels (256×256; Kodak at 768×512 does,
       at 384×256 does not) and ``COARSE_PIXELS_PER_GAUSSIAN`` pixels per
       Gaussian of the first guess of N; False (or smaller images): two
@@ -737,8 +738,8 @@ def _fit_halves(config: CodecConfig, coarse: bool = False) -> tuple[int, int]:
 COARSE_PIXELS_PER_GAUSSIAN = 4
 # ... and at least this many pixels (256 x 256): on smaller images a step's fixed
 # costs dominate, a halved step saves little, and the longer second half made
-# encodes at 384x256 take 1.81x the time of the encoder before issue 14
-# (benchmarks/results/rd_coarse1750_2.md), over its 1.5x; Kodak at 768x512 is
+# encodes at 384x256 take more than issue 14's 1.5x the time of the encoder
+# before it (benchmarks/results/rd_coarse1750_2.md); Kodak at 768x512 is
 # halved to 384x256 = 98,304 pixels.
 COARSE_MIN_PIXELS = 65536
 
