@@ -55,7 +55,7 @@ from gaussjax.codec._bitstream import (
 )
 from gaussjax.core._gaussians import Gaussians, scale_gaussians, validate
 from gaussjax.core._image import check_image
-from gaussjax.core._metrics import bpp, bytes_for_bpp
+from gaussjax.core._metrics import _downsample2, bpp, bytes_for_bpp
 
 MAGIC = b"\x89GJX"
 VERSION = 1
@@ -755,9 +755,7 @@ def _halve(image: jax.Array) -> jax.Array:
   """``[H, W, C]`` -> ``[H // 2, W // 2, C]`` by 2×2 means (an odd last row or column
   dropped): pixel ``(i, j)`` covers ``[2j, 2j + 2) × [2i, 2i + 2)`` of the image, so
   Gaussians fitted to it map back by ``scale_gaussians(g, 2, 2)``."""
-  h, w = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
-  x = image[:h, :w]
-  return 0.25 * (x[0::2, 0::2] + x[1::2, 0::2] + x[0::2, 1::2] + x[1::2, 1::2])
+  return _downsample2(image)
 
 
 def _first_fit(image: jax.Array, config: CodecConfig) -> tuple[Gaussians, qz.QuantSteps]:
